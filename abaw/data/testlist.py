@@ -1,0 +1,90 @@
+"""Reading ABAW MTL test lists.
+
+ABAW7 `MTL.txt`: header `image,valence,arousal,expression,aus`, then one image name per
+line written with a trailing comma (`video45_1/00001.jpg,`). ABAW4 lists have no trailing
+comma. Names may repeat; order and repetitions are kept, since the submission must follow
+the list row by row.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from abaw.data.labels import parse_image_name
+from abaw.errors import AbawError, FormatError
+
+
+@dataclass(frozen=True, eq=False)
+class TestList:
+    """The ordered entries of a test list (repeats kept)."""
+
+    __test__ = False  # not a pytest test class
+
+    path: str
+    images: tuple[str, ...]
+    video: tuple[str, ...]  # video id per entry
+    frame: np.ndarray  # int32 per entry
+    trailing_comma: bool  # ABAW7 style
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        """Unique video ids, sorted."""
+        return tuple(sorted(set(self.video)))
+
+    def unique_keys(self) -> list[tuple[str, int]]:
+        """Unique (video, frame) keys in first-appearance order."""
+        seen: dict[tuple[str, int], None] = {}
+        for v, f in zip(self.video, self.frame.tolist()):
+            seen.setdefault((v, f), None)
+        return list(seen)
+
+
+def read_test_list(path: str | os.PathLike) -> TestList:
+    """Parse an ABAW7 (trailing comma) or ABAW4 (no comma) test list."""
+    path = os.fspath(path)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AbawError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    if not lines or not lines[0].strip().lower().startswith("image"):
+        raise FormatError(path, "expected a header line starting with 'image'", 1)
+    images: list[str] = []
+    videos: list[str] = []
+    frames: list[int] = []
+    commas: set[bool] = set()
+    for n, raw in enumerate(lines[1:], start=2):
+        ln = raw.rstrip("\r")
+        if not ln.strip():
+            continue
+        fields = ln.split(",")
+        if len(fields) == 2 and fields[1] == "":
+            commas.add(True)
+        elif len(fields) == 1:
+            commas.add(False)
+        else:
+            raise FormatError(path, f"expected one image name per line, got {ln[:80]!r}", n)
+        name = fields[0]
+        parsed = parse_image_name(name)
+        if parsed is None:
+            raise FormatError(path, f"bad image name {name!r} (expected <video>/<frame>.jpg)", n)
+        if parsed[1] < 1:
+            raise FormatError(path, f"frame number must be >= 1 in {name!r}", n)
+        images.append(name)
+        videos.append(parsed[0])
+        frames.append(parsed[1])
+    return TestList(
+        path=path,
+        images=tuple(images),
+        video=tuple(videos),
+        frame=np.asarray(frames, dtype=np.int32),
+        trailing_comma=commas == {True},
+    )

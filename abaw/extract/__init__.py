@@ -1,0 +1,1 @@
+"""Frozen backbones over videos and frame folders -> the Zarr feature cache."""

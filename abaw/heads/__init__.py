@@ -1,0 +1,1 @@
+"""Feature fusion, temporal modules and task heads trained from the cache."""

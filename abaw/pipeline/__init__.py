@@ -1,0 +1,1 @@
+"""Training, strategy search, prediction and reports."""

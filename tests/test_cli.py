@@ -1,0 +1,92 @@
+"""The command line: help, synth, evaluate and validate-submission end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from abaw.cli import main
+from abaw.data.annotations import read_annotations
+from abaw.data.submission import write_submission
+from abaw.data.testlist import read_test_list
+
+
+def test_help_lists_commands():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ["synth", "evaluate", "validate-submission"]:
+        assert cmd in r.output
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "abaw", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "abaw" in r.stdout
+
+
+def _oracle_submission(root, path, corrupt=False):
+    tl = read_test_list(root / "MTL.txt")
+    ann = read_annotations(root / "test_set_annotations.txt")
+    idx = {n: i for i, n in enumerate(ann.images())}
+    rows = np.array([idx[n] for n in tl.images])
+    va = np.where(ann.va_valid[rows, None], ann.va[rows], 0.0)
+    expr = ann.expr[rows].clip(0)
+    if corrupt:
+        expr = (expr + 1) % 8
+    write_submission(path, tl.images, va, expr, ann.au[rows].clip(0))
+    return tl
+
+
+def test_evaluate_and_validate(tiny_synth, tmp_path):
+    sub = tmp_path / "sub.txt"
+    _oracle_submission(tiny_synth, sub)
+    runner = CliRunner()
+    r = runner.invoke(main, ["validate-submission", str(sub), "--test-list", str(tiny_synth / "MTL.txt")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["evaluate", str(sub), str(tiny_synth / "test_set_annotations.txt"),
+                             "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["va"] == pytest.approx(1.0, abs=1e-6) and s["total"] > 2.0
+    # a perfect AU prediction scores 1 on every AU that occurs, 0 on an AU never active
+    ann = read_annotations(tiny_synth / "test_set_annotations.txt")
+    occurs = (ann.au[ann.au_valid] == 1).any(0)
+    assert s["au"] == pytest.approx(occurs.mean())
+    assert "P_MTL" in r.output
+    # a wrong-expression submission scores lower on EXPR only
+    _oracle_submission(tiny_synth, tmp_path / "bad.txt", corrupt=True)
+    r = runner.invoke(main, ["evaluate", str(tmp_path / "bad.txt"), str(tiny_synth / "test_set_annotations.txt"),
+                             "--json", str(tmp_path / "b.json")])
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["expr"] < s["expr"] and b["va"] == s["va"]
+
+
+def test_errors_are_one_line_with_exit_1(tiny_synth, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("image,valence,arousal,expression,aus\nx/00001.jpg,0,0,0,0\n")
+    r = CliRunner().invoke(main, ["evaluate", str(bad), str(tiny_synth / "test_set_annotations.txt")])
+    assert r.exit_code == 1
+    assert r.output.strip().startswith("error: ") and f"{bad}:2:" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["validate-submission", str(bad), "--test-list", str(tiny_synth / "MTL.txt")])
+    assert r.exit_code == 1 and "invalid:" in r.output
+    # predictions missing for annotated frames
+    ok = tmp_path / "partial.txt"
+    _oracle_submission(tiny_synth, ok)
+    lines = ok.read_text().splitlines()
+    ok.write_text("\n".join(lines[:-5]) + "\n")
+    r = CliRunner().invoke(main, ["evaluate", str(ok), str(tiny_synth / "test_set_annotations.txt")])
+    assert r.exit_code == 1 and "have no prediction (e.g." in r.output
+
+
+def test_synth_cli(tmp_path):
+    r = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--train-videos", "2", "--val-videos", "1",
+                                  "--test-videos", "1", "--min-frames", "6", "--max-frames", "8",
+                                  "--no-videos", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s" / "MTL.txt").exists() and "wrote" in r.output
+    r = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--no-videos"])
+    assert r.exit_code == 1 and "use --overwrite" in r.output
