@@ -292,3 +292,7 @@ def probe_dim(model: torch.nn.Module, size: int) -> int:
     with torch.inference_mode():
         out = model(torch.zeros(1, 3, size, size))
     return int(np.prod(out.shape[1:]))
+
+
+# Other backbone families register themselves on import (kept at the bottom: they use the above).
+from abaw.extract import ckpt as _ckpt  # noqa: E402,F401  fine-tuned checkpoints: ckpt:DIR
