@@ -221,6 +221,8 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
     how = "stopped early" if s["stopped_early"] else "finished"
     click.echo(f"{how} after epoch {s['epochs_run']}: best {s['metric_name']} {s['best_metric']:.4f} "
                f"(epoch {s['best_epoch']}; untrained {s['untrained_metric']:.4f})")
+    if s["best_metric"] is not None and s["best_metric"] <= s["untrained_metric"]:
+        click.echo("warning: no epoch beat the untrained model on validation; check --lr and the data", err=True)
     click.echo(f"checkpoint: {out}  ->  abaw extract --backbone ckpt:{out}")
 
 

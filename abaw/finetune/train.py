@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from abaw.config import from_dict, to_dict
 from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
+from abaw.extract.backbones import file_sha256
 from abaw.finetune.config import FinetuneConfig
 from abaw.finetune.data import EpochSampler, FrameDataset, check_images, normalize_uint8
 from abaw.finetune.model import (
@@ -138,6 +139,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 def inspect_out(out: Path, cfg: FinetuneConfig, overwrite: bool) -> str:
     """'fresh' or 'resume' (read-only); raises if OUT holds something else."""
+    if out.exists() and not out.is_dir():
+        raise AbawError(f"{out}: exists and is not a folder; choose another --out")
     if not out.exists() or not any(out.iterdir()):
         return "fresh"
     cfg_path = out / CONFIG_FILE
@@ -260,6 +263,22 @@ def predict_outputs(model: torch.nn.Module, loader: DataLoader, step: TrainStep,
 # ------------------------------------------------------------------ the run
 
 
+def has_unused_parameters(model: torch.nn.Module, size: int, dev: torch.device) -> bool:
+    """Whether some trainable parameter gets no gradient (DDP must then look for them).
+
+    One forward/backward on a dummy batch; buffers (e.g. BatchNorm statistics) are restored.
+    """
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.train()
+    model(torch.zeros(2, 3, size, size, device=dev)).float().sum().backward()
+    unused = any(p.requires_grad and p.grad is None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(saved[n])
+    return unused
+
+
 def _rows(task: Task, ann: Annotations, path: str) -> np.ndarray:
     rows = np.flatnonzero(task.valid(ann))
     if not len(rows):
@@ -297,14 +316,24 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
     from tqdm.auto import tqdm
 
     status = inspect_out(out, cfg, overwrite)
+    env.barrier()  # every process has looked before rank 0 changes anything
     if env.main and status == "fresh":
         out.mkdir(parents=True, exist_ok=True)
         clear_run(out)
         write_json(out / CONFIG_FILE, to_dict(cfg))
     env.barrier()
     state = load_state(out / STATE_FILE) if status == "resume" else None
-    if state is not None and state.get("done"):
-        return state["summary"]
+    for f in (cfg.train_ann, cfg.val_ann):
+        if not os.path.isfile(f):
+            raise AbawError(f"{f}: no such file")
+    inputs = {"train_ann_sha256": file_sha256(cfg.train_ann), "val_ann_sha256": file_sha256(cfg.val_ann)}
+    if state is not None:
+        changed = [k.removesuffix("_sha256") for k, v in inputs.items() if state.get("inputs", {}).get(k) != v]
+        if changed:
+            raise AbawError(f"{out}: {' and '.join(changed)} changed since this run started; "
+                            "use --overwrite to start again or choose another --out")
+        if state.get("done"):
+            return state["summary"]
 
     task = create_task(cfg.task)
     train_ann, val_ann = read_annotations(cfg.train_ann), read_annotations(cfg.val_ann)
@@ -358,7 +387,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
     if env.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(raw, device_ids=[dev.index] if cuda else None)
+        model = DDP(raw, device_ids=[dev.index] if cuda else None,
+                    find_unused_parameters=has_unused_parameters(raw, pre.input_size, dev))
     step = TrainStep(model, task, opt, sched, dev, pre, amp=amp, channels_last=channels_last,
                      accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip)
 
@@ -445,7 +475,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
             if improved:
                 _export(out, raw, built, task, cfg, epoch, metric, details, untrained)
             save_state(out / STATE_FILE, {
-                "version": STATE_VERSION, "config": to_dict(cfg), "epoch": epoch,
+                "version": STATE_VERSION, "config": to_dict(cfg), "inputs": inputs, "epoch": epoch,
                 "model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad, "done": done, "summary": summary})
             write_json(out / HISTORY_FILE, summary)
