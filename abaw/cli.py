@@ -183,9 +183,11 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
     command to resume an interrupted run. Multi-GPU: `torchrun --nproc_per_node N -m abaw
     finetune ...`.
 
-    Example: abaw finetune --task expr --backbone timm:vit_base_patch16_224.mae --norm face
-    --data data/cropped_aligned --train-ann training_set_annotations.txt
-    --val-ann validation_set_annotations.txt --out runs/expr_vit
+    \b
+    Example:
+      abaw finetune --task expr --backbone timm:vit_base_patch16_224.mae --norm face \\
+          --data data/cropped_aligned --train-ann training_set_annotations.txt \\
+          --val-ann validation_set_annotations.txt --out runs/expr_vit
     """
     import os
 

@@ -286,6 +286,11 @@ def test_bad_inputs_are_one_line_errors(ft_data, tmp_path, runs):
     with pytest.raises(AbawError, match="only key= is allowed"):
         create_backbone(f"ckpt:{ck}?size=112")
     assert create_backbone(f"ckpt:{ck}?key=expr_ft").key == "expr_ft"
+    again = build_backbone(f"ckpt:{ck}")  # a checkpoint can start another run
+    from abaw.extract.backbones import state_dict_sha256
+
+    assert state_dict_sha256(again.model.state_dict()) == json.loads((ck / "backbone.json").read_text())["weights_sha256"]
+    assert again.preprocess == create_backbone(f"ckpt:{ck}").preprocess
     with pytest.raises(AbawError, match="not a fine-tuned checkpoint"):
         create_backbone(f"ckpt:{tmp_path / 'nothing'}")
     meta = json.loads((ck / "backbone.json").read_text())
@@ -361,3 +366,29 @@ def test_losses_groups_schedule_and_vit_resize(tmp_path):
     n_params = sum(p.numel() for g in groups for p in g["params"])
     assert n_params == sum(p.numel() for p in m.parameters())
     assert all(g["weight_decay"] == 0 for g in groups for p in g["params"] if p.ndim == 1)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """2 micro-batches of 8 with accumulation == one batch of 16 (AU's BCE is a mean over frames)."""
+    from abaw.extract.backbones import Preprocess
+    from abaw.finetune.train import TrainStep
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (16, 12), generator=g).float()
+    params = []
+    for accum in (1, 2):
+        torch.manual_seed(0)
+        bb = build_backbone("timm:test_efficientnet_gn?pretrained=0&size=32")
+        m = FinetuneModel(bb.model, TaskHead(bb.dim, 12))
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)  # update = -gradient (Adam would hide small errors)
+        step = TrainStep(m, create_task("au"), opt, None, torch.device("cpu"), Preprocess(input_size=32),
+                         amp=False, channels_last=False, accum_steps=accum, grad_clip=1.0)
+        m.train()
+        for k in range(accum):
+            sl = slice(k * 16 // accum, (k + 1) * 16 // accum)
+            step.micro(x[sl], y[sl], sync=k == accum - 1)
+        params.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+    assert not torch.equal(params[0], torch.cat([p.detach().flatten() for p in FinetuneModel(
+        build_backbone("timm:test_efficientnet_gn?pretrained=0&size=32").model, TaskHead(256, 12)).parameters()]))
