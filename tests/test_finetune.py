@@ -392,3 +392,26 @@ def test_gradient_accumulation_equals_one_big_batch():
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
     assert not torch.equal(params[0], torch.cat([p.detach().flatten() for p in FinetuneModel(
         build_backbone("timm:test_efficientnet_gn?pretrained=0&size=32").model, TaskHead(256, 12)).parameters()]))
+
+
+def test_checkpoint_round_trip_with_batchnorm(tmp_path):
+    """A BatchNorm model (0-d num_batches_tracked buffers) exports and reloads as ckpt:DIR."""
+    from abaw.extract.ckpt import write_checkpoint
+
+    torch.manual_seed(0)
+    bb = build_backbone("timm:test_resnet?pretrained=0&size=32&norm=face")
+    bb.model.train()
+    bb.model(torch.randn(4, 3, 32, 32))  # move the running statistics away from their init
+    write_checkpoint(tmp_path, bb.model.state_dict(), TaskHead(bb.dim, 2).state_dict(), timm_model=bb.timm_model,
+                     model_kwargs=bb.model_kwargs, dim=bb.dim, preprocess=bb.preprocess, task="va",
+                     head={"type": "linear", "out_dim": 2, "output": "tanh"}, extra={"epoch": 1})
+    ck = create_backbone(f"ckpt:{tmp_path}")
+    x = torch.randint(0, 256, (3, 40, 40, 3), dtype=torch.uint8)
+    bb.model.eval()
+    with torch.no_grad():
+        ref = bb.model(bb.preprocess(x))
+    torch.testing.assert_close(ck(x), ref)
+    assert ck.preprocess.mean == FACE_MEAN and ck.fingerprint()["source"]["epoch"] == 1
+    from abaw.extract.backbones import state_dict_sha256
+
+    assert ck.weights_sha256 == state_dict_sha256(ck.model.state_dict())  # recorded == recomputed

@@ -205,7 +205,9 @@ def param_groups(model: FinetuneModel, lr: float, head_lr: float, weight_decay: 
 
     bb = model.backbone
     skip = set(bb.no_weight_decay()) if hasattr(bb, "no_weight_decay") else set()
-    if layer_decay < 1.0 and hasattr(bb, "group_matcher"):
+    if layer_decay < 1.0 and not hasattr(bb, "group_matcher"):
+        raise AbawError(f"{type(bb).__name__} has no layer grouping (timm group_matcher); use --layer-decay 1")
+    if layer_decay < 1.0:
         groups = param_groups_layer_decay(bb, weight_decay=weight_decay, no_weight_decay_list=skip,
                                           layer_decay=layer_decay)
     else:
