@@ -1,0 +1,193 @@
+"""Figures users look at: per-frame timelines, per-AU F1, confusion matrices, VA plots.
+
+All functions write a PNG (matplotlib, Agg backend) atomically and return its path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from abaw.data.labels import AU_NAMES, EXPR_NAMES
+
+EXPR_COLOURS = ["#9e9e9e", "#d32f2f", "#689f38", "#7b1fa2", "#fbc02d", "#1976d2", "#00acc1", "#8d6e63"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    from abaw.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray, expr_prob: np.ndarray,
+             au_prob: np.ndarray, face: np.ndarray, title: str = "", xlabel: str = "time (s)") -> Path:
+    """V/A curves, an expression band and an AU heat map over time for one video."""
+    plt = _plt()
+    t = np.asarray(t, dtype=float)
+    face = np.asarray(face, bool)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True,
+                             gridspec_kw={"height_ratios": [2.2, 0.6, 2.4]})
+    ax = axes[0]
+    v = np.where(face, va[:, 0], np.nan)
+    a = np.where(face, va[:, 1], np.nan)
+    ax.plot(t, v, color="#1976d2", lw=1.3, label="valence")
+    ax.plot(t, a, color="#e64a19", lw=1.3, label="arousal")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("VA")
+    ax.legend(loc="upper right", ncol=2, fontsize=8)
+    if title:
+        ax.set_title(title)
+    # no-face spans shaded on every panel
+    for axx in axes:
+        _shade_missing(axx, t, face)
+    ax = axes[1]
+    e = np.argmax(expr_prob, axis=1)
+    colours = np.array([_hex_rgb(c) for c in EXPR_COLOURS])[e]
+    colours[~face] = 1.0
+    dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
+    ax.imshow(colours[None], aspect="auto", extent=(t[0] - dt / 2, t[-1] + dt / 2, 0, 1), interpolation="nearest")
+    ax.set_yticks([])
+    ax.set_ylabel("EXPR", rotation=0, ha="right", va="center")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in EXPR_COLOURS]
+    ax.legend(handles, EXPR_NAMES, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=8, fontsize=7, frameon=False)
+    ax = axes[2]
+    heat = np.where(face[:, None], au_prob, np.nan).T
+    im = ax.imshow(heat, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+                   extent=(t[0] - dt / 2, t[-1] + dt / 2, len(AU_NAMES) - 0.5, -0.5))
+    ax.set_yticks(range(len(AU_NAMES)))
+    ax.set_yticklabels(AU_NAMES, fontsize=7)
+    ax.set_xlabel(xlabel)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="AU probability")
+    return _save(fig, path)
+
+
+def _shade_missing(ax, t: np.ndarray, face: np.ndarray) -> None:
+    if face.all() or len(t) == 0:
+        return
+    dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
+    miss = np.flatnonzero(~face)
+    starts = miss[np.r_[True, np.diff(miss) > 1]]
+    ends = miss[np.r_[np.diff(miss) > 1, True]]
+    for s, e in zip(starts, ends):
+        ax.axvspan(t[s] - dt / 2, t[e] + dt / 2, color="#eeeeee", zorder=0, lw=0)
+
+
+def _hex_rgb(h: str) -> tuple[float, float, float]:
+    h = h.lstrip("#")
+    return tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def per_au_bars(path: str | os.PathLike, scores: dict[str, Sequence[float]]) -> Path:
+    """Per-AU F1 bars, one bar group per AU and one colour per run."""
+    plt = _plt()
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    w = 0.8 / max(1, len(names))
+    x = np.arange(len(AU_NAMES))
+    for i, n in enumerate(names):
+        ax.bar(x + (i - (len(names) - 1) / 2) * w, scores[n], width=w, label=n)
+    ax.set_xticks(x)
+    ax.set_xticklabels(AU_NAMES)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.set_title("AU F1 per action unit")
+    if len(names) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def confusion(path: str | os.PathLike, cm: np.ndarray, title: str = "EXPR confusion (rows: truth)") -> Path:
+    """Row-normalised confusion matrix with counts."""
+    plt = _plt()
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(EXPR_NAMES)))
+    ax.set_xticklabels(EXPR_NAMES, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(EXPR_NAMES)))
+    ax.set_yticklabels(EXPR_NAMES, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def va_scatter(path: str | os.PathLike, true_va: np.ndarray, pred_va: np.ndarray, ccc_v: float | None = None,
+               ccc_a: float | None = None) -> Path:
+    """Predicted vs true valence and arousal (hexbin density)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    fig.subplots_adjust(wspace=0.35)
+    for j, (ax, name, c) in enumerate(zip(axes, ["valence", "arousal"], [ccc_v, ccc_a])):
+        if len(true_va):
+            ax.hexbin(true_va[:, j], pred_va[:, j], gridsize=30, extent=(-1, 1, -1, 1), cmap="viridis", mincnt=1)
+        ax.plot([-1, 1], [-1, 1], "w--", lw=0.8)
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(name + (f"  CCC {c:.3f}" if c is not None else ""))
+        ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def va_traces(path: str | os.PathLike, traces: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> Path:
+    """Per-video VA traces: (video, frames, true [N,2], pred [N,2]) for a few videos."""
+    plt = _plt()
+    n = max(1, len(traces))
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.1 * n), squeeze=False)
+    for ax, (vid, fr, tv, pv) in zip(axes[:, 0], traces):
+        ax.plot(fr, tv[:, 0], color="#1976d2", lw=1, label="valence (true)")
+        ax.plot(fr, pv[:, 0], color="#1976d2", lw=1, ls="--", label="valence (pred)")
+        ax.plot(fr, tv[:, 1], color="#e64a19", lw=1, label="arousal (true)")
+        ax.plot(fr, pv[:, 1], color="#e64a19", lw=1, ls="--", label="arousal (pred)")
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(vid, fontsize=8)
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
+    axes[-1, 0].set_xlabel("frame")
+    return _save(fig, path)
+
+
+def score_bars(path: str | os.PathLike, rows: dict[str, dict[str, float | None]]) -> Path:
+    """Per-task scores (VA, EXPR, AU, P_MTL) side by side for several runs."""
+    plt = _plt()
+    tasks = ["va", "expr", "au", "total"]
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 0.4 * len(names)), 3.6))
+    w = 0.8 / max(1, len(names))
+    x = np.arange(len(tasks))
+    for i, n in enumerate(names):
+        vals = [rows[n].get(t) or 0.0 for t in tasks]
+        ax.bar(x + (i - (len(names) - 1) / 2) * w, vals, width=w, label=n)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["P_VA", "P_EXPR", "P_AU", "P_MTL"])
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("validation scores")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,99 @@
+"""Pieces of the prediction pipeline: neighbour filling, search spaces, plots and reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from abaw.errors import AbawError, FormatError
+from abaw.pipeline import plots
+from abaw.pipeline.fill import fill_rows, nearest_available
+from abaw.pipeline.report import RunEvaluation, build_report
+from abaw.pipeline.space import config_id, load_space, sample_configs, space_from_dict
+
+
+def test_nearest_available_within_video_only():
+    video = np.array(["a", "a", "a", "b", "a", "b", "c"])
+    frame = np.array([5, 1, 3, 1, 9, 2, 1])
+    avail = np.array([0, 1, 0, 0, 1, 0, 1], bool)
+    # a/5 is 4 from a/1 and 4 from a/9: tie goes to the earlier frame; b has nothing
+    assert nearest_available(video, frame, avail).tolist() == [1, 1, 1, -1, 4, -1, 6]
+
+
+def test_fill_rows_counts_and_fallback():
+    video = np.array(["a", "a", "a", "b"])
+    frame = np.array([1, 2, 3, 1])
+    avail = np.array([1, 0, 1, 0], bool)
+    vals = {"va": np.array([[0.1, 0.1], [9, 9], [0.3, 0.3], [9, 9]]), "expr": np.array([4, -1, 5, -1])}
+    out, n_nb, n_fb = fill_rows(vals, video, frame, avail, {"va": np.zeros(2), "expr": 0})
+    assert out["va"].tolist() == [[0.1, 0.1], [0.1, 0.1], [0.3, 0.3], [0, 0]]
+    assert out["expr"].tolist() == [4, 4, 5, 0] and (n_nb, n_fb) == (1, 1)
+
+
+def test_space_sampling_is_deterministic_and_budgeted(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_text("base: {epochs: 2}\ngrid:\n  tasks: [[au], [expr], [va]]\n  temporal: [none, tcn]\n"
+                 "random:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  window: [8, 16]\n")
+    space = load_space(p)
+    assert space.grid_size() == 6
+    all_cfgs = sample_configs(space, seed=0)
+    assert len(all_cfgs) == 6 and all(c["epochs"] == 2 and 1e-4 <= c["lr"] <= 1e-2 for c in all_cfgs)
+    some = sample_configs(space, budget=3, seed=0)
+    assert len(some) == 3 and some == sample_configs(space, budget=3, seed=0)
+    assert len({config_id(c) for c in all_cfgs}) == 6
+    only_random = sample_configs(space_from_dict({"random": {"d_model": {"int": [8, 16]}}}), budget=4, seed=1)
+    assert len(only_random) == 4 and all(8 <= c["d_model"] <= 16 for c in only_random)
+
+
+def test_space_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid:\n  tasks: [au\n")
+    with pytest.raises(FormatError, match="cannot parse"):
+        load_space(bad)
+    with pytest.raises(AbawError, match="unknown sections"):
+        space_from_dict({"grids": {}})
+    with pytest.raises(AbawError, match="non-empty list"):
+        space_from_dict({"grid": {"lr": []}})
+    with pytest.raises(AbawError, match="low <= high"):
+        space_from_dict({"random": {"lr": {"uniform": [2, 1]}}})
+    with pytest.raises(AbawError, match="more than one section"):
+        space_from_dict({"base": {"lr": 1}, "grid": {"lr": [1, 2]}})
+
+
+def _evaluation(name, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 300
+    vt = np.clip(np.cumsum(rng.normal(0, 0.05, (n, 2)), 0), -1, 1)
+    et = rng.integers(0, 8, n)
+    at = rng.integers(0, 2, (n, 12))
+    flip = rng.random((n, 12)) < noise
+    return RunEvaluation(
+        name=name, videos=np.array(["v1"] * 150 + ["v2"] * 150, dtype=object), frame=np.r_[1:151, 1:151],
+        va_true=vt, va_valid=np.ones(n, bool), expr_true=et, expr_valid=np.arange(n) % 3 > 0, au_true=at,
+        au_valid=np.ones(n, bool), va_pred=vt + rng.normal(0, noise, (n, 2)),
+        expr_pred=np.where(rng.random(n) < noise, rng.integers(0, 8, n), et), au_pred=np.where(flip, 1 - at, at),
+        info={"temporal": "tcn"})
+
+
+def test_report_writes_pngs_html_and_scores(tmp_path):
+    good, bad = _evaluation("good", 0.1), _evaluation("bad", 0.5)
+    html = build_report([good, bad], tmp_path / "rep", title="compare")
+    text = html.read_text()
+    assert text.count("data:image/png;base64,") >= 7 and "compare" in text and "AU26" in text
+    scores = json.loads((tmp_path / "rep" / "scores.json").read_text())
+    assert scores["good"]["total"] > scores["bad"]["total"]
+    for f in ["au_f1.png", "scores.png", "confusion_good.png", "va_scatter_bad.png", "va_traces_good.png"]:
+        assert (tmp_path / "rep" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(AbawError):
+        build_report([], tmp_path / "empty")
+
+
+def test_timeline_png(tmp_path):
+    t = np.arange(60) / 30
+    face = np.ones(60, bool)
+    face[20:30] = False
+    p = plots.timeline(tmp_path / "t.png", t, np.zeros((60, 2)), np.full((60, 8), 1 / 8), np.full((60, 12), 0.5),
+                       face, title="clip")
+    assert p.read_bytes()[:4] == b"\x89PNG"
