@@ -122,7 +122,8 @@ def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flatten first: 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -292,3 +293,7 @@ def probe_dim(model: torch.nn.Module, size: int) -> int:
     with torch.inference_mode():
         out = model(torch.zeros(1, 3, size, size))
     return int(np.prod(out.shape[1:]))
+
+
+# Other backbone families register themselves on import (kept at the bottom: they use the above).
+from abaw.extract import ckpt as _ckpt  # noqa: E402,F401  fine-tuned checkpoints: ckpt:DIR

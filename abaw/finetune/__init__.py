@@ -1,0 +1,9 @@
+"""Separate training: fine-tune a backbone per task on single frames (`abaw finetune`).
+
+The result folder is a first-class backbone: `create_backbone("ckpt:DIR")`.
+"""
+
+from abaw.finetune.config import AugmentConfig, FinetuneConfig
+from abaw.finetune.train import finetune
+
+__all__ = ["AugmentConfig", "FinetuneConfig", "finetune"]
