@@ -191,8 +191,8 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
     """
     import os
 
-    from abaw.finetune.config import AugmentConfig, FinetuneConfig
-    from abaw.finetune.model import with_options
+    from abaw.pipeline.finetune.config import AugmentConfig, FinetuneConfig
+    from abaw.pipeline.finetune.model import with_options
 
     spec = with_options(backbone, weights=os.path.abspath(weights) if weights else None, norm=norm,
                         size=None if size is None else str(size))
@@ -205,7 +205,7 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
         min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, drop_path=drop_path, head_dropout=head_dropout,
         label_smoothing=label_smoothing, class_weights=class_weights, patience=patience, min_delta=min_delta,
         samples_per_epoch=samples_per_epoch, augment=aug, amp=amp, channels_last=channels_last, seed=seed)
-    from abaw.finetune.train import finetune as run
+    from abaw.pipeline.finetune.train import finetune as run
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     try:

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 
 from abaw.data.annotations import read_annotations
 from abaw.data.synth import SynthConfig, generate
-from abaw.finetune.config import AugmentConfig
-from abaw.finetune.data import EpochSampler, FrameDataset
-from abaw.finetune.model import FinetuneModel, TaskHead, build_backbone, cosine_with_warmup, is_vit_like, param_groups
-from abaw.finetune.tasks import create_task
-from abaw.finetune.train import TrainStep, resolve_device
+from abaw.pipeline.finetune.config import AugmentConfig
+from abaw.pipeline.finetune.data import EpochSampler, FrameDataset
+from abaw.pipeline.finetune.model import FinetuneModel, TaskHead, build_backbone, cosine_with_warmup, is_vit_like, param_groups
+from abaw.pipeline.finetune.tasks import create_task
+from abaw.pipeline.finetune.train import TrainStep, resolve_device
 
 
 def model_throughput(args: argparse.Namespace, dev: torch.device) -> tuple[float, dict]:

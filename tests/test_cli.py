@@ -90,3 +90,18 @@ def test_synth_cli(tmp_path):
     assert (tmp_path / "s" / "MTL.txt").exists() and "wrote" in r.output
     r = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--no-videos"])
     assert r.exit_code == 1 and "use --overwrite" in r.output
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+    import stat
+
+    from abaw.io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "f.txt") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644

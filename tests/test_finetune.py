@@ -22,9 +22,9 @@ from abaw.data.annotations import read_annotations
 from abaw.data.synth import SynthConfig, generate
 from abaw.errors import AbawError
 from abaw.extract.backbones import FACE_MEAN, create_backbone
-from abaw.finetune import AugmentConfig, FinetuneConfig, finetune
-from abaw.finetune.data import EpochSampler, FrameDataset, read_rgb
-from abaw.finetune.model import (
+from abaw.pipeline.finetune import AugmentConfig, FinetuneConfig, finetune
+from abaw.pipeline.finetune.data import EpochSampler, FrameDataset, read_rgb
+from abaw.pipeline.finetune.model import (
     FinetuneModel,
     TaskHead,
     build_backbone,
@@ -32,7 +32,7 @@ from abaw.finetune.model import (
     param_groups,
     with_options,
 )
-from abaw.finetune.tasks import ccc_loss, create_task
+from abaw.pipeline.finetune.tasks import ccc_loss, create_task
 from abaw.metrics import ccc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,7 +371,7 @@ def test_losses_groups_schedule_and_vit_resize(tmp_path):
 def test_gradient_accumulation_equals_one_big_batch():
     """2 micro-batches of 8 with accumulation == one batch of 16 (AU's BCE is a mean over frames)."""
     from abaw.extract.backbones import Preprocess
-    from abaw.finetune.train import TrainStep
+    from abaw.pipeline.finetune.train import TrainStep
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -62,7 +62,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Raise AbawError on values that cannot work."""
-        from abaw.finetune.tasks import TASKS
+        from abaw.pipeline.finetune.tasks import TASKS
 
         TASKS.get(self.task)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}

@@ -38,9 +38,9 @@ from abaw.config import from_dict, to_dict
 from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
 from abaw.extract.backbones import file_sha256
-from abaw.finetune.config import FinetuneConfig
-from abaw.finetune.data import EpochSampler, FrameDataset, check_images, normalize_uint8
-from abaw.finetune.model import (
+from abaw.pipeline.finetune.config import FinetuneConfig
+from abaw.pipeline.finetune.data import EpochSampler, FrameDataset, check_images, normalize_uint8
+from abaw.pipeline.finetune.model import (
     FinetuneModel,
     TaskHead,
     build_backbone,
@@ -48,7 +48,7 @@ from abaw.finetune.model import (
     is_vit_like,
     param_groups,
 )
-from abaw.finetune.tasks import Task, create_task
+from abaw.pipeline.finetune.tasks import Task, create_task
 from abaw.io import atomic_write, read_json, write_json
 
 CONFIG_FILE = "finetune_config.json"

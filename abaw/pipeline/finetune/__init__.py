@@ -3,7 +3,7 @@
 The result folder is a first-class backbone: `create_backbone("ckpt:DIR")`.
 """
 
-from abaw.finetune.config import AugmentConfig, FinetuneConfig
-from abaw.finetune.train import finetune
+from abaw.pipeline.finetune.config import AugmentConfig, FinetuneConfig
+from abaw.pipeline.finetune.train import finetune
 
 __all__ = ["AugmentConfig", "FinetuneConfig", "finetune"]

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from abaw.data.annotations import Annotations
 from abaw.errors import AbawError
 from abaw.extract.backbones import Preprocess
-from abaw.finetune.config import AugmentConfig
+from abaw.pipeline.finetune.config import AugmentConfig
 
 
 def _safe_video_dir(root: Path, video: str) -> Path:
