@@ -224,7 +224,10 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
         val_ann = val_ann or str(Path(data) / "validation_set_annotations.txt")
     if not train_ann or not val_ann:
         raise click.UsageError("give --train-ann and --val-ann (or --data DIR)")
-    gap = None if max_gap.lower() == "none" else int(max_gap)
+    try:
+        gap = None if max_gap.lower() == "none" else int(max_gap)
+    except ValueError:
+        raise click.BadParameter(f"{max_gap!r}: a number of frames or 'none'", param_hint="--max-gap") from None
     cfg = TrainConfig(backbones=backbones, tasks=_parse_tasks(tasks), max_gap=gap,
                       task_weights=_parse_task_weights(task_weights), init_from=init_from, **opts)
     run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,

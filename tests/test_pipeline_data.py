@@ -219,3 +219,22 @@ def test_alignment_with_a_real_store(tmp_path):
     t = load_features(fs, ["k"])
     got = align_labels(t, _ann([("v", 4), ("v", 6)]))
     assert t.feats["k"][got.rows, 0].tolist() == [3.0, 6.0]
+
+
+def test_postprocess_fit_on_annotations_uses_unlabelled_neighbours():
+    from abaw.pipeline.postprocess import fit_postprocess_annotations
+
+    out, rng = _outputs((120, 90), seed=2)
+    clean = np.zeros((len(out), 2), np.float32)
+    for v in range(2):  # piecewise-constant truth, noisy outputs on every frame
+        m = out.video_idx == v
+        clean[m] = np.repeat(rng.uniform(-0.8, 0.8, (10, 2)), 15, axis=0)[: m.sum()]
+    out = out.with_values(va=np.clip(clean + rng.normal(0, 0.4, clean.shape), -1, 1).astype(np.float32))
+    keep = np.flatnonzero(out.frame % 3 == 0)  # only every third frame is labelled
+    rows = keep[::-1]  # annotation order differs from output order
+    names = [(out.videos[out.video_idx[i]], int(out.frame[i])) for i in rows]
+    ann = _ann(names)
+    ann = Annotations(ann.videos, ann.video_idx, ann.frame, clean[np.sort(keep)], ann.expr, ann.au)
+    pp, steps = fit_postprocess_annotations(out, ann, windows=(1, 5, 9))
+    assert pp.smooth_va == 9 and steps[-1]["va"] > steps[0]["va"] + 0.1
+    assert score_against(out, ann, pp).va == pytest.approx(steps[-1]["va"])

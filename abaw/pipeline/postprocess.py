@@ -115,8 +115,8 @@ def fit_au_thresholds(prob: np.ndarray, true: np.ndarray, valid: np.ndarray | No
     return g[f1.argmax(0)]
 
 
-def _scores(outputs: FrameOutputs, labels: Labels, thr) -> dict[str, Any]:
-    s = score_outputs(outputs, labels, thr)
+def _scores(outputs: FrameOutputs, labels: Labels, thr, rows: np.ndarray | None = None) -> dict[str, Any]:
+    s = score_outputs(outputs if rows is None else outputs.take(rows), labels, thr)
     return {"total": s.total, "va": s.va, "expr": s.expr, "au": s.au, "tasks": list(s.tasks)}
 
 
@@ -133,23 +133,31 @@ def _task_score(outputs: FrameOutputs, labels: Labels, task: str, thr) -> float:
 
 
 def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool = True, smoothing: bool = True,
-                    windows: tuple[int, ...] = DEFAULT_WINDOWS) -> tuple[PostProcess, list[dict[str, Any]]]:
-    """Fit smoothing windows and AU thresholds on validation outputs aligned with `labels`.
+                    windows: tuple[int, ...] = DEFAULT_WINDOWS, rows: np.ndarray | None = None
+                    ) -> tuple[PostProcess, list[dict[str, Any]]]:
+    """Fit smoothing windows and AU thresholds on validation outputs.
 
+    `labels` are aligned with `outputs` row by row, or with `outputs.take(rows)` when
+    `rows` is given (then smoothing still uses every frame of `outputs` as context).
     Returns the PostProcess and the steps with the score before and after each:
     `raw` -> `au_thresholds` (thresholds on raw probabilities) -> `smoothing` (windows per
     task, thresholds refitted on the smoothed probabilities).
     """
     fit_thr = au_thresholds and outputs.au is not None and labels.au_valid.any()
 
-    def thresholds(out: FrameOutputs):
-        return tuple(float(x) for x in fit_au_thresholds(out.au, labels.au, labels.au_valid)) if fit_thr else None
+    def sel(out: FrameOutputs) -> FrameOutputs:
+        return out if rows is None else out.take(rows)
 
-    steps = [{"step": "raw", **_scores(outputs, labels, None)}]
+    def thresholds(out: FrameOutputs):
+        if not fit_thr:
+            return None
+        return tuple(float(x) for x in fit_au_thresholds(sel(out).au, labels.au, labels.au_valid))
+
+    steps = [{"step": "raw", **_scores(outputs, labels, None, rows)}]
     thr = thresholds(outputs)
     pp = PostProcess(au_thresholds=thr)
     if fit_thr:
-        steps.append({"step": "au_thresholds", "au_thresholds": list(thr), **_scores(outputs, labels, thr)})
+        steps.append({"step": "au_thresholds", "au_thresholds": list(thr), **_scores(outputs, labels, thr, rows)})
     if smoothing:
         chosen: dict[str, int] = {}
         for task in outputs.tasks:
@@ -160,7 +168,7 @@ def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool =
             for w in sorted(set(windows) | {1}):
                 sm = apply_postprocess(outputs, PostProcess(**{f"smooth_{task}": w}))
                 t = thresholds(sm) if task == "au" else None
-                sc = _task_score(sm, labels, task, t)
+                sc = _task_score(sel(sm), labels, task, t)
                 if sc > best + 1e-12:
                     best, best_w = sc, w
             chosen[task] = best_w
@@ -169,5 +177,14 @@ def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool =
         sm = apply_postprocess(outputs, pp)
         thr = thresholds(sm)
         pp = replace(pp, au_thresholds=thr)
-        steps.append({"step": "smoothing", "windows": chosen, **_scores(sm, labels, thr)})
+        steps.append({"step": "smoothing", "windows": chosen, **_scores(sm, labels, thr, rows)})
     return pp, steps
+
+
+def fit_postprocess_annotations(outputs: FrameOutputs, ann, **kwargs: Any) -> tuple[PostProcess, list[dict[str, Any]]]:
+    """`fit_postprocess` against an `Annotations` (every annotated frame needs an output);
+    e.g. refit on validation for an ensemble: `fit_postprocess_annotations(mean_outputs(outs), val_ann)`."""
+    from abaw.pipeline.outputs import align_annotations
+
+    rows, labels = align_annotations(outputs, ann)
+    return fit_postprocess(outputs, labels, rows=rows, **kwargs)

@@ -14,6 +14,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import replace
@@ -319,7 +320,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         start_epoch = int(st["epoch"])
         best = {"score": float(st["best_score"]), "epoch": int(st["best_epoch"])}
         bad_epochs = int(st["bad_epochs"])
-        history = read_json(out / "metrics.json")["epochs"][:start_epoch]
+        history = json.loads(st["history_json"])
     else:
         if cfg.init_from:
             init_report = init_from_runs(model, spec, cfg.init_from)
@@ -372,7 +373,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             history.append(rec)
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                   "epoch": epoch + 1, "best_score": best["score"], "best_epoch": best["epoch"],
-                  "bad_epochs": bad_epochs}
+                  "bad_epochs": bad_epochs, "history_json": json.dumps(history)}
             if device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(device)
             with atomic_write(out / "last.pt", "wb") as f:
