@@ -14,6 +14,7 @@ from abaw.cache.store import FeatureStore, load_features
 from abaw.cli import main
 from abaw.data.annotations import read_annotations
 from abaw.errors import AbawError
+from abaw.heads.model import build_model
 from abaw.metrics import mtl_score
 from abaw.pipeline.config import TrainConfig
 from abaw.pipeline.dataset import align_labels
@@ -101,9 +102,6 @@ def test_init_from_single_task_runs(temporal_data, tmp_path):
     v = train(TrainConfig(tasks=("va",), **{**base, "backbones": ("second", "synth")}), table, tr, va,
               tmp_path / "va", progress=False)
     joint_cfg = TrainConfig(**{**base, "backbones": ("synth", "second")})
-    model = torch.nn.Module()
-    from abaw.heads.model import build_model
-
     spec = joint_cfg.model_spec(("synth", "second"), (32, 24))
     model = build_model(spec)
     report = init_from_runs(model, spec, (str(au.path), str(v.path)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from abaw.data.annotations import Annotations
-from abaw.data.labels import N_AU, N_EXPR, TASKS, image_name
+from abaw.data.labels import TASKS, image_name
 from abaw.errors import AbawError
 from abaw.metrics import MTLScore, mtl_score
 from abaw.pipeline.dataset import Labels
@@ -39,11 +39,6 @@ class FrameOutputs:
 
     def images(self) -> list[str]:
         return [image_name(self.videos[v], int(f)) for v, f in zip(self.video_idx, self.frame)]
-
-    def keys(self) -> np.ndarray:
-        """Sortable int64 keys of (video name rank, frame) for exact matching across sets."""
-        rank = np.argsort(np.argsort(np.asarray(self.videos, dtype=object)))
-        return (rank[self.video_idx].astype(np.int64) << 32) | self.frame.astype(np.int64)
 
     def with_values(self, **arrays: np.ndarray | None) -> FrameOutputs:
         return replace(self, **arrays)
@@ -138,10 +133,3 @@ def score_against(outputs: FrameOutputs, ann: Annotations, postprocess=None) -> 
     rows, labels = align_annotations(outputs, ann)
     return score_outputs(outputs.take(rows), labels, thr)
 
-
-def check_shapes(outputs: FrameOutputs) -> None:
-    n = len(outputs)
-    for t, c in (("va", 2), ("expr", N_EXPR), ("au", N_AU)):
-        a = getattr(outputs, t)
-        if a is not None and a.shape != (n, c):
-            raise ValueError(f"FrameOutputs.{t}: expected {(n, c)}, got {a.shape}")

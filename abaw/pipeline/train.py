@@ -503,11 +503,4 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
                fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device)
 
 
-def config_from_run(path: str | Path) -> TrainConfig:
-    """The TrainConfig of an existing run (e.g. to retrain it on other data)."""
-    from abaw.pipeline.run import read_config
-
-    return read_config(path)
-
-
-__all__ = ["TrainConfig", "train", "resolve_backbones", "init_from_runs", "config_from_run"]
+__all__ = ["TrainConfig", "train", "resolve_backbones", "init_from_runs", "feature_stats"]
