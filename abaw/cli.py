@@ -231,6 +231,135 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
 # ---------------------------------------------------------------- joint training (issue 4)
 
 
+def _parse_task_weights(text: str) -> tuple[float, float, float]:
+    """`1,1,1` (va,expr,au) or `va=1,expr=0.5,au=2` (unnamed tasks keep weight 1)."""
+    names = ("va", "expr", "au")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if parts and all("=" in p for p in parts):
+            w = dict.fromkeys(names, 1.0)
+            for p in parts:
+                k, v = p.split("=", 1)
+                if k.strip() not in names:
+                    raise click.BadParameter(f"unknown task {k.strip()!r} (va, expr, au)")
+                w[k.strip()] = float(v)
+            return (w["va"], w["expr"], w["au"])
+        if len(parts) == 3:
+            return tuple(float(p) for p in parts)  # type: ignore[return-value]
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{text!r}: give three numbers va,expr,au or va=..,expr=..,au=..")
+
+
+def _parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    if tasks == ("all",):
+        return ("va", "expr", "au")
+    bad = [t for t in tasks if t not in ("va", "expr", "au")]
+    if bad or not tasks:
+        raise click.BadParameter(f"{text!r}: a comma-separated subset of va, expr, au")
+    return tasks
+
+
+@main.command("train-heads")
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Feature cache (Zarr store) written by `abaw extract`.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False),
+              help="Dataset root: --train-ann/--val-ann default to its training_/validation_set_annotations.txt.")
+@click.option("--train-ann", type=click.Path(exists=True, dir_okay=False), help="Training annotation file.")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotation file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--backbone", "backbones", multiple=True,
+              help="Backbone features to use, by cache key or spec (repeat). Default: all in the cache.")
+@click.option("--tasks", default="va,expr,au", show_default=True, help="Tasks trained jointly (subset of va,expr,au).")
+@click.option("--fusion", default="sum", show_default=True, help="Feature Fusion Module: sum | concat | attention.")
+@click.option("--temporal", default="transformer", show_default=True,
+              help="Temporal Convergence Module: none | transformer | tcn | gru | lstm.")
+@click.option("--d-model", default=256, show_default=True, help="Model width after the projections.")
+@click.option("--layers", default=2, show_default=True, help="Temporal layers (transformer/rnn layers, tcn blocks).")
+@click.option("--heads", default=4, show_default=True, help="Attention heads (transformer).")
+@click.option("--ff-mult", default=2, show_default=True, help="Transformer feed-forward width / d_model.")
+@click.option("--kernel", default=3, show_default=True, help="TCN kernel size.")
+@click.option("--causal/--no-causal", default=False, show_default=True,
+              help="Causal temporal context (online use): no look-ahead.")
+@click.option("--dropout", default=0.1, show_default=True)
+@click.option("--window", default=32, show_default=True, help="Frames per sequence window.")
+@click.option("--stride", type=int, default=None, help="Step between training windows [default: window].")
+@click.option("--max-gap", default="30", show_default=True,
+              help="More missing frame numbers than this between two frames start a new sequence ('none': never).")
+@click.option("--task-weights", default="1,1,1", show_default=True, help="Loss weights va,expr,au (or va=1,au=2).")
+@click.option("--au-pos-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+              help="BCE positive weights per AU (auto: negatives/positives).")
+@click.option("--expr-class-weight", type=click.Choice(["none", "inverse"]), default="inverse", show_default=True,
+              help="EXPR cross-entropy class weights.")
+@click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", default=0.05, show_default=True)
+@click.option("--epochs", default=20, show_default=True, help="Maximum epochs.")
+@click.option("--batch-frames", default=1024, show_default=True, help="Frames per batch.")
+@click.option("--warmup", "warmup_epochs", default=1.0, show_default=True, help="Linear warm-up, in epochs.")
+@click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without a better val P_MTL.")
+@click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--init-from", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Initialise from finished runs (e.g. single-task runs): projections, fusion, temporal, heads.")
+@click.option("--thresholds/--no-thresholds", "au_thresholds", default=True, show_default=True,
+              help="Fit per-AU decision thresholds on validation.")
+@click.option("--smoothing/--no-smoothing", default=True, show_default=True,
+              help="Fit per-task temporal smoothing windows on validation.")
+@click.option("--allow-missing", is_flag=True, help="Skip (and report) labelled frames without a cached feature.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same config).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
+                backbones: tuple[str, ...], tasks: str, max_gap: str, task_weights: str, init_from: tuple[str, ...],
+                resume: bool, overwrite: bool, quiet: bool, **opts) -> None:
+    """Train fusion + temporal module + AU/EXPR/VA heads jointly from cached features.
+
+    Selects the best epoch on validation P_MTL, then fits per-AU thresholds and temporal
+    smoothing on validation and reports P_MTL before and after each step.
+
+    Example: abaw train-heads --cache cache.zarr --data data/synth --out runs/joint
+    """
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.config import TrainConfig
+    from abaw.pipeline.train import train
+
+    if data:
+        train_ann = train_ann or str(Path(data) / "training_set_annotations.txt")
+        val_ann = val_ann or str(Path(data) / "validation_set_annotations.txt")
+    if not train_ann or not val_ann:
+        raise click.UsageError("give --train-ann and --val-ann (or --data DIR)")
+    try:
+        gap = None if max_gap.lower() == "none" else int(max_gap)
+    except ValueError:
+        raise click.BadParameter(f"{max_gap!r}: a number of frames or 'none'", param_hint="--max-gap") from None
+    cfg = TrainConfig(backbones=backbones, tasks=_parse_tasks(tasks), max_gap=gap,
+                      task_weights=_parse_task_weights(task_weights), init_from=init_from, **opts)
+    run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,
+                overwrite=overwrite, progress=not quiet)
+    data_info = run.path / "data.json"
+    from abaw.io import read_json
+
+    for split in ("train", "val"):
+        miss = read_json(data_info)[split].get("missing")
+        if miss:
+            click.echo(f"skipped {miss['missing']} of {miss['labelled']} labelled {split} frames without a cached "
+                       f"feature (e.g. {', '.join(miss['examples'][:3])})")
+    res = run.result
+
+    def f(x):
+        return "  n/a " if x is None else f"{x:.4f}"
+
+    click.echo(f"best epoch {res['best_epoch']} of {res['epochs_run']}; validation P_MTL by post-processing step:")
+    for s in res["steps"]:
+        extra = f"  windows {s['windows']}" if "windows" in s else ""
+        click.echo(f"  {s['step']:<14} P {s['total']:.4f}   VA {f(s['va'])}  EXPR {f(s['expr'])}  "
+                   f"AU {f(s['au'])}{extra}")
+    click.echo(f"run written to {run.path}")
+
+
 # ---------------------------------------------------------------- search, predict, report, demo (issue 5)
 
 

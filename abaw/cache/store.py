@@ -317,13 +317,18 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
             absent.append(v)
     if absent and missing == "error":
         raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    vidx, frames, faces, stamps = [], [], [], []
+    # Read the (small) indexes first, then fill preallocated arrays video by video, so the
+    # peak memory is the table itself plus one video (not twice the table).
+    indexes = [fs.read_index(v) for v in use]
+    sel = [idx.face if faces_only else slice(None) for idx in indexes]
+    counts = [int(idx.face.sum()) if faces_only else len(idx.frame) for idx in indexes]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(offsets[-1])
+    feats: dict[str, np.ndarray] = {}
     fps: dict[str, dict[str, Any]] = {}
-    for i, v in enumerate(use):
-        idx = fs.read_index(v)
-        rows = idx.face if faces_only else slice(None)
-        for k in keys:
+    for k in keys:
+        out = None
+        for i, v in enumerate(use):
             f = fs.read_features(v, k)
             fp = fs.fingerprint(v, k)
             if k in fps:
@@ -334,23 +339,24 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                                     f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
             else:
                 fps[k] = fp
-            parts[k].append(f[rows])
-        fr = idx.frame[rows]
-        frames.append(fr)
-        faces.append(idx.face[rows])
-        stamps.append(idx.timestamp[rows])
-        vidx.append(np.full(len(fr), i, dtype=np.int32))
+            if out is None:
+                out = np.empty((n, f.shape[1]), dtype=np.float16)
+            elif f.shape[1] != out.shape[1]:
+                raise AbawError(f"{fs.path}: backbone {k!r} has {f.shape[1]}-d features in {v!r}, "
+                                f"{out.shape[1]}-d elsewhere")
+            out[offsets[i]:offsets[i + 1]] = f[sel[i]]
+        feats[k] = out if out is not None else np.zeros((0, 0), np.float16)
 
-    def cat(xs: list[np.ndarray], dtype, shape=(0,)) -> np.ndarray:
-        return np.concatenate(xs) if xs else np.zeros(shape, dtype)
+    def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
     return FeatureTable(
         keys=keys,
         videos=tuple(use),
-        video_idx=cat(vidx, np.int32),
-        frame=cat(frames, np.int32),
-        face=cat(faces, bool),
-        timestamp=cat(stamps, np.float64),
-        feats={k: cat(parts[k], np.float16, (0, 0)) for k in keys},
+        video_idx=np.repeat(np.arange(len(use), dtype=np.int32), counts),
+        frame=cat([idx.frame[s] for idx, s in zip(indexes, sel)], np.int32),
+        face=cat([idx.face[s] for idx, s in zip(indexes, sel)], bool),
+        timestamp=cat([idx.timestamp[s] for idx, s in zip(indexes, sel)], np.float64),
+        feats=feats,
         fingerprints=fps,
     )

@@ -1,0 +1,114 @@
+"""The multi-task head model: per-backbone projection -> fusion -> temporal -> task heads.
+
+    feats_k [B, W, D_k] --standardise+Linear--> [B, W, d]  (one projection per backbone)
+    fusion (sum | concat | attention)       -> [B, W, d]   (Feature Fusion Module)
+    temporal (none | transformer | tcn | gru | lstm) -> [B, W, d] (Temporal Convergence Module)
+    heads: va -> 2 (tanh), expr -> 8 logits, au -> 12 logits (only the enabled tasks)
+
+`ModelSpec` holds everything needed to rebuild the model (saved inside checkpoints).
+Model architectures are registered in `MODELS`; `multitask` is the one above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from abaw.data.labels import N_AU, N_EXPR, TASKS
+from abaw.heads.fusion import create_fusion
+from abaw.heads.temporal import TemporalOptions, create_temporal
+from abaw.registry import Registry
+
+TASK_OUTPUTS = {"va": 2, "expr": N_EXPR, "au": N_AU}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a head model (enough to rebuild it from a state dict)."""
+
+    keys: tuple[str, ...]  # backbone keys, in input order
+    dims: tuple[int, ...]  # feature width of each backbone
+    tasks: tuple[str, ...] = TASKS
+    fusion: str = "sum"
+    temporal: str = "transformer"
+    d_model: int = 256
+    layers: int = 2
+    heads: int = 4
+    ff_mult: int = 2
+    kernel: int = 3
+    causal: bool = False
+    dropout: float = 0.1
+    arch: str = "multitask"
+
+    def temporal_options(self) -> TemporalOptions:
+        return TemporalOptions(layers=self.layers, heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel,
+                               causal=self.causal, dropout=self.dropout)
+
+
+class FeatureNorm(nn.Module):
+    """Fixed per-dimension standardisation of one backbone's features (statistics of the
+    training frames, set once before training and saved with the weights)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+ModelFactory = Callable[[ModelSpec], nn.Module]
+MODELS: Registry[ModelFactory] = Registry("head model")
+
+
+@MODELS.register("multitask")
+class MultiTaskModel(nn.Module):
+    """Projection + fusion + temporal module + linear task heads."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if len(spec.keys) != len(spec.dims) or not spec.keys:
+            raise ValueError("ModelSpec: one dim per backbone key, at least one backbone")
+        unknown = [t for t in spec.tasks if t not in TASK_OUTPUTS]
+        if unknown or not spec.tasks:
+            raise ValueError(f"ModelSpec: tasks must be a non-empty subset of {TASKS}, got {spec.tasks}")
+        self.spec = spec
+        d = spec.d_model
+        self.proj = nn.ModuleList(
+            [nn.Sequential(FeatureNorm(dim), nn.Linear(dim, d), nn.Dropout(spec.dropout)) for dim in spec.dims])
+        self.fusion = create_fusion(spec.fusion, len(spec.dims), d, spec.dropout)
+        self.temporal = create_temporal(spec.temporal, d, spec.temporal_options())
+        self.heads = nn.ModuleDict({t: nn.Linear(d, TASK_OUTPUTS[t]) for t in TASKS if t in spec.tasks})
+
+    def embed(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The shared per-frame representation [B, W, d] after fusion and temporal context."""
+        if len(feats) != len(self.proj):
+            raise ValueError(f"expected {len(self.proj)} feature tensors, got {len(feats)}")
+        h = self.fusion([p(x) for p, x in zip(self.proj, feats)])
+        return self.temporal(h, mask)
+
+    def set_feature_stats(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per-backbone (mean, std) of the training features, for the input standardisation."""
+        for p, (m, s) in zip(self.proj, stats):
+            p[0].set_stats(m, s)
+
+    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-frame outputs: `va` in [-1, 1] [B, W, 2], `expr` / `au` logits [B, W, 8 / 12]."""
+        h = self.embed(feats, mask)
+        out = {t: head(h) for t, head in self.heads.items()}
+        if "va" in out:
+            out["va"] = torch.tanh(out["va"])
+        return out
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Instantiate the registered architecture `spec.arch`."""
+    return MODELS.get(spec.arch)(spec)

@@ -1,0 +1,135 @@
+"""Per-frame model outputs (probabilities and values), their alignment with labels, scoring.
+
+`FrameOutputs` is what a run produces for any set of frames: VA values in [-1, 1], the 8
+EXPR probabilities and the 12 AU probabilities (a task the run did not train is None).
+Several runs' outputs for the same frames average into an ensemble (`mean_outputs`).
+Decisions (EXPR class, AU 0/1) come from `abaw.pipeline.postprocess.decide`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from abaw.data.annotations import Annotations
+from abaw.data.labels import TASKS, image_name
+from abaw.errors import AbawError
+from abaw.metrics import MTLScore, mtl_score
+from abaw.pipeline.dataset import Labels
+
+
+@dataclass(frozen=True, eq=False)
+class FrameOutputs:
+    """Outputs for N frames: row i is frame `frame[i]` of video `videos[video_idx[i]]`."""
+
+    videos: tuple[str, ...]
+    video_idx: np.ndarray  # int32 [N]; rows grouped by video, sorted by frame
+    frame: np.ndarray  # int32 [N]
+    va: np.ndarray | None = None  # float32 [N, 2] valence, arousal
+    expr: np.ndarray | None = None  # float32 [N, 8] class probabilities
+    au: np.ndarray | None = None  # float32 [N, 12] probabilities of each AU being active
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for t in TASKS if getattr(self, t) is not None)
+
+    def images(self) -> list[str]:
+        return [image_name(self.videos[v], int(f)) for v, f in zip(self.video_idx, self.frame)]
+
+    def with_values(self, **arrays: np.ndarray | None) -> FrameOutputs:
+        return replace(self, **arrays)
+
+    def take(self, rows: np.ndarray) -> FrameOutputs:
+        """The outputs of the given rows (in that order)."""
+        return FrameOutputs(self.videos, self.video_idx[rows], self.frame[rows],
+                            **{t: (None if getattr(self, t) is None else getattr(self, t)[rows]) for t in TASKS})
+
+    def save(self, path) -> None:
+        """Save as a compressed .npz (atomic)."""
+        from abaw.io import atomic_write
+
+        arrays = {"videos": np.asarray(self.videos, dtype=str), "video_idx": self.video_idx, "frame": self.frame}
+        for t in self.tasks:
+            arrays[t] = getattr(self, t)
+        with atomic_write(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> FrameOutputs:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(videos=tuple(str(v) for v in z["videos"]), video_idx=z["video_idx"], frame=z["frame"],
+                       **{t: (z[t] if t in z.files else None) for t in TASKS})
+
+
+def mean_outputs(outputs: list[FrameOutputs]) -> FrameOutputs:
+    """Ensemble: mean VA values and mean probabilities over runs with identical frames.
+
+    A task is averaged over the runs that predict it (None if none does).
+    """
+    if not outputs:
+        raise AbawError("mean_outputs: no outputs")
+    first = outputs[0]
+    for o in outputs[1:]:
+        if o.videos != first.videos or not np.array_equal(o.video_idx, first.video_idx) \
+                or not np.array_equal(o.frame, first.frame):
+            raise AbawError("mean_outputs: outputs cover different frames")
+    arrays = {}
+    for t in TASKS:
+        parts = [getattr(o, t) for o in outputs if getattr(o, t) is not None]
+        arrays[t] = np.mean(parts, axis=0).astype(np.float32) if parts else None
+    return replace(first, **arrays)
+
+
+def align_annotations(outputs: FrameOutputs, ann: Annotations) -> tuple[np.ndarray, Labels]:
+    """Rows of `outputs` for every annotated frame, and the labels in that order.
+
+    Every annotated frame must have an output (exact (video, frame) match), else AbawError.
+    """
+    index = {v: i for i, v in enumerate(outputs.videos)}
+    vmap = np.array([index.get(v, -1) for v in ann.videos], dtype=np.int64)
+    tv = vmap[ann.video_idx] if len(ann) else np.zeros(0, np.int64)
+    okeys = (outputs.video_idx.astype(np.int64) << 32) | outputs.frame.astype(np.int64)
+    order = np.argsort(okeys, kind="stable")
+    sk = okeys[order]
+    akeys = (np.maximum(tv, 0) << 32) | ann.frame.astype(np.int64)
+    pos = np.minimum(np.searchsorted(sk, akeys), max(len(sk) - 1, 0))
+    ok = (tv >= 0) & (sk[pos] == akeys if len(sk) else False)
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        ex = ", ".join(image_name(ann.videos[ann.video_idx[i]], int(ann.frame[i])) for i in bad[:5])
+        raise AbawError(f"{len(bad)} of {len(ann)} annotated frames have no output (e.g. {ex})")
+    return order[pos], Labels.from_annotations(ann)
+
+
+def score_outputs(outputs: FrameOutputs, labels: Labels, au_thresholds=None) -> MTLScore:
+    """The MTL metric of outputs aligned row by row with `labels` (tasks the outputs have).
+
+    EXPR: argmax class; AU: probability >= threshold (0.5, or one per AU).
+    """
+    from abaw.pipeline.postprocess import decide
+
+    if len(outputs) != len(labels):
+        raise ValueError(f"score_outputs: {len(outputs)} outputs vs {len(labels)} labels")
+    va, expr, au = decide(outputs, au_thresholds)
+    return mtl_score(
+        va, labels.va if va is not None else None, labels.va_valid,
+        expr, labels.expr if expr is not None else None, labels.expr_valid,
+        au, labels.au if au is not None else None, labels.au_valid,
+    )
+
+
+def score_against(outputs: FrameOutputs, ann: Annotations, postprocess=None) -> MTLScore:
+    """Score outputs on every frame of `ann` (after `postprocess`'s smoothing and thresholds if given)."""
+    from abaw.pipeline.postprocess import apply_postprocess
+
+    thr = None
+    if postprocess is not None:
+        outputs = apply_postprocess(outputs, postprocess)
+        thr = postprocess.au_thresholds
+    rows, labels = align_annotations(outputs, ann)
+    return score_outputs(outputs.take(rows), labels, thr)
+

@@ -1,0 +1,262 @@
+"""Run directories of `abaw train-heads`: checkpoints, loading, per-frame prediction, plots.
+
+A run directory holds:
+
+    config.json        {"abaw_run": 1, "config": TrainConfig, "abaw_version": ...}
+    data.json          frame counts, missing-frame reports, backbone fingerprints, init-from report
+    metrics.json       one record per epoch (losses, per-task validation scores, timings)
+    best.pt            best checkpoint: {"format", "spec": ModelSpec, "state_dict", "epoch", "val"}
+                       (plain tensors and JSON types: torch.load(weights_only=True) reads it)
+    last.pt            resume state of an unfinished run (deleted when the run finishes)
+    val_outputs.npz    raw per-frame validation outputs of the best checkpoint (for ensembles)
+    postprocess.json   fitted PostProcess and the P_MTL before/after each step
+    curves.png         learning curves, per-task validation scores, post-processing steps
+    result.json        summary, written last: its presence marks a finished run
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from abaw.cache.store import FeatureTable
+from abaw.config import from_dict, to_dict
+from abaw.errors import AbawError
+from abaw.heads.model import ModelSpec, build_model
+from abaw.io import atomic_write, read_json
+from abaw.pipeline.config import TrainConfig
+from abaw.pipeline.dataset import Batcher, FrameSet, eval_windows, frames_for_prediction
+from abaw.pipeline.outputs import FrameOutputs
+from abaw.pipeline.postprocess import PostProcess, apply_postprocess
+
+RUN_VERSION = 1
+CKPT_FORMAT = "abaw-heads"
+RUN_FILES = ("config.json", "data.json", "metrics.json", "best.pt", "last.pt", "val_outputs.npz",
+             "postprocess.json", "curves.png", "result.json")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise AbawError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AbawError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing on CPU (full fp32: reproducible)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, **meta: Any) -> None:
+    """Atomically save a `weights_only`-loadable checkpoint."""
+    obj = {"format": CKPT_FORMAT, "version": RUN_VERSION, "spec": to_dict(spec),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, Any]]:
+    """(spec, state dict, other fields) of a checkpoint, read with `weights_only=True`."""
+    path = Path(path)
+    if not path.exists():
+        raise AbawError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise AbawError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CKPT_FORMAT:
+        raise AbawError(f"{path}: not an abaw heads checkpoint")
+    spec = from_dict(ModelSpec, obj["spec"])
+    meta = {k: v for k, v in obj.items() if k not in ("spec", "state_dict")}
+    return spec, obj["state_dict"], meta
+
+
+@torch.inference_mode()
+def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], window: int,
+                     batch_frames: int = 4096, device: torch.device | str = "cpu",
+                     batcher: Batcher | None = None) -> FrameOutputs:
+    """Raw per-frame outputs for every frame of `fs` (evaluation windows: each frame once).
+
+    VA values after tanh, EXPR softmax probabilities, AU sigmoid probabilities.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    tasks = list(model.heads.keys()) if hasattr(model, "heads") else []
+    sizes = {t: model.heads[t].out_features for t in tasks}
+    n = len(fs)
+    arrays = {t: np.zeros((n, sizes[t]), np.float32) for t in tasks}
+    wins = eval_windows(fs.segments, window)
+    bw = max(1, batch_frames // window)
+    if batcher is None:
+        batcher = Batcher(fs, keys, device, with_labels=False)
+    try:
+        for i in range(0, len(wins), bw):
+            pos = wins[i:i + bw]
+            b = batcher(pos)
+            with autocast(device):
+                out = model(b["feats"], b["mask"])
+            valid = pos >= 0
+            idx = pos[valid]
+            vm = torch.from_numpy(valid).to(device)
+            for t, y in out.items():
+                y = y.float()
+                if t == "expr":
+                    y = torch.softmax(y, -1)
+                elif t == "au":
+                    y = torch.sigmoid(y)
+                arrays[t][idx] = y[vm].cpu().numpy()
+    finally:
+        model.train(was_training)
+    return FrameOutputs(videos=fs.table.videos, video_idx=fs.video_idx.astype(np.int32),
+                        frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
+
+
+@dataclass
+class Run:
+    """A finished training run loaded from its directory."""
+
+    path: Path
+    config: TrainConfig
+    spec: ModelSpec
+    model: nn.Module
+    postprocess: PostProcess
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Backbone keys the run needs, in input order."""
+        return self.spec.keys
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.spec.tasks
+
+    def check_features(self, table: FeatureTable) -> None:
+        """AbawError unless `table` has this run's backbones with the same fingerprints."""
+        from abaw.extract.backbones import same_features
+
+        lacking = [k for k in self.keys if k not in table.feats]
+        if lacking:
+            raise AbawError(f"run {self.path}: the features lack backbones {lacking} (have {list(table.keys)})")
+        for k, d in zip(self.keys, self.spec.dims):
+            if table.feats[k].shape[1] != d:
+                raise AbawError(f"run {self.path}: backbone {k!r} has {table.feats[k].shape[1]}-d features, "
+                                f"the run was trained on {d}-d")
+            a, b = self.fingerprints.get(k), table.fingerprints.get(k)
+            if a and b and not same_features(a, b):
+                raise AbawError(f"run {self.path}: backbone {k!r} features differ from those it was trained on "
+                                "(different weights or preprocessing)")
+
+    def predict(self, features: FeatureTable | FrameSet, rows: np.ndarray | None = None,
+                postprocess: bool = False, batch_frames: int = 4096) -> FrameOutputs:
+        """Per-frame outputs for a FeatureTable (its face frames, or `rows`) or a FrameSet.
+
+        `postprocess=True` applies the run's fitted smoothing (thresholds: `decide`).
+        """
+        fs = features if isinstance(features, FrameSet) else \
+            frames_for_prediction(features, rows, self.config.max_gap)
+        self.check_features(fs.table)
+        out = predict_frameset(self.model, fs, self.keys, self.config.window, batch_frames, self.device)
+        return apply_postprocess(out, self.postprocess) if postprocess else out
+
+    def val_outputs(self) -> FrameOutputs:
+        """The saved raw validation outputs of the best checkpoint."""
+        return FrameOutputs.load(self.path / "val_outputs.npz")
+
+
+def read_config(path: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig saved in a run directory."""
+    p = Path(path) / "config.json"
+    if not p.exists():
+        raise AbawError(f"{path}: not a run directory (no config.json)")
+    data = read_json(p)
+    if data.get("abaw_run") != RUN_VERSION:
+        raise AbawError(f"{p}: not an abaw run config")
+    return from_dict(TrainConfig, data["config"])
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Load a finished run (model on `device`, eval mode) with its post-processing."""
+    path = Path(path)
+    cfg = read_config(path)
+    if not (path / "result.json").exists():
+        raise AbawError(f"{path}: the run is not finished (no result.json); resume it with --resume")
+    spec, sd, _ = load_checkpoint(path / "best.pt")
+    model = build_model(spec)
+    model.load_state_dict(sd)
+    dev = resolve_device(str(device))
+    model.to(dev).eval()
+    ppd = read_json(path / "postprocess.json")
+    pp = from_dict(PostProcess, ppd["postprocess"])
+    data = read_json(path / "data.json") if (path / "data.json").exists() else {}
+    hist = read_json(path / "metrics.json").get("epochs", []) if (path / "metrics.json").exists() else []
+    return Run(path=path, config=cfg, spec=spec, model=model, postprocess=pp,
+               fingerprints=data.get("fingerprints", {}), history=hist, result=read_json(path / "result.json"),
+               device=dev)
+
+
+def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None,
+                best_epoch: int | None = None) -> None:
+    """Learning curves, per-task validation scores per epoch and the post-processing steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    ncols = 3 if steps else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
+    ax = axes[0]
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    for t, style in (("va", ":"), ("expr", "--"), ("au", "-.")):
+        if history and f"train_loss_{t}" in history[0]:
+            ax.plot(ep, [h[f"train_loss_{t}"] for h in history], style, alpha=0.6, label=f"train {t}")
+    ax.set(xlabel="epoch", ylabel="loss", title="losses")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for t in ("total", "va", "expr", "au"):
+        vals = [h["val"].get(t) for h in history]
+        if any(v is not None for v in vals):
+            ax.plot(ep, [np.nan if v is None else v for v in vals], "o-" if t == "total" else ".-",
+                    label="P_MTL" if t == "total" else f"P_{t.upper()}")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+    ax.set(xlabel="epoch", ylabel="validation score", title="validation scores (raw)")
+    ax.legend(fontsize=7)
+    if steps:
+        ax = axes[2]
+        names = [s["step"] for s in steps]
+        x = np.arange(len(steps))
+        tasks = [t for t in ("va", "expr", "au") if any(s.get(t) is not None for s in steps)]
+        wdt = 0.8 / (len(tasks) + 1)
+        for j, t in enumerate(tasks + ["total"]):
+            vals = [s.get(t) or 0.0 for s in steps]
+            bars = ax.bar(x + (j - len(tasks) / 2) * wdt, vals, wdt, label="P_MTL" if t == "total" else t.upper())
+            if t == "total":
+                ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(x, names)
+        ax.set(ylabel="validation score", title="post-processing (fitted on validation)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""Test helpers: fill a feature cache without `abaw extract` (crops -> backbone, or synthetic arrays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import pytest
+
+from abaw.data.annotations import Annotations
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train much faster on one thread, above all when other jobs share the cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cache_crops(root: Path, store_path: Path, spec: str, batch: int = 64) -> str:
+    """Run backbone `spec` over every `cropped_aligned/<video>/*.jpg` of `root`; returns its cache key."""
+    import torch
+    from PIL import Image
+
+    from abaw.cache.store import FeatureStore
+    from abaw.extract.backbones import create_backbone
+
+    torch.manual_seed(0)
+    bb = create_backbone(spec)
+    fs = FeatureStore(store_path, "a")
+    fp = bb.fingerprint()
+    for vdir in sorted(p for p in (root / "cropped_aligned").iterdir() if p.is_dir()):
+        if fs.has_features(vdir.name, bb.key):
+            continue
+        frames = sorted(int(p.stem) for p in vdir.glob("*.jpg"))
+        imgs = np.stack([np.asarray(Image.open(vdir / f"{f:05d}.jpg").convert("RGB")) for f in frames])
+        feats = np.concatenate([bb(torch.from_numpy(imgs[i:i + batch])).numpy() for i in range(0, len(imgs), batch)])
+        if not fs.has_video(vdir.name):
+            fs.write_video(vdir.name, np.array(frames), np.full(len(frames), np.nan), np.ones(len(frames), bool),
+                           {"source": {"path": str(vdir)}})
+        fs.write_features(vdir.name, bb.key, feats, fp)
+    return bb.key
+
+
+def synthetic_split(fs, prefix: str, n_videos: int, length: int, proj: np.ndarray, noise: float,
+                    rng: np.random.Generator, key: str = "synth", drop: float = 0.0) -> Annotations:
+    """Videos whose labels follow `abaw synth`'s smooth latent processes and whose features are
+    a fixed linear view of the labels plus heavy per-frame noise (so temporal context helps).
+
+    `drop`: share of frames with no face in the cache (labels kept, features zero)."""
+    from abaw.data.synth import latent_track
+
+    vids, vidx, frames, va, ex, au = [], [], [], [], [], []
+    for i in range(n_videos):
+        v = f"{prefix}{i:02d}"
+        va_, ex_, au_ = latent_track(rng, length)
+        lab = np.concatenate([va_, np.eye(8)[ex_], au_], 1)
+        x = lab @ proj + noise * rng.standard_normal((length, proj.shape[1]))
+        fr = np.arange(1, length + 1)
+        face = rng.random(length) >= drop
+        x[~face] = 0
+        fs.write_video(v, fr, fr / 30.0, face, {})
+        fs.write_features(v, key, x, {"spec": f"synthetic:{key}", "dim": proj.shape[1], "preprocess": {},
+                                      "weights_sha256": "0"})
+        vids.append(v)
+        vidx.append(np.full(length, i))
+        frames.append(fr)
+        va.append(va_)
+        ex.append(ex_)
+        au.append(au_)
+    return Annotations(tuple(vids), np.concatenate(vidx).astype(np.int32), np.concatenate(frames).astype(np.int32),
+                       np.concatenate(va).astype(np.float32), np.concatenate(ex).astype(np.int64),
+                       np.concatenate(au).astype(np.int8))

@@ -1,0 +1,139 @@
+"""Fusion and temporal modules and the multi-task model: shapes, masks, causality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abaw.errors import AbawError
+from abaw.heads import FUSIONS, TEMPORALS, ModelSpec, TemporalOptions, build_model, create_fusion, create_temporal
+
+from cache_util import one_thread  # noqa: F401 (autouse: one torch thread)
+
+D = 16
+
+
+def _inputs(b=3, w=7, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, w, D, generator=g) for _ in range(k)]
+
+
+@pytest.mark.parametrize("name", ["sum", "concat", "attention"])
+def test_fusion_shapes(name):
+    assert name in FUSIONS.names()
+    torch.manual_seed(0)
+    f = create_fusion(name, 3, D).eval()
+    xs = _inputs(k=3)
+    y = f(xs)
+    assert y.shape == (3, 7, D) and torch.isfinite(y).all()
+    # per-frame: changing frame 4 of one input changes only frame 4 of the output
+    xs2 = [x.clone() for x in xs]
+    xs2[1][:, 4] += torch.randn(D)
+    y2 = f(xs2)
+    changed = (y2 - y).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.tolist() == [False] * 4 + [True] + [False] * 2
+    y.sum().backward()  # differentiable
+    if name == "attention":
+        a = f.last_weights
+        assert a.shape == (3, 7, 3) and torch.allclose(a.sum(-1), torch.ones(3, 7))
+
+
+def test_sum_fusion_is_order_invariant_and_concat_is_not():
+    torch.manual_seed(0)
+    xs = _inputs(k=2)
+    s = create_fusion("sum", 2, D).eval()
+    assert torch.allclose(s(xs), s(xs[::-1]), atol=1e-6)
+    c = create_fusion("concat", 2, D).eval()
+    assert not torch.allclose(c(xs), c(xs[::-1]), atol=1e-4)
+
+
+def _prefix_mask(lengths, w):
+    return torch.arange(w)[None, :] < torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("name", ["none", "transformer", "tcn", "gru", "lstm"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_temporal_shapes_and_padding_is_ignored(name, causal):
+    assert name in TEMPORALS.names()
+    torch.manual_seed(0)
+    m = create_temporal(name, D, TemporalOptions(layers=2, heads=2, causal=causal, dropout=0.0)).eval()
+    x = _inputs(b=3, w=9, k=1)[0]
+    mask = _prefix_mask([9, 5, 1], 9)
+    y = m(x, mask)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # whatever the padded positions hold, the outputs at real frames are the same
+    x2 = x.clone()
+    x2[~mask] = torch.randn(int((~mask).sum()), D) * 100
+    y2 = m(x2, mask)
+    assert torch.allclose(y[mask], y2[mask], atol=1e-5)
+    # a window's outputs do not depend on the other windows of the batch
+    y_alone = m(x[1:2, :5], mask[1:2, :5])
+    assert torch.allclose(y_alone[0], y[1, :5], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["transformer", "tcn", "gru", "lstm"])
+def test_temporal_modules_use_context(name):
+    torch.manual_seed(0)
+    m = create_temporal(name, D, TemporalOptions(layers=2, heads=2, dropout=0.0)).eval()
+    x = _inputs(b=1, w=8, k=1)[0]
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    x2 = x.clone()
+    x2[0, 6] += torch.randn(D)
+    d = (m(x2, mask) - m(x, mask)).abs().amax(-1)[0]
+    assert d[5] > 1e-4 and d[7] > 1e-4  # neighbours on both sides see frame 6 (non-causal)
+
+
+@pytest.mark.parametrize("name", ["tcn", "transformer", "gru", "lstm"])
+def test_causal_modules_do_not_look_ahead(name):
+    torch.manual_seed(0)
+    m = create_temporal(name, D, TemporalOptions(layers=3, heads=2, kernel=3, causal=True, dropout=0.0)).eval()
+    x = _inputs(b=2, w=12, k=1)[0]
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    y = m(x, mask)
+    for t in (0, 5, 10):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 10  # change the future only
+        y2 = m(x2, mask)
+        assert torch.allclose(y[:, : t + 1], y2[:, : t + 1], atol=1e-5), f"frame <= {t} saw the future"
+        assert not torch.allclose(y[:, t + 1:], y2[:, t + 1:], atol=1e-3)
+
+
+def test_tcn_receptive_field():
+    m = create_temporal("tcn", D, TemporalOptions(layers=3, kernel=3, causal=True, dropout=0.0)).eval()
+    assert m.receptive_field() == 1 + 2 * (1 + 2 + 4)
+    x = torch.randn(1, 30, D)
+    mask = torch.ones(1, 30, dtype=torch.bool)
+    x2 = x.clone()
+    x2[0, 5] += 5.0 * torch.randn(D)
+    d = (m(x2, mask) - m(x, mask)).abs().amax(-1)[0]
+    assert (d[:5] < 1e-6).all() and (d[5:20] > 0).all() and (d[20:] < 1e-6).all()
+
+
+def test_rnn_rejects_non_prefix_masks():
+    m = create_temporal("gru", D, TemporalOptions(layers=1, dropout=0.0))
+    with pytest.raises(ValueError, match="prefix"):
+        m(torch.randn(1, 4, D), torch.tensor([[True, False, True, True]]))
+
+
+def test_unknown_modules_are_clear_errors():
+    with pytest.raises(AbawError, match="unknown temporal module 'rnn'; known: gru, lstm, none, tcn, transformer"):
+        create_temporal("rnn", D)
+    with pytest.raises(AbawError, match="unknown fusion module"):
+        create_fusion("max", 2, D)
+
+
+@pytest.mark.parametrize("tasks", [("va", "expr", "au"), ("au",), ("va", "expr")])
+def test_model_outputs(tasks):
+    torch.manual_seed(0)
+    spec = ModelSpec(keys=("a", "b.c"), dims=(10, 6), tasks=tasks, d_model=D, heads=2, temporal="transformer")
+    m = build_model(spec).eval()
+    feats = [torch.randn(2, 5, 10), torch.randn(2, 5, 6)]
+    out = m(feats, torch.ones(2, 5, dtype=torch.bool))
+    sizes = {"va": 2, "expr": 8, "au": 12}
+    assert set(out) == set(tasks)
+    for t in tasks:
+        assert out[t].shape == (2, 5, sizes[t])
+    if "va" in out:
+        assert out["va"].abs().max() <= 1.0
+    with pytest.raises(ValueError, match="expected 2 feature tensors"):
+        m(feats[:1], torch.ones(2, 5, dtype=torch.bool))

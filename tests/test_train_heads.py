@@ -1,0 +1,216 @@
+"""Joint head training: temporal gain, reproducibility, resume, init-from, fusions, CLI on synth."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from abaw.cache.store import FeatureStore, load_features
+from abaw.cli import main
+from abaw.data.annotations import read_annotations
+from abaw.errors import AbawError
+from abaw.heads.model import build_model
+from abaw.metrics import mtl_score
+from abaw.pipeline.config import TrainConfig
+from abaw.pipeline.dataset import align_labels
+from abaw.pipeline.outputs import score_against
+from abaw.pipeline.run import load_checkpoint, load_run
+from abaw.pipeline.train import init_from_runs, train
+
+from cache_util import cache_crops, one_thread, synthetic_split  # noqa: F401 (one_thread: autouse)
+
+SPEC = "timm:test_efficientnet_gn?size=112&pretrained=0"
+SMALL = dict(d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256, smoothing=False, patience=100)
+
+
+@pytest.fixture(scope="module")
+def temporal_data(tmp_path_factory):
+    """Features = a fixed linear view of smooth labels + heavy per-frame noise (two backbones)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("cache") / "t.zarr"
+    fs = FeatureStore(path, "a")
+    proj = rng.standard_normal((22, 32)).astype(np.float32)
+    tr = synthetic_split(fs, "t", 10, 150, proj, 4.0, rng)
+    va = synthetic_split(fs, "v", 4, 150, proj, 4.0, rng)
+    proj2 = rng.standard_normal((22, 24)).astype(np.float32)
+    for ann in (tr, va):  # a second, weaker "backbone" for the fusion tests
+        for v in ann.videos:
+            lab = np.concatenate([ann.va[ann.video_slice(v)], np.eye(8)[ann.expr[ann.video_slice(v)]],
+                                  ann.au[ann.video_slice(v)]], 1)
+            fs.write_features(v, "second", lab @ proj2 + 6.0 * rng.standard_normal((len(lab), 24)),
+                              {"spec": "synthetic:second", "dim": 24, "preprocess": {}, "weights_sha256": "1"})
+    return path, tr, va, load_features(fs, ["synth", "second"])
+
+
+def test_temporal_modules_beat_no_temporal_context(temporal_data, tmp_path):
+    _, tr, va, table = temporal_data
+    scores = {}
+    for temporal in ("none", "transformer", "tcn", "gru", "lstm"):
+        cfg = TrainConfig(backbones=("synth",), temporal=temporal, epochs=8, **SMALL)
+        run = train(cfg, table, tr, va, tmp_path / temporal, progress=False)
+        scores[temporal] = run.result["val_final"]["total"]  # after AU thresholds, no smoothing
+    for temporal in ("transformer", "tcn", "gru", "lstm"):
+        assert scores[temporal] > scores["none"] + 0.05, scores
+
+
+def _same_history(a, b):
+    keys = ("train_loss", "val_loss", "lr")
+    return [(h["epoch"], h["val"], [h[k] for k in keys]) for h in a] == \
+        [(h["epoch"], h["val"], [h[k] for k in keys]) for h in b]
+
+
+def test_same_seed_same_run_and_resume_after_interruption(temporal_data, tmp_path):
+    path, tr, va, _ = temporal_data
+    cfg = TrainConfig(backbones=("synth",), temporal="transformer", epochs=3, **SMALL)
+    a = train(cfg, path, tr, va, tmp_path / "a", progress=False)
+
+    def stop(rec):
+        if rec["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, path, tr, va, tmp_path / "b", progress=False, on_epoch=stop)
+    assert (tmp_path / "b" / "last.pt").exists() and not (tmp_path / "b" / "result.json").exists()
+    with pytest.raises(AbawError, match="not finished"):
+        load_run(tmp_path / "b")
+    with pytest.raises(AbawError, match="already holds a run"):
+        train(cfg, path, tr, va, tmp_path / "b", progress=False)
+    with pytest.raises(AbawError, match="config differs: lr"):
+        train(cfg.with_(lr=1e-3), path, tr, va, tmp_path / "b", resume=True, progress=False)
+    b = train(cfg, path, tr, va, tmp_path / "b", resume=True, progress=False)
+    assert len(b.history) == 3 and _same_history(a.history, b.history)
+    assert a.result["steps"] == b.result["steps"]
+    sa, sb = load_checkpoint(tmp_path / "a" / "best.pt")[1], load_checkpoint(tmp_path / "b" / "best.pt")[1]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not (tmp_path / "b" / "last.pt").exists()
+    # a finished run is returned as is by --resume; another seed gives other numbers
+    again = train(cfg, path, tr, va, tmp_path / "b", resume=True, progress=False)
+    assert again.result == b.result
+    c = train(cfg.with_(seed=1), path, tr, va, tmp_path / "c", progress=False)
+    assert not _same_history(a.history, c.history)
+
+
+def test_init_from_single_task_runs(temporal_data, tmp_path):
+    _, tr, va, table = temporal_data
+    base = dict(backbones=("synth",), temporal="tcn", epochs=1, **SMALL)
+    au = train(TrainConfig(tasks=("au",), **base), table, tr, va, tmp_path / "au", progress=False)
+    v = train(TrainConfig(tasks=("va",), **{**base, "backbones": ("second", "synth")}), table, tr, va,
+              tmp_path / "va", progress=False)
+    joint_cfg = TrainConfig(**{**base, "backbones": ("synth", "second")})
+    spec = joint_cfg.model_spec(("synth", "second"), (32, 24))
+    model = build_model(spec)
+    report = init_from_runs(model, spec, (str(au.path), str(v.path)))
+    sd = model.state_dict()
+    au_sd, va_sd = au.model.state_dict(), v.model.state_dict()
+    assert torch.equal(sd["heads.au.weight"], au_sd["heads.au.weight"])
+    assert torch.equal(sd["heads.va.weight"], va_sd["heads.va.weight"])
+    # projections follow the backbone key: 'second' was input 0 of the VA run, is input 1 here
+    assert torch.equal(sd["proj.1.1.weight"], va_sd["proj.0.1.weight"])
+    assert torch.equal(sd["proj.0.1.weight"], au_sd["proj.0.1.weight"])  # first run wins for 'synth'
+    assert torch.equal(sd["temporal.blocks.0.conv.weight"], au_sd["temporal.blocks.0.conv.weight"])
+    assert "heads.expr.weight" in report["fresh"] and report["loaded"] > 10
+    run = train(joint_cfg.with_(init_from=(str(au.path), str(v.path))), table, tr, va, tmp_path / "joint",
+                progress=False)
+    info = json.loads((run.path / "data.json").read_text())["init_from"]
+    assert [r["tasks"] for r in info["runs"]] == [["au"], ["va"]]
+    with pytest.raises(AbawError, match="not a finished run"):
+        train(joint_cfg.with_(init_from=(str(tmp_path),)), table, tr, va, tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat", "attention"])
+def test_fusions_and_task_subsets(temporal_data, tmp_path, fusion):
+    _, tr, va, table = temporal_data
+    cfg = TrainConfig(backbones=("synth", "second"), fusion=fusion, temporal="none", tasks=("va", "expr"),
+                      epochs=2, **SMALL)
+    run = train(cfg, table, tr, va, tmp_path / fusion, progress=False)
+    assert run.spec.keys == ("synth", "second") and run.tasks == ("va", "expr")
+    out = run.predict(table)
+    assert out.au is None and out.expr.shape == (len(table), 8)
+    assert np.allclose(out.expr.sum(1), 1, atol=1e-5) and np.abs(out.va).max() <= 1
+    assert run.result["val_final"]["au"] is None and run.result["val_final"]["expr"] > 0
+
+
+def test_missing_features_error_or_skip(tmp_path):
+    rng = np.random.default_rng(5)
+    fs = FeatureStore(tmp_path / "m.zarr", "a")
+    proj = rng.standard_normal((22, 8))
+    tr = synthetic_split(fs, "t", 3, 40, proj, 1.0, rng, drop=0.1)
+    va = synthetic_split(fs, "v", 2, 40, proj, 1.0, rng)
+    cfg = TrainConfig(epochs=1, **SMALL)
+    with pytest.raises(AbawError, match=r"labelled training frames have no cached feature .* without a face"):
+        train(cfg, fs, tr, va, tmp_path / "r", progress=False)
+    run = train(cfg.with_(allow_missing=True), fs, tr, va, tmp_path / "r2", progress=False)
+    miss = json.loads((run.path / "data.json").read_text())["train"]["missing"]
+    assert miss["missing"] == miss["no_face"] > 0 and len(miss["examples"]) > 0
+    with pytest.raises(AbawError, match="backbone 'nope' is not in the cache"):
+        train(cfg.with_(backbones=("nope",)), fs, tr, va, tmp_path / "r3", progress=False)
+
+
+def test_cli_defaults_match_train_config():
+    cmd = main.commands["train-heads"]
+    defaults = {p.name: p.default for p in cmd.params if isinstance(p.default, (int, float, str))}
+    cfg = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in defaults and f.name not in ("tasks", "max_gap", "task_weights", "backbones", "init_from"):
+            assert defaults[f.name] == getattr(cfg, f.name), f.name
+    assert defaults["max_gap"] == str(cfg.max_gap) and defaults["task_weights"] == "1,1,1"
+
+
+@pytest.fixture(scope="module")
+def synth_cache(tmp_path_factory):
+    """A small `abaw synth` dataset and a cache of a random-init timm backbone's features."""
+    from abaw.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate(root, SynthConfig(seed=3, train_videos=8, val_videos=4, test_videos=1, min_frames=60, max_frames=100,
+                               cue_noise=0.15, videos=False), jobs=1, progress=False)
+    store = root.parent / "cache.zarr"
+    key = cache_crops(root, store, SPEC)
+    return root, store, key
+
+
+def _chance(ann):
+    """Scores of a predictor that draws labels from the right marginals but ignores the input."""
+    p = np.random.default_rng(0).permutation(len(ann))
+    return mtl_score(ann.va[p], ann.va, ann.va_valid & ann.va_valid[p], ann.expr[p], ann.expr,
+                     ann.expr_valid & ann.expr_valid[p], ann.au[p], ann.au, ann.au_valid & ann.au_valid[p])
+
+
+def test_cli_train_heads_on_synth_is_above_chance(synth_cache, tmp_path):
+    root, store, key = synth_cache
+    out = tmp_path / "run"
+    args = ["train-heads", "--cache", str(store), "--data", str(root), "--out", str(out), "--backbone", SPEC,
+            "--d-model", "64", "--window", "16", "--batch-frames", "128", "--epochs", "8", "--lr", "3e-3",
+            "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "raw" in r.output and "smoothing" in r.output and "au_thresholds" in r.output
+    for name in ("config.json", "data.json", "metrics.json", "best.pt", "val_outputs.npz", "postprocess.json",
+                 "curves.png", "result.json"):
+        assert (out / name).exists(), name
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert list(ckpt["spec"]["keys"]) == [key]
+    res = json.loads((out / "result.json").read_text())
+    val = read_annotations(root / "validation_set_annotations.txt")
+    chance = _chance(val)
+    final = res["val_final"]
+    assert final["va"] > chance.va + 0.25 and final["expr"] > chance.expr + 0.05 and final["au"] > chance.au + 0.1
+    assert final["total"] > chance.total + 0.5, (final, chance.to_dict())
+    assert final["total"] >= res["val_raw"]["total"]
+    # the saved run predicts the same validation outputs and reproduces its score
+    run = load_run(out)
+    table = load_features(store, [key])
+    fs = align_labels(table, val)
+    outputs = run.predict(fs)
+    np.testing.assert_allclose(outputs.au, run.val_outputs().au, atol=1e-6)
+    assert score_against(outputs, val, run.postprocess).total == pytest.approx(final["total"], abs=1e-9)
+    # the run directory is refused without --resume/--overwrite; a bad option is a one-line error
+    r2 = CliRunner().invoke(main, args)
+    assert r2.exit_code == 1 and "already holds a run" in r2.output
+    r3 = CliRunner().invoke(main, args[:-1] + ["--overwrite", "--temporal", "rnn"])
+    assert r3.exit_code == 1 and "unknown temporal module 'rnn'" in r3.output
