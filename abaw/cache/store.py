@@ -277,6 +277,7 @@ class FeatureTable:
     timestamp: np.ndarray  # float64 [N]
     feats: dict[str, np.ndarray]  # key -> float16 [N, D_key]
     fingerprints: dict[str, dict[str, Any]]
+    store: str = ""  # path of the cache the features were loaded from
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -359,4 +360,5 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         timestamp=cat([idx.timestamp[s] for idx, s in zip(indexes, sel)], np.float64),
         feats=feats,
         fingerprints=fps,
+        store=str(fs.path),
     )

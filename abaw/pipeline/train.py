@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -331,6 +332,9 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
                       "missing": None if train_fs.missing is None else train_fs.missing.to_dict()},
             "val": {**val_fs.labels.counts(), "segments": len(val_fs.segments), "videos": len(val_ann.videos),
                     "missing": None if val_fs.missing is None else val_fs.missing.to_dict()},
+            "sources": {"store": table.store or (str(store) if isinstance(store, (str, os.PathLike)) else ""),
+                        "train_ann": list(train_ann.sources), "val_ann": list(val_ann.sources)},
+            "train_videos": list(train_ann.videos), "val_videos": list(val_ann.videos),
             "backbones": list(keys), "dims": list(dims),
             "fingerprints": {k: table.fingerprints.get(k, {}) for k in keys},
             "feature_bytes": int(sum(table.feats[k].nbytes for k in keys)), "load_s": load_s,

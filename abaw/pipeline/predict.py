@@ -1,0 +1,255 @@
+"""`abaw predict`: submissions from runs (single, ensembles, composed best-per-task).
+
+A *system* says which runs supply each task: every given run for the tasks it trained
+(`--run A --run B` averages A and B), or the runs `abaw search --compose best-per-task`
+chose per task. For each task the runs' outputs are averaged (VA values, EXPR and AU
+probabilities) after post-processing:
+
+- `each` (default): each run's own fitted smoothing, then the mean; AU thresholds are
+  the mean of the runs' thresholds (with one run: exactly that run's post-processing);
+- `refit`: the raw mean, with smoothing windows and AU thresholds refitted on validation
+  annotations (do not use with k-fold runs, whose validation frames trained other folds);
+- `none`: the raw mean, argmax and 0.5 thresholds.
+
+Every test-list entry gets a row. Frames without a cached feature or without a face
+take the outputs of the nearest predicted frame of the same video; a video with no
+predicted frame at all takes the mean outputs over all predicted frames (reported, and
+refused unless `allow_missing_videos`). The file is validated before it is reported done.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abaw.data.labels import N_AU, TASKS, image_name
+from abaw.errors import AbawError
+from abaw.pipeline.fill import nearest_available
+
+POSTPROCESS_MODES = ("each", "refit", "none")
+
+
+@dataclass
+class System:
+    """Which runs supply each task."""
+
+    runs: dict[str, list[Any]]  # task -> [Run]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for t in TASKS if self.runs.get(t))
+
+    def all_runs(self) -> list[Any]:
+        seen: dict[str, Any] = {}
+        for rs in self.runs.values():
+            for r in rs:
+                seen.setdefault(str(r.path), r)
+        return list(seen.values())
+
+    def keys(self) -> tuple[str, ...]:
+        """Every backbone key the runs need."""
+        return tuple(sorted({k for r in self.all_runs() for k in r.keys}))
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        fps: dict[str, dict[str, Any]] = {}
+        for r in self.all_runs():
+            for k in r.keys:
+                if r.fingerprints.get(k):
+                    fps.setdefault(k, r.fingerprints[k])
+        return fps
+
+    def describe(self) -> str:
+        return "; ".join(f"{t.upper()}: {', '.join(str(r.path) for r in self.runs[t])}" for t in self.tasks)
+
+
+def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.PathLike | None = None,
+                device: str = "cpu") -> System:
+    """A system from run folders (every run serves the tasks it trained) or a composed.json."""
+    from abaw.pipeline.run import load_run
+
+    if bool(run_dirs) == bool(composed):
+        raise AbawError("give run folders (--run) or a composed system (--compose), not both or neither")
+    cache: dict[str, Any] = {}
+
+    def get(d: str):
+        key = str(Path(d).resolve())
+        if key not in cache:
+            cache[key] = load_run(d, device)
+        return cache[key]
+
+    runs: dict[str, list[Any]] = {t: [] for t in TASKS}
+    if composed:
+        from abaw.pipeline.search import read_composed
+
+        for t, dirs in read_composed(composed).items():
+            base = Path(composed) if Path(composed).is_dir() else Path(composed).parent
+            for d in dirs:
+                p = Path(d) if Path(d).is_absolute() or Path(d).exists() else base / d
+                r = get(str(p))
+                if t not in r.tasks:
+                    raise AbawError(f"{p}: composed for {t.upper()} but the run did not train it")
+                runs[t].append(r)
+    else:
+        for d in run_dirs:
+            r = get(d)
+            for t in r.tasks:
+                runs[t].append(r)
+    system = System({t: rs for t, rs in runs.items() if rs})
+    if not system.tasks:
+        raise AbawError("the runs predict no task")
+    return system
+
+
+def _thresholds(pps: list[Any]) -> np.ndarray:
+    thr = [np.full(N_AU, 0.5) if p.au_thresholds is None else np.asarray(p.au_thresholds, float) for p in pps]
+    return np.mean(thr, axis=0)
+
+
+def system_outputs(system: System, table, postprocess: str = "each", val_table=None, val_ann=None,
+                   rows: np.ndarray | None = None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """Per-frame outputs of the system for the face frames of `table` (or `rows`).
+
+    Returns (FrameOutputs with every task the system has, AU thresholds, info).
+    """
+    from abaw.pipeline.outputs import FrameOutputs
+    from abaw.pipeline.postprocess import apply_postprocess, fit_postprocess_annotations
+
+    if postprocess not in POSTPROCESS_MODES:
+        raise AbawError(f"postprocess must be one of {', '.join(POSTPROCESS_MODES)}")
+    raw_cache: dict[str, Any] = {}
+
+    def raw(r, tbl, key: str):
+        k = f"{key}:{r.path}"
+        if k not in raw_cache:
+            raw_cache[k] = r.predict(tbl, rows=rows if key == "test" else None)
+        return raw_cache[k]
+
+    def task_mean(t: str, tbl, key: str, smooth: bool) -> np.ndarray:
+        arrs = []
+        for r in system.runs[t]:
+            o = raw(r, tbl, key)
+            if smooth:
+                o = apply_postprocess(o, r.postprocess)
+            arrs.append(getattr(o, t))
+        return np.mean(arrs, axis=0)
+
+    first = raw(system.runs[system.tasks[0]][0], table, "test")
+    for r in system.all_runs():  # every run predicts exactly the same frames
+        o = raw(r, table, "test")
+        if len(o) != len(first) or not np.array_equal(o.frame, first.frame):
+            raise AbawError(f"run {r.path} predicts different frames than {system.runs[system.tasks[0]][0].path}")
+    info: dict[str, Any] = {"postprocess": postprocess, "runs": {t: [str(r.path) for r in system.runs[t]]
+                                                                  for t in system.tasks}}
+    smooth = postprocess == "each"
+    arrays = {t: task_mean(t, table, "test", smooth) for t in system.tasks}
+    out = replace(first, **{t: arrays.get(t) for t in TASKS})
+    thr = np.full(N_AU, 0.5)
+    if postprocess == "each" and "au" in system.tasks:
+        thr = _thresholds([r.postprocess for r in system.runs["au"]])
+    elif postprocess == "refit":
+        if val_table is None or val_ann is None:
+            raise AbawError("postprocess refit needs validation annotations and their cached features")
+        v_first = raw(system.runs[system.tasks[0]][0], val_table, "val")
+        val_out = FrameOutputs(v_first.videos, v_first.video_idx, v_first.frame,
+                               **{t: (task_mean(t, val_table, "val", False) if t in system.tasks else None)
+                                  for t in TASKS})
+        pp, steps = fit_postprocess_annotations(val_out, val_ann)
+        out = apply_postprocess(out, pp)
+        if pp.au_thresholds is not None:
+            thr = np.asarray(pp.au_thresholds, float)
+        info["refit"] = {"postprocess": pp.__dict__, "steps": steps}
+    info["au_thresholds"] = thr.tolist()
+    return out, thr, info
+
+
+def expand_to_entries(outputs, thresholds: np.ndarray, entries_video: list[str] | tuple[str, ...],
+                      entries_frame: np.ndarray, allow_missing_videos: bool = False
+                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Decisions for every (video, frame) entry, filling frames without outputs.
+
+    Returns ({'va': [M,2], 'expr': [M], 'au': [M,12]}, report).
+    """
+    out_video = np.asarray(outputs.videos, dtype=object)[outputs.video_idx]
+    index = {(v, int(f)): i for i, (v, f) in enumerate(zip(out_video.tolist(), outputs.frame.tolist()))}
+    ent_v = list(entries_video)
+    ent_f = np.asarray(entries_frame, dtype=np.int64)
+    uniq = list(dict.fromkeys(zip(ent_v, ent_f.tolist())))
+    have = np.array([k in index for k in uniq], dtype=bool)
+    missing_keys = [k for k, h in zip(uniq, have) if not h]
+    # nearest predicted frame of the same video for the missing ones
+    n_out = len(outputs)
+    all_video = np.concatenate([out_video, np.asarray([v for v, _ in missing_keys], dtype=object)])
+    all_frame = np.concatenate([outputs.frame.astype(np.int64), np.asarray([f for _, f in missing_keys], np.int64)])
+    avail = np.r_[np.ones(n_out, bool), np.zeros(len(missing_keys), bool)]
+    src = nearest_available(all_video, all_frame, avail)
+    src_of: dict[tuple[str, int], int] = dict(index)
+    no_video: list[str] = []
+    for j, k in enumerate(missing_keys):
+        s = src[n_out + j]
+        src_of[k] = int(s) if s >= 0 else -1
+        if s < 0:
+            no_video.append(k[0])
+    no_video = sorted(set(no_video))
+    if no_video and not allow_missing_videos:
+        raise AbawError(f"{len(no_video)} videos of the list have no predicted frame at all (not extracted, or no "
+                        f"face anywhere), e.g. {no_video[:5]}; extract them, or allow filling them with the mean "
+                        "prediction (--allow-missing-videos)")
+    rows = np.array([src_of[(v, int(f))] for v, f in zip(ent_v, ent_f.tolist())], dtype=np.int64)
+    prior = {t: getattr(outputs, t).mean(0) for t in outputs.tasks} if n_out else {}
+    result: dict[str, np.ndarray] = {}
+    m = len(ent_v)
+    for t in TASKS:
+        a = getattr(outputs, t)
+        if a is None:
+            continue
+        if n_out == 0:
+            raise AbawError("no frame of the list could be predicted")
+        vals = np.empty((m,) + a.shape[1:], dtype=np.float64)
+        ok = rows >= 0
+        vals[ok] = a[rows[ok]]
+        vals[~ok] = prior[t]
+        result[t] = vals
+    va = np.clip(result["va"], -1, 1) if "va" in result else np.zeros((m, 2))
+    expr = result["expr"].argmax(1) if "expr" in result else np.zeros(m, np.int64)
+    au = (result["au"] >= thresholds[None]).astype(np.int8) if "au" in result else np.zeros((m, N_AU), np.int8)
+    n_filled = len(missing_keys)
+    report = {"entries": m, "unique_frames": len(uniq), "predicted": int(have.sum()),
+              "filled_from_neighbours": n_filled - sum(1 for k in missing_keys if src_of[k] < 0),
+              "filled_from_mean": sum(1 for k in missing_keys if src_of[k] < 0),
+              "videos_without_prediction": no_video,
+              "examples_filled": [image_name(v, f) for v, f in missing_keys[:5]]}
+    return {"va": va, "expr": expr, "au": au}, report
+
+
+def predict_test_list(system: System, store: str | os.PathLike, test_list_path: str | os.PathLike,
+                      out_file: str | os.PathLike, postprocess: str = "each", val_ann=None,
+                      allow_missing_videos: bool = False) -> dict[str, Any]:
+    """Write and validate the submission for a test list; return a report."""
+    from abaw.cache.store import load_features
+    from abaw.data.submission import validate_submission, write_submission
+    from abaw.data.testlist import read_test_list
+
+    tl = read_test_list(test_list_path)
+    keys = system.keys()
+    table = load_features(store, keys, videos=tl.videos, missing="skip")
+    if not table.videos:
+        raise AbawError(f"{store}: none of the {len(tl.videos)} test videos has features for {list(keys)}")
+    val_table = None
+    if postprocess == "refit":
+        if val_ann is None:
+            raise AbawError("--postprocess refit needs --val-ann")
+        val_table = load_features(store, keys, videos=val_ann.videos)
+    outputs, thr, info = system_outputs(system, table, postprocess, val_table, val_ann)
+    dec, report = expand_to_entries(outputs, thr, tl.video, tl.frame, allow_missing_videos)
+    write_submission(out_file, tl.images, dec["va"], dec["expr"], dec["au"])
+    problems = validate_submission(out_file, tl)
+    if problems:  # pragma: no cover - the writer guarantees the format
+        raise AbawError(f"{out_file}: the written submission is invalid: {problems[0]}")
+    report.update(info)
+    report["tasks"] = list(system.tasks)
+    report["missing_tasks"] = [t for t in TASKS if t not in system.tasks]
+    return report
