@@ -292,3 +292,7 @@ def probe_dim(model: torch.nn.Module, size: int) -> int:
     with torch.inference_mode():
         out = model(torch.zeros(1, 3, size, size))
     return int(np.prod(out.shape[1:]))
+
+
+# Further backbone families register themselves on import.
+from abaw.extract import hsemotion as _hsemotion  # noqa: E402,F401

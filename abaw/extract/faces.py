@@ -1,0 +1,321 @@
+"""Face detection (MTCNN), choosing one person per video, and 5-point alignment.
+
+- `FaceDetector`: batched MTCNN (facenet-pytorch) on CPU or GPU, optionally on a
+  downscaled copy of the frames (`detect_size`), returning boxes, scores and the five
+  landmarks (left eye, right eye, nose, left and right mouth corner) in frame pixels.
+- Selection policies decide, frame by frame, which detection is "the" person of a
+  video: `largest` (per frame), `track` (follow one face by overlap, re-acquire the
+  largest after a long loss) and `left-right` (two people, Aff-Wild2's `_left` /
+  `_right`). They are online, so a video is never held in memory.
+- `similarity_transforms` fits the least-squares similarity (Umeyama) from landmarks
+  to the standard 112x112 template; `warp_faces` cuts the aligned crops with torch
+  (`grid_sample`, anti-aliased when the face is larger than the crop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from abaw.data.face_render import TEMPLATE_112
+
+POLICIES = ("track", "largest", "left-right")
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame: boxes x0,y0,x1,y1 [k,4], scores [k], landmarks [k,5,2]."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+    def areas(self) -> np.ndarray:
+        b = self.boxes
+        return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+class FaceDetector:
+    """Batched MTCNN. `detect_size`: longest side of the copy detection runs on (0: full)."""
+
+    def __init__(self, device: str | torch.device = "cpu", detect_size: int = 640, min_face: int = 20,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709):
+        from facenet_pytorch import MTCNN
+
+        self.device = torch.device(device)
+        self.detect_size = int(detect_size)
+        self.min_face = int(min_face)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        m = MTCNN(device=self.device, min_face_size=self.min_face, thresholds=list(self.thresholds),
+                  factor=self.factor, keep_all=True)
+        self.pnet, self.rnet, self.onet = m.pnet.eval(), m.rnet.eval(), m.onet.eval()
+
+    def settings(self) -> dict:
+        return {"detector": "mtcnn (facenet-pytorch)", "detect_size": self.detect_size, "min_face": self.min_face,
+                "thresholds": list(self.thresholds), "factor": self.factor}
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor) -> list[Detections]:
+        """Detect faces in a [B, H, W, 3] uint8 batch (on any device)."""
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected [B, H, W, 3] frames, got {tuple(frames.shape)}")
+        if len(frames) == 0:
+            return []
+        frames = frames.to(self.device, non_blocking=True)
+        h, w = frames.shape[1:3]
+        scale = 1.0
+        x = frames.float()
+        if self.detect_size and max(h, w) > self.detect_size:
+            scale = self.detect_size / max(h, w)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
+            sy, sx = size[0] / h, size[1] / w
+        else:
+            sy = sx = 1.0
+        try:
+            res = self._detect(x)
+        except RuntimeError:  # facenet-pytorch can fail on odd batches: retry frame by frame
+            res = []
+            for i in range(len(x)):
+                try:
+                    res.extend(self._detect(x[i:i + 1]))
+                except RuntimeError:
+                    res.append(Detections.empty())
+        out = []
+        for d in res:
+            if len(d):
+                d.boxes[:, [0, 2]] /= sx
+                d.boxes[:, [1, 3]] /= sy
+                d.landmarks[..., 0] /= sx
+                d.landmarks[..., 1] /= sy
+            out.append(d)
+        return out
+
+    def _detect(self, x: torch.Tensor) -> list[Detections]:
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        boxes, points = detect_face(x, self.min_face, self.pnet, self.rnet, self.onet, list(self.thresholds),
+                                    self.factor, self.device)
+        out = []
+        for b, p in zip(boxes, points):
+            # facenet-pytorch 2.5.3 under numpy 2 hands back object arrays: make them numeric
+            b = np.asarray(b, dtype=np.float32).reshape(-1, 5)
+            p = np.asarray(p, dtype=np.float32).reshape(-1, 5, 2)
+            out.append(Detections(np.ascontiguousarray(b[:, :4]), np.ascontiguousarray(b[:, 4]), p))
+        return out
+
+
+# ---------------------------------------------------------------------- choosing the person
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of one box `a` [4] with boxes `b` [k, 4]."""
+    x0 = np.maximum(a[0], b[:, 0])
+    y0 = np.maximum(a[1], b[:, 1])
+    x1 = np.minimum(a[2], b[:, 2])
+    y1 = np.minimum(a[3], b[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = max(0.0, float(a[2] - a[0])) * max(0.0, float(a[3] - a[1]))
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+@dataclass
+class _Track:
+    box: np.ndarray | None = None
+    lost: int = 0
+
+
+@dataclass
+class FaceSelector:
+    """Online choice of the person(s) of a video, frame by frame.
+
+    Detections scoring below `min_score` are ignored. `policy`: 'largest' (largest face
+    of each frame), 'track' (start from the largest face, then follow the face
+    overlapping the last one by IoU >= `iou`; after `reset` frames without it,
+    re-acquire the largest) or 'left-right' (two tracks: the two largest faces ordered
+    by x; a lone face joins the nearer track, or the image half it is in).
+    `select(dets, width)` returns one detection index (or -1) per output.
+    """
+
+    policy: str = "track"
+    iou: float = 0.3
+    reset: int = 30
+    min_score: float = 0.9  # detections scoring lower are ignored
+    second_min_area: float = 0.25  # left-right: a second face must be >= this x the largest
+    _tracks: list[_Track] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown face policy {self.policy!r}; expected one of {POLICIES}")
+        self._tracks = [_Track() for _ in range(self.n_outputs)]
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 if self.policy == "left-right" else 1
+
+    def select(self, d: Detections, width: int) -> list[int]:
+        """Detection index per output (-1: no face) for one frame, in frame order."""
+        keep = np.flatnonzero(d.scores >= self.min_score)
+        if len(keep) < len(d):
+            sub = Detections(d.boxes[keep], d.scores[keep], d.landmarks[keep])
+            return [int(keep[p]) if p >= 0 else -1 for p in self._select(sub, width)]
+        return self._select(d, width)
+
+    def _select(self, d: Detections, width: int) -> list[int]:
+        if self.policy == "largest":
+            return [int(np.argmax(d.areas())) if len(d) else -1]
+        if self.policy == "track":
+            return [self._track_one(self._tracks[0], d)]
+        return self._left_right(d, width)
+
+    def _track_one(self, tr: _Track, d: Detections) -> int:
+        pick = -1
+        if len(d):
+            if tr.box is not None and tr.lost <= self.reset:
+                ov = iou(tr.box, d.boxes)
+                if ov.max() >= self.iou:
+                    pick = int(np.argmax(ov))
+            else:
+                pick = int(np.argmax(d.areas()))
+        if pick >= 0:
+            tr.box, tr.lost = d.boxes[pick].copy(), 0
+        else:
+            tr.lost += 1
+        return pick
+
+    def _left_right(self, d: Detections, width: int) -> list[int]:
+        left, right = self._tracks
+        for tr in (left, right):
+            tr.lost += 1
+        if not len(d):
+            return [-1, -1]
+        areas = d.areas()
+        order = np.argsort(-areas, kind="stable")
+        cand = [int(order[0])]
+        if len(order) > 1 and areas[order[1]] >= self.second_min_area * areas[order[0]]:
+            cand.append(int(order[1]))
+        cx = (d.boxes[:, 0] + d.boxes[:, 2]) / 2
+        if len(cand) == 2:
+            lo, hi = sorted(cand, key=lambda i: (cx[i], i))
+            picks = [lo, hi]
+        else:
+            i = cand[0]
+            dist = []
+            for tr in (left, right):
+                if tr.box is not None and tr.lost <= self.reset + 1:
+                    dist.append(abs(cx[i] - (tr.box[0] + tr.box[2]) / 2))
+                else:
+                    dist.append(np.inf)
+            if np.isfinite(dist).any():
+                side = int(np.argmin(dist))
+            else:
+                side = 0 if cx[i] < width / 2 else 1
+            picks = [-1, -1]
+            picks[side] = i
+        for tr, p in zip((left, right), picks):
+            if p >= 0:
+                tr.box, tr.lost = d.boxes[p].copy(), 0
+        return picks
+
+
+# ---------------------------------------------------------------------- alignment
+
+
+def template(size: int = 112) -> np.ndarray:
+    """The standard five-point template scaled to a `size` x `size` crop."""
+    return TEMPLATE_112 * (size / 112.0)
+
+
+def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping each point
+    set of `src` [K, P, 2] onto `dst` [P, 2] (Umeyama 1991). Returns [K, 2, 3] float64.
+    """
+    src = np.asarray(src, np.float64)
+    if src.ndim == 2:
+        src = src[None]
+    dst = np.asarray(dst, np.float64)
+    mu_s = src.mean(1, keepdims=True)
+    mu_d = dst.mean(0, keepdims=True)
+    s0 = src - mu_s
+    d0 = dst[None] - mu_d[None]
+    cov = np.einsum("kpi,kpj->kij", d0, s0) / src.shape[1]  # [K, 2, 2]
+    U, S, Vt = np.linalg.svd(cov)
+    sign = np.sign(np.linalg.det(U @ Vt))
+    sign[sign == 0] = 1.0
+    D = np.zeros((len(src), 2, 2))
+    D[:, 0, 0] = 1.0
+    D[:, 1, 1] = sign
+    R = U @ D @ Vt
+    var_s = (s0 ** 2).sum(axis=(1, 2)) / src.shape[1]
+    scale = (S * np.stack([np.ones_like(sign), sign], 1)).sum(1) / np.maximum(var_s, 1e-12)
+    t = mu_d[0][None] - scale[:, None] * np.einsum("kij,kj->ki", R, mu_s[:, 0])
+    M = np.concatenate([scale[:, None, None] * R, t[:, :, None]], axis=2)
+    return M
+
+
+def _invert(M: np.ndarray) -> np.ndarray:
+    A = M[:, :, :2]
+    Ai = np.linalg.inv(A)
+    return np.concatenate([Ai, -np.einsum("kij,kj->ki", Ai, M[:, :, 2])[:, :, None]], axis=2)
+
+
+def warp_faces(frames: torch.Tensor, index: np.ndarray, landmarks: np.ndarray, size: int = 112,
+               antialias: bool = True) -> torch.Tensor:
+    """Aligned crops: face k is cut from `frames[index[k]]` ([B, H, W, 3] uint8, any device)
+    so that its `landmarks[k]` ([5, 2], frame pixels) land on the template.
+
+    Returns [K, size, size, 3] uint8 on the frames' device. Pixels outside the frame are 0.
+    When a face is larger than the crop (scale < 0.75), its region is first downscaled
+    with an anti-aliasing filter, so the crop does not alias.
+    """
+    K = len(index)
+    dev = frames.device
+    if K == 0:
+        return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=dev)
+    H, W = int(frames.shape[1]), int(frames.shape[2])
+    M = similarity_transforms(np.asarray(landmarks, np.float32), template(size))
+    Minv = _invert(M)  # crop pixel -> frame pixel
+    scale = np.sqrt(np.abs(np.linalg.det(M[:, :, :2])))
+    # frame region covering the crop (with a margin for the filter support)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    pts = np.einsum("kij,cj->kci", Minv, corners)
+    lo = np.floor(pts.min(1)) - 2
+    hi = np.ceil(pts.max(1)) + 2
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    grid_px = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # [S*S, 3]
+    out = torch.empty((K, size, size, 3), dtype=torch.uint8, device=dev)
+    for k in range(K):
+        x0, y0 = int(np.clip(lo[k, 0], 0, W - 1)), int(np.clip(lo[k, 1], 0, H - 1))
+        x1, y1 = int(np.clip(hi[k, 0], x0 + 1, W)), int(np.clip(hi[k, 1], y0 + 1, H))
+        region = frames[int(index[k]), y0:y1, x0:x1].permute(2, 0, 1)[None].float()  # [1,3,h,w]
+        A = Minv[k].copy()
+        A[:, 2] -= (x0, y0)  # crop pixel -> region pixel
+        rh, rw = region.shape[-2:]
+        if antialias and scale[k] < 0.75:
+            nh, nw = max(1, round(rh * scale[k])), max(1, round(rw * scale[k]))
+            region = F.interpolate(region, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            fy, fx = nh / rh, nw / rw
+            # region pixel centres: x' + 0.5 = (x + 0.5) * f
+            A = np.diag([fx, fy]) @ A
+            A[:, 2] += (0.5 * fx - 0.5, 0.5 * fy - 0.5)
+            rh, rw = nh, nw
+        src = grid_px @ torch.from_numpy(A).T  # [S*S, 2] region pixel coords
+        gx = (2 * src[:, 0] + 1) / rw - 1
+        gy = (2 * src[:, 1] + 1) / rh - 1
+        grid = torch.stack([gx, gy], -1).reshape(1, size, size, 2).to(dev, torch.float32)
+        crop = F.grid_sample(region, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[k] = crop[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
+    return out
