@@ -133,11 +133,14 @@ def validate_submission_cmd(file: str, test_list: str) -> None:
 @click.option("--all-frames", is_flag=True, help="With --only: keep every frame of the listed videos.")
 @click.option("--crop-size", default=112, show_default=True, help="Aligned crop side in pixels (0: the largest "
                                                                    "backbone input size).")
+@click.option("--detector", type=click.Choice(["batched", "facenet"]), default="batched", show_default=True,
+              help="MTCNN cascade: ours with batched window crops (fast), or facenet-pytorch's detect_face.")
 @click.option("--detect-size", default=640, show_default=True,
               help="Face detection runs on a copy of each frame with this longest side (0: full size).")
 @click.option("--min-face", default=20, show_default=True, help="Smallest face to detect, in detection pixels.")
 @click.option("--min-score", default=0.9, show_default=True, help="Ignore detections scoring lower.")
 @click.option("--batch-size", default=64, show_default=True, help="Backbone batch size.")
+@click.option("--detect-batch", default=16, show_default=True, help="Video frames decoded and detected per batch.")
 @click.option("--workers", default=-1, show_default=True, help="Image reader processes for frame folders "
                                                                 "(-1: 1 on CPU, up to 8 with a GPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -151,8 +154,8 @@ def validate_submission_cmd(file: str, test_list: str) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(inputs: tuple[Path, ...], store: Path, backbones: tuple[str, ...], face: str, only: tuple[str, ...],
-                all_frames: bool, crop_size: int, detect_size: int, min_face: int, min_score: float,
-                batch_size: int, workers: int, device: str, precision: str, kind: str, overwrite: bool,
+                all_frames: bool, crop_size: int, detector: str, detect_size: int, min_face: int, min_score: float,
+                batch_size: int, detect_batch: int, workers: int, device: str, precision: str, kind: str, overwrite: bool,
                 preview: Path | None, json_out: str | None, quiet: bool) -> None:
     """Run frozen backbones over videos or aligned frame folders into a feature cache.
 
@@ -172,8 +175,8 @@ def extract_cmd(inputs: tuple[Path, ...], store: Path, backbones: tuple[str, ...
     from abaw.extract.runner import extract as run_extract
     from abaw.io import write_json
 
-    cfg = ExtractConfig(face=face, crop_size=crop_size, detect_size=detect_size, min_face=min_face,
-                        min_score=min_score, batch_size=batch_size, workers=workers, device=device,
+    cfg = ExtractConfig(face=face, crop_size=crop_size, detector=detector, detect_size=detect_size, min_face=min_face,
+                        min_score=min_score, batch_size=batch_size, detect_batch=detect_batch, workers=workers, device=device,
                         precision=precision, only=tuple(only), all_frames=all_frames, overwrite=overwrite,
                         preview=str(preview) if preview else None, kind=kind)
     rank, world, _ = dist_env()

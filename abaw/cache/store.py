@@ -79,7 +79,9 @@ class FeatureStore:
             if not root_meta.exists():
                 raise AbawError(f"{self.path}: not an abaw feature cache (no zarr.json)")
         elif mode == "a":
-            if self.path.exists() and any(self.path.iterdir()) and not root_meta.exists():
+            # (another process creating the cache right now leaves only a `.staging-root-*` entry)
+            if self.path.exists() and not root_meta.exists() and any(
+                    not p.name.startswith(".staging") for p in self.path.iterdir()):
                 raise AbawError(f"{self.path}: exists and is not a feature cache; choose another path")
             self.path.mkdir(parents=True, exist_ok=True)
             if not root_meta.exists():

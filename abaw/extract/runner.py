@@ -55,6 +55,7 @@ class ExtractConfig:
 
     face: str = "auto"  # auto | track | largest | left-right (auto: left-right where --only lists X_left/X_right)
     crop_size: int = 112  # aligned crop side; 0 = the largest backbone input size
+    detector: str = "batched"  # MTCNN cascade: batched (ours, fast) | facenet (facenet-pytorch's detect_face)
     detect_size: int = 640  # longest side of the frame copy MTCNN runs on (0 = full size)
     min_face: int = 20  # MTCNN minimum face size, in detection pixels
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN stage thresholds
@@ -77,6 +78,8 @@ class ExtractConfig:
             raise AbawError(f"--face {self.face!r}: expected one of {', '.join(FACE_CHOICES)}")
         if self.kind not in ("auto", "videos", "frames"):
             raise AbawError(f"--kind {self.kind!r}: expected auto, videos or frames")
+        if self.detector not in ("batched", "facenet"):
+            raise AbawError(f"--detector {self.detector!r}: expected batched or facenet")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise AbawError(f"--precision {self.precision!r}: expected auto, fp32, bf16 or fp16")
         if self.batch_size < 1 or self.detect_batch < 1:
@@ -296,10 +299,10 @@ class _Job:
 def _outputs_for(src: Source, cfg: ExtractConfig, only: dict[str, set[int]] | None) -> tuple[str, list[tuple[str, int]]]:
     """(policy, [(video id, selector output)]) for a source, honouring `only`."""
     stem = src.name
-    if src.kind == "frames":
-        return "frames", [(stem, 0)]
     pair = [(f"{stem}_left", 0), (f"{stem}_right", 1)]
-    if cfg.face == "auto":
+    if src.kind == "frames":
+        policy, outs = "frames", [(stem, 0)]
+    elif cfg.face == "auto":
         if only is not None and (f"{stem}_left" in only or f"{stem}_right" in only):
             policy, outs = "left-right", pair
         else:
@@ -476,6 +479,7 @@ class _Sink:
             st = self.states.pop(o.video, None)
             if st is not None:
                 st.failed = True
+        error = error.removeprefix(f"{job.source.path}: ")
         self.summary.failed.append({"source": job.source.path, "error": error})
 
     def _maybe_write(self, st: _VideoState) -> None:
@@ -670,8 +674,35 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     precision = _precision(cfg.precision, device)
     sources = discover(inputs, cfg.kind)
     only = read_only_lists(cfg.only) if cfg.only else None
-    fs = store if isinstance(store, FeatureStore) else FeatureStore(store, "a")
+    grouped = _init_group(rank, world) if world > 1 else False
+    try:
+        fs = _open_store(store, rank, grouped)
+        return _extract(sources, only, fs, backbones, cfg, device, precision, progress, rank, world, grouped,
+                        t_start)
+    finally:
+        if grouped:
+            import torch.distributed as dist
 
+            dist.destroy_process_group()
+
+
+def _open_store(store: str | os.PathLike | FeatureStore, rank: int, grouped: bool) -> FeatureStore:
+    if isinstance(store, FeatureStore):
+        return store
+    if not grouped:
+        return FeatureStore(store, "a")
+    import datetime
+
+    import torch.distributed as dist
+
+    fs = FeatureStore(store, "a") if rank == 0 else None  # rank 0 creates it, the others wait
+    dist.monitored_barrier(timeout=datetime.timedelta(minutes=30))
+    return fs or FeatureStore(store, "a")
+
+
+def _extract(sources: list[Source], only: dict[str, set[int]] | None, fs: FeatureStore,
+             backbones: Sequence[str | Backbone], cfg: ExtractConfig, device: torch.device, precision: str,
+             progress: bool, rank: int, world: int, grouped: bool, t_start: float) -> ExtractSummary:
     bbs: list[Backbone] = []
     for b in backbones:
         bb = create_backbone(b, device) if isinstance(b, str) else b
@@ -686,7 +717,7 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     fps = {b.key: json.loads(json.dumps(b.fingerprint())) for b in bbs}
     crop = cfg.crop_size or max(b.preprocess.input_size for b in bbs)
 
-    detector_settings = {"detector": "mtcnn (facenet-pytorch)", "detect_size": cfg.detect_size,
+    detector_settings = {"detector": f"mtcnn ({cfg.detector})", "detect_size": cfg.detect_size,
                          "min_face": cfg.min_face, "thresholds": list(cfg.thresholds), "factor": 0.709}
     jobs: list[_Job] = []
     for src in sources:
@@ -704,43 +735,38 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
             outputs.append(_Output(video=vid, side=side, wanted=wanted, selection=_selection(wanted)))
         jobs.append(_Job(source=src, policy=policy, outputs=outputs, settings=settings))
 
-    grouped = _init_group(rank, world) if world > 1 else False
-    try:
-        # plan every job on every rank (cheap), so a conflict stops all ranks alike
-        refusals = []
-        for job in jobs:
-            try:
-                _plan(job, fs, bbs, fps, cfg.overwrite)
-            except _Refusal as e:
-                refusals.append(str(e))
-        if refusals:
-            raise AbawError(f"{fs.path}: {len(refusals)} cached videos conflict with this run, e.g. {refusals[0]}; "
-                            "rerun with --overwrite to replace them")
-        if grouped:
-            import torch.distributed as dist
+    # plan every job on every rank (cheap), so a conflict stops all ranks alike
+    refusals = []
+    for job in jobs:
+        try:
+            _plan(job, fs, bbs, fps, cfg.overwrite)
+        except _Refusal as e:
+            refusals.append(str(e))
+    if refusals:
+        raise AbawError(f"{fs.path}: {len(refusals)} cached videos conflict with this run, e.g. {refusals[0]}; "
+                        "rerun with --overwrite to replace them")
+    if grouped:
+        import datetime
 
-            if rank == 0:
-                fs.clear_staging()
-            dist.barrier()
-        elif world == 1:
+        import torch.distributed as dist
+
+        if rank == 0:
             fs.clear_staging()
-        mine = shard(jobs, rank, world)
-        summary = ExtractSummary(store=str(fs.path), world=1, device=str(device), precision=precision)
-        summary.videos = sum(len(j.outputs) for j in mine)
-        _run(mine, fs, bbs, fps, cfg, crop, device, precision, only, summary, progress, rank, world)
-        summary.wall_s = time.perf_counter() - t_start
-        if grouped:
-            import torch.distributed as dist
+        dist.monitored_barrier(timeout=datetime.timedelta(minutes=30))
+    elif world == 1:
+        fs.clear_staging()
+    mine = shard(jobs, rank, world)
+    summary = ExtractSummary(store=str(fs.path), world=1, device=str(device), precision=precision)
+    summary.videos = sum(len(j.outputs) for j in mine)
+    _run(mine, fs, bbs, fps, cfg, crop, device, precision, only, summary, progress, rank, world)
+    summary.wall_s = time.perf_counter() - t_start
+    if grouped:
+        import torch.distributed as dist
 
-            parts: list[Any] = [None] * world
-            dist.all_gather_object(parts, summary.to_dict())
-            summary = ExtractSummary.merge(parts)
-        return summary
-    finally:
-        if grouped:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, summary.to_dict())
+        summary = ExtractSummary.merge(parts)
+    return summary
 
 
 def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str, dict], cfg: ExtractConfig,
@@ -908,7 +934,7 @@ def _run_videos(jobs: list[_Job], cfg: ExtractConfig, crop: int, device: torch.d
                 fwd: _Forwarder, timer: _Timer, bar) -> None:
     detector = None
     if any(j.detect for j in jobs):
-        detector = FaceDetector(device, cfg.detect_size, cfg.min_face, cfg.thresholds)
+        detector = FaceDetector(device, cfg.detect_size, cfg.min_face, cfg.thresholds, impl=cfg.detector)
     total = 0
     for j in jobs:
         try:
