@@ -234,3 +234,10 @@ def test_two_ranks_equal_one_process(frames_store, tiny_synth, tmp_path):
     assert summary["world"] == 2 and len(summary["done"]) == len(FeatureStore(frames_store).videos())
     assert "[2 ranks]" in outs[0] and outs[1].strip() == ""  # rank 0 reports for both
     _assert_same_cache(frames_store, store)
+
+
+def test_batchnorm_backbones_can_be_fingerprinted():
+    """BatchNorm nets hold 0-d buffers (num_batches_tracked); hashing them must work."""
+    a = create_backbone("timm:test_resnet?size=64&pretrained=0")
+    b = create_backbone("timm:test_resnet?size=64&pretrained=0")
+    assert len(a.weights_sha256) == 64 and a.weights_sha256 == b.weights_sha256

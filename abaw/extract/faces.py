@@ -417,7 +417,9 @@ def warp_faces(frames: torch.Tensor, index: np.ndarray, landmarks: np.ndarray, s
 
     Returns [K, size, size, 3] uint8 on the frames' device. Pixels outside the frame are 0.
     When a face is larger than the crop (scale < 0.75), its region is first downscaled
-    with an anti-aliasing filter, so the crop does not alias.
+    with an anti-aliasing filter, so the crop does not alias. Each face's region of the
+    frame is copied into one zero-padded canvas, so all faces are sampled in one
+    `grid_sample` call (few large ops instead of many small ones per face).
     """
     K = len(index)
     dev = frames.device
@@ -425,36 +427,39 @@ def warp_faces(frames: torch.Tensor, index: np.ndarray, landmarks: np.ndarray, s
         return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=dev)
     H, W = int(frames.shape[1]), int(frames.shape[2])
     M = similarity_transforms(np.asarray(landmarks, np.float32), template(size))
-    Minv = _invert(M)  # crop pixel -> frame pixel
+    A = _invert(M)  # crop pixel -> frame pixel, [K, 2, 3]
     scale = np.sqrt(np.abs(np.linalg.det(M[:, :, :2])))
     # frame region covering the crop (with a margin for the filter support)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
-    pts = np.einsum("kij,cj->kci", Minv, corners)
-    lo = np.floor(pts.min(1)) - 2
-    hi = np.ceil(pts.max(1)) + 2
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
-    grid_px = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # [S*S, 3]
-    out = torch.empty((K, size, size, 3), dtype=torch.uint8, device=dev)
+    pts = np.einsum("kij,cj->kci", A, corners)
+    x0 = np.clip(np.floor(pts[:, :, 0].min(1)) - 2, 0, W - 1).astype(int)
+    y0 = np.clip(np.floor(pts[:, :, 1].min(1)) - 2, 0, H - 1).astype(int)
+    x1 = np.maximum(np.clip(np.ceil(pts[:, :, 0].max(1)) + 2, 0, W).astype(int), x0 + 1)
+    y1 = np.maximum(np.clip(np.ceil(pts[:, :, 1].max(1)) + 2, 0, H).astype(int), y0 + 1)
+    A[:, :, 2] -= np.stack([x0, y0], 1)  # crop pixel -> region pixel
+    regions: list[torch.Tensor] = []
     for k in range(K):
-        x0, y0 = int(np.clip(lo[k, 0], 0, W - 1)), int(np.clip(lo[k, 1], 0, H - 1))
-        x1, y1 = int(np.clip(hi[k, 0], x0 + 1, W)), int(np.clip(hi[k, 1], y0 + 1, H))
-        region = frames[int(index[k]), y0:y1, x0:x1].permute(2, 0, 1)[None].float()  # [1,3,h,w]
-        A = Minv[k].copy()
-        A[:, 2] -= (x0, y0)  # crop pixel -> region pixel
-        rh, rw = region.shape[-2:]
+        r = frames[int(index[k]), y0[k]:y1[k], x0[k]:x1[k]].permute(2, 0, 1)  # [3, h, w] uint8
         if antialias and scale[k] < 0.75:
-            nh, nw = max(1, round(rh * scale[k])), max(1, round(rw * scale[k]))
-            region = F.interpolate(region, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-            fy, fx = nh / rh, nw / rw
-            # region pixel centres: x' + 0.5 = (x + 0.5) * f
-            A = np.diag([fx, fy]) @ A
-            A[:, 2] += (0.5 * fx - 0.5, 0.5 * fy - 0.5)
-            rh, rw = nh, nw
-        src = grid_px @ torch.from_numpy(A).T  # [S*S, 2] region pixel coords
-        gx = (2 * src[:, 0] + 1) / rw - 1
-        gy = (2 * src[:, 1] + 1) / rh - 1
-        grid = torch.stack([gx, gy], -1).reshape(1, size, size, 2).to(dev, torch.float32)
-        crop = F.grid_sample(region, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[k] = crop[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
-    return out
+            h, w = r.shape[-2:]
+            nh, nw = max(1, round(h * scale[k])), max(1, round(w * scale[k]))
+            r = F.interpolate(r[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+            fy, fx = nh / h, nw / w  # region pixel centres: x' + 0.5 = (x + 0.5) * f
+            A[k] = np.diag([fx, fy]) @ A[k]
+            A[k, :, 2] += (0.5 * fx - 0.5, 0.5 * fy - 0.5)
+        regions.append(r)
+    hc = max(r.shape[-2] for r in regions)
+    wc = max(r.shape[-1] for r in regions)
+    canvas = torch.zeros((K, 3, hc, wc), dtype=torch.float32, device=dev)
+    for k, r in enumerate(regions):
+        canvas[k, :, :r.shape[-2], :r.shape[-1]] = r
+    ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
+    base = np.stack([xs, ys, np.ones_like(xs)], -1).reshape(-1, 3)  # [S*S, 3]
+    src = np.einsum("pj,kij->kpi", base, A)  # [K, S*S, 2] canvas pixel coordinates
+    grid = np.empty_like(src)
+    grid[..., 0] = (2 * src[..., 0] + 1) / wc - 1
+    grid[..., 1] = (2 * src[..., 1] + 1) / hc - 1
+    grid_t = torch.from_numpy(grid.reshape(K, size, size, 2).astype(np.float32)).to(dev, non_blocking=True)
+    out = F.grid_sample(canvas, grid_t, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.permute(0, 2, 3, 1).round_().clamp_(0, 255).to(torch.uint8)
