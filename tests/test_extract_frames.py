@@ -241,3 +241,22 @@ def test_batchnorm_backbones_can_be_fingerprinted():
     a = create_backbone("timm:test_resnet?size=64&pretrained=0")
     b = create_backbone("timm:test_resnet?size=64&pretrained=0")
     assert len(a.weights_sha256) == 64 and a.weights_sha256 == b.weights_sha256
+
+
+def test_load_chosen_frames(frames_store):
+    fs = FeatureStore(frames_store)
+    v = fs.videos()[0]
+    key = fs.feature_keys(v)[0]
+    idx = fs.read_index(v)
+    want = idx.frame[[0, 2, 5]].tolist() + [99999]  # a frame the cache lacks is ignored
+    t = load_features(frames_store, [key], frames={v: want})
+    assert t.videos == (v,) and t.frame.tolist() == want[:3]
+    np.testing.assert_array_equal(t.feats[key], fs.read_features(v, key)[[0, 2, 5]])
+
+
+def test_a_video_with_no_rows_can_be_stored(tmp_path):
+    fs = FeatureStore(tmp_path / "c.zarr", "a")
+    fs.write_video("v", np.zeros(0, np.int32), np.zeros(0), np.zeros(0, bool), {},
+                   extra={"landmarks": np.zeros((0, 5, 2), np.float32)})
+    fs.write_features("v", "k", np.zeros((0, 4)), {"spec": "x"})
+    assert fs.read_features("v", "k").shape == (0, 4) and len(load_features(fs, ["k"])) == 0

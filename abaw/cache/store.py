@@ -10,6 +10,7 @@ Layout (a local directory store):
         face       bool    [N]         a face was found (features of other rows are zero)
         box        float32 [N, 4]      optional: detector box x0,y0,x1,y1 (NaN if none)
         landmarks  float32 [N, 5, 2]   optional: 5 facial points (NaN if none)
+        score      float32 [N]         optional: detector score of the chosen face (NaN if none)
         feat/<key> float16 [N, D]      one array per backbone; attrs {"fingerprint": {...}}
     STORE/.staging/                    units being written (ignored; cleared on open)
 
@@ -223,8 +224,8 @@ class FeatureStore:
             arr = np.ascontiguousarray(arr)
             if len(arr) != n:
                 raise ValueError(f"{video}: array {name} has {len(arr)} rows, expected {n}")
-            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape if n else None,
-                               compressors=_compressors())
+            chunks = arr.shape if n else tuple(max(1, d) for d in arr.shape)  # zarr needs chunks >= 1
+            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, compressors=_compressors())
             if n:
                 a[...] = arr
         zarr.open_group(str(tmp / "feat"), mode="w")
@@ -245,7 +246,7 @@ class FeatureStore:
             raise ValueError(f"{video}/{key}: features {feats.shape} do not match {n} frames")
         stage = self._staging()
         tmp = stage / "unit"
-        chunks = (max(1, min(n, 16384)), feats.shape[1]) if n else None
+        chunks = (max(1, min(n, 16384)), max(1, feats.shape[1]))
         a = zarr.create_array(str(tmp), shape=feats.shape, dtype="float16", chunks=chunks,
                               compressors=_compressors())
         if n:
@@ -297,13 +298,18 @@ class FeatureTable:
 
 def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                   videos: Iterable[str] | None = None, faces_only: bool = False,
-                  missing: str = "error") -> FeatureTable:
+                  missing: str = "error", frames: dict[str, Iterable[int]] | None = None) -> FeatureTable:
     """Load chosen backbones' features for chosen videos into contiguous RAM arrays.
 
     `missing='error'` raises if a requested video or backbone is absent from the cache;
-    `'skip'` leaves such videos out. `faces_only` drops frames without a face. Each
-    video's arrays are read whole (small Zarr reads are slow).
+    `'skip'` leaves such videos out. `faces_only` drops frames without a face. `frames`
+    ({video: frame numbers}) keeps only those frames (the ones the cache has); videos not
+    in it are loaded whole, unless `videos` is None, in which case only its videos load.
+    Each video's arrays are read whole (small Zarr reads are slow).
     """
+    chosen = frames
+    if chosen is not None and videos is None:
+        videos = list(chosen)
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, "r")
     keys = tuple(keys)
     if not keys:
@@ -324,7 +330,9 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     fps: dict[str, dict[str, Any]] = {}
     for i, v in enumerate(use):
         idx = fs.read_index(v)
-        rows = idx.face if faces_only else slice(None)
+        rows = idx.face.copy() if faces_only else np.ones(len(idx.frame), bool)
+        if chosen is not None and v in chosen:
+            rows &= np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
         for k in keys:
             f = fs.read_features(v, k)
             fp = fs.fingerprint(v, k)

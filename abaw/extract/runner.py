@@ -735,6 +735,8 @@ def _extract(sources: list[Source], only: dict[str, set[int]] | None, fs: Featur
             outputs.append(_Output(video=vid, side=side, wanted=wanted, selection=_selection(wanted)))
         jobs.append(_Job(source=src, policy=policy, outputs=outputs, settings=settings))
 
+    if only is not None and not jobs:
+        raise AbawError(f"none of the {len(sources)} input videos is listed in {', '.join(cfg.only)}")
     # plan every job on every rank (cheap), so a conflict stops all ranks alike
     refusals = []
     for job in jobs:
@@ -796,11 +798,12 @@ def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str,
                disable=not progress, position=rank if world > 1 else None, dynamic_ncols=True, smoothing=0.1,
                delay=0.5)
     try:
-        if folders:
-            _run_folders(folders, cfg, crop, device, sink, fwd, timer, bar, summary)
-        if vids:
-            _run_videos(vids, cfg, crop, device, sink, fwd, timer, bar)
-        fwd.flush()
+        with torch.inference_mode():
+            if folders:
+                _run_folders(folders, cfg, crop, device, sink, fwd, timer, bar, summary)
+            if vids:
+                _run_videos(vids, cfg, crop, device, sink, fwd, timer, bar)
+            fwd.flush()
     finally:
         bar.close()
     for name, st in list(sink.states.items()):  # should not happen: a bug, not a user error
