@@ -275,6 +275,7 @@ class _Output:
     side: int  # selector output index (0, or 0/1 for left/right)
     wanted: set[int] | None  # frame numbers to keep (None: all)
     selection: str = "all"  # "all" or a hash of the wanted frame numbers (compared on resume)
+    wanted_arr: np.ndarray | None = None
     new_index: bool = True  # write the index (False: reuse the stored one)
     overwrite_index: bool = False
     keys: list[tuple[Backbone, bool]] = field(default_factory=list)  # (backbone, overwrite its array)
@@ -860,6 +861,7 @@ def _run_folders(jobs: list[_Job], cfg: ExtractConfig, crop: int, device: torch.
     for owner, row, imgs, ok in loader:
         timer.add("images", time.perf_counter() - t0)
         owner_np, row_np, ok_np = owner.numpy(), row.numpy(), ok.numpy().astype(bool)
+        imgs_dev = imgs.to(device, non_blocking=True)  # one (pinned, async) copy per batch
         for i in np.unique(owner_np):
             sel = np.flatnonzero(owner_np == i)
             st, total = states[i]
@@ -873,8 +875,10 @@ def _run_folders(jobs: list[_Job], cfg: ExtractConfig, crop: int, device: torch.
                     if st.preview.wants(int(row_np[j])):
                         st.preview.add(int(row_np[j]), int(ready[i].folder.frame[row_np[j]]), imgs[j].numpy())
             st.expected += len(good)
-            if len(good):
-                fwd.push(imgs[torch.from_numpy(good)], out.video, row_np[good])
+            if len(good) == len(sel):  # rows of one folder are contiguous in a batch: a view
+                fwd.push(imgs_dev[sel[0]:sel[-1] + 1], out.video, row_np[sel])
+            elif len(good):
+                fwd.push(imgs_dev[torch.from_numpy(good).to(device)], out.video, row_np[good])
             seen[i] += len(sel)
             if seen[i] == total:
                 sink.close(out.video)
@@ -1008,7 +1012,12 @@ def _video_chunk(w: _VideoWork, ch, detector: FaceDetector | None, crop: int, de
     for k, st in enumerate(w.states):
         out = st.out
         if out.new_index:
-            keep = np.ones(len(ch.frame), bool) if out.wanted is None else np.isin(ch.frame, list(out.wanted))
+            if out.wanted is None:
+                keep = np.ones(len(ch.frame), bool)
+            else:
+                if out.wanted_arr is None:
+                    out.wanted_arr = np.fromiter(out.wanted, dtype=np.int64)
+                keep = np.isin(ch.frame, out.wanted_arr)
             idx = np.flatnonzero(keep)
             n0 = st.n_rows
             box = np.full((len(idx), 4), np.nan, np.float32)
