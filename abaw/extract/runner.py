@@ -778,7 +778,11 @@ def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str,
     from abaw import __version__
 
     timer = _Timer()
-    extra_attrs = {"extracted_by": f"abaw {__version__}"}
+    from abaw.config import to_dict
+
+    run = {"device": device.type, "precision": precision}
+    extra_attrs = {"extracted_by": f"abaw {__version__}", "config": to_dict(cfg), "run": run}
+    fps = {k: {**v, "extraction": run} for k, v in fps.items()}  # informational: not compared
     sink = _Sink(fs, fps, summary, timer, cfg.preview, extra_attrs)
     fwd = _Forwarder(bbs, cfg.batch_size, device, precision, sink, timer)
     if device.type == "cuda":
