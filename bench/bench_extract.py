@@ -111,7 +111,7 @@ def main() -> None:
         fps_cli = n / t_cli
         print(f"3. same, building the model too:      {fps_cli:8.1f} frames/s ({t_cli:.2f} s)  "
               f"ratio {fps_cli / fps_pure:.3f}")
-        print(f"   busy time: " + " · ".join(f"{k} {100 * v:.0f}%" for k, v in s.shares().items())
+        print("   busy time: " + " · ".join(f"{k} {100 * v:.0f}%" for k, v in s.shares().items())
               + f"; main thread waited {s.timings.get('images', 0):.2f} s for images")
 
         if not args.no_video:

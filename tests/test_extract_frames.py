@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from abaw.cache.hdf5 import export_hdf5, import_hdf5
+from abaw.cache.hdf5 import import_hdf5
 from abaw.cache.store import FeatureStore, load_features
 from abaw.cli import main
 from abaw.data.annotations import read_annotations
@@ -168,9 +168,18 @@ def test_hdf5_round_trip_and_foreign_layouts(frames_store, tmp_path):
     r = CliRunner().invoke(main, ["cache", "import", str(h5), str(tmp_path / "back.zarr")])
     assert r.exit_code == 0, r.output
     _assert_same_cache(frames_store, tmp_path / "back.zarr")
-    # importing again is a no-op; into a cache with other features it is refused per video
+    # importing again is a no-op
     rep = import_hdf5(h5, tmp_path / "back.zarr")
     assert rep["skipped"] == rep["videos"] and not rep["failed"]
+    # a chosen video and backbone only
+    v = FeatureStore(frames_store).videos()[1]
+    key = create_backbone(TINY).key
+    r = CliRunner().invoke(main, ["cache", "export", str(frames_store), str(tmp_path / "one.h5"), "-b", key,
+                                  "--video", v])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "one.h5") as f:
+        assert list(f) == [v] and list(f[v]["feat"]) == [key]
+        assert json.loads(f[v]["feat"][key].attrs["fingerprint"])["weights_sha256"]
 
     # foreign layouts: a group per video (features + frame numbers) and a dataset per image
     rng = np.random.default_rng(0)
