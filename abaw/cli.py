@@ -142,7 +142,7 @@ def validate_submission_cmd(file: str, test_list: str) -> None:
 @click.option("--batch-size", default=64, show_default=True, help="Backbone batch size.")
 @click.option("--detect-batch", default=16, show_default=True, help="Video frames decoded and detected per batch.")
 @click.option("--workers", default=-1, show_default=True, help="Image reader processes for frame folders "
-                                                                "(-1: 1 on CPU, up to 8 with a GPU).")
+                                                                "(-1: none on CPU, up to 8 with a GPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: fp32 on CPU, bf16 (or fp16) autocast on CUDA.")

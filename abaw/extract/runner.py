@@ -46,6 +46,7 @@ from abaw.extract.video import VideoError, is_video, iter_frames, probe
 
 FACE_CHOICES = ("auto",) + POLICIES
 STALLS = ("decoded frames", "images")  # timers of the main thread waiting for data
+BACKGROUND_WRITES: bool | None = None  # None: in a background thread on GPU, inline on CPU
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class ExtractConfig:
     track_reset: int = 30  # frames after which a lost track re-acquires the largest face
     batch_size: int = 64  # backbone batch (fixed; the last one is padded)
     detect_batch: int = 16  # frames per decode/detect chunk
-    workers: int = -1  # image reader processes for frame folders (-1: auto)
+    workers: int = -1  # image reader processes for frame folders (-1: 0 on CPU, up to 8 on GPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on CUDA) | fp32 | bf16 | fp16
     only: tuple[str, ...] = ()  # annotation files / test lists restricting videos and frames
@@ -433,10 +434,17 @@ class _VideoState:
 
 
 class _Sink:
-    """Collects features per cache video and writes each video once it is complete."""
+    """Collects features per cache video and writes each video once it is complete.
+
+    Writing (Zarr encoding, files, renames, previews) happens in one background thread,
+    in completion order, so it overlaps with the next batches' compute; at most
+    `max_pending` finished videos wait in RAM.
+    """
 
     def __init__(self, fs: FeatureStore, fps: dict[str, dict], summary: ExtractSummary, timer: _Timer,
-                 preview: str | None, extra_attrs: dict[str, Any]):
+                 preview: str | None, extra_attrs: dict[str, Any], background: bool = True, max_pending: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.fs = fs
         self.fps = fps
         self.summary = summary
@@ -444,6 +452,23 @@ class _Sink:
         self.preview = Path(preview) if preview else None
         self.extra_attrs = extra_attrs
         self.states: dict[str, _VideoState] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abaw-write") if background else None
+        self.pending: list[Any] = []
+        self.max_pending = max_pending
+
+    def finish(self, wait_only: bool = False) -> None:
+        """Wait for every queued write; re-raise the first write error unless `wait_only`."""
+        err = None
+        for f in self.pending:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001 - surfaced below
+                err = err or e
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        if err is not None and not wait_only:
+            raise err
 
     def open(self, out: _Output, job: _Job) -> _VideoState:
         st = _VideoState(out=out, job=job, parts={b.key: [] for b, _ in out.keys})
@@ -486,9 +511,17 @@ class _Sink:
     def _maybe_write(self, st: _VideoState) -> None:
         if not st.closed or st.received < st.expected or st.failed:
             return
+        self.states.pop(st.out.video, None)
+        if self.pool is None:
+            self._write_timed(st)
+            return
+        self.pending.append(self.pool.submit(self._write_timed, st))
+        while len(self.pending) > self.max_pending or (self.pending and self.pending[0].done()):
+            self.pending.pop(0).result()  # raises a write error here, in the main thread
+
+    def _write_timed(self, st: _VideoState) -> None:
         with self.timer("write"):
             self._write(st)
-        self.states.pop(st.out.video, None)
 
     def _write(self, st: _VideoState) -> None:
         out, job = st.out, st.job
@@ -783,7 +816,10 @@ def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str,
     run = {"device": device.type, "precision": precision}
     extra_attrs = {"extracted_by": f"abaw {__version__}", "config": to_dict(cfg), "run": run}
     fps = {k: {**v, "extraction": run} for k, v in fps.items()}  # informational: not compared
-    sink = _Sink(fs, fps, summary, timer, cfg.preview, extra_attrs)
+    # a GPU leaves the CPU idle while it computes: write in the background there; on CPU
+    # the writer would only compete with the forward for the same cores
+    background = device.type == "cuda" if BACKGROUND_WRITES is None else BACKGROUND_WRITES
+    sink = _Sink(fs, fps, summary, timer, cfg.preview, extra_attrs, background=background)
     fwd = _Forwarder(bbs, cfg.batch_size, device, precision, sink, timer)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -802,6 +838,7 @@ def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str,
     bar = tqdm(total=0, unit="frame", desc=f"extract[{rank}/{world}]" if world > 1 else "extract",
                disable=not progress, position=rank if world > 1 else None, dynamic_ncols=True, smoothing=0.1,
                delay=0.5)
+    ok = False
     try:
         with torch.inference_mode():
             if folders:
@@ -809,7 +846,9 @@ def _run(jobs: list[_Job], fs: FeatureStore, bbs: list[Backbone], fps: dict[str,
             if vids:
                 _run_videos(vids, cfg, crop, device, sink, fwd, timer, bar)
             fwd.flush()
+        ok = True
     finally:
+        sink.finish(wait_only=not ok)  # completed videos are always written out
         bar.close()
     for name, st in list(sink.states.items()):  # should not happen: a bug, not a user error
         sink.fail(st.job, f"internal: {name} incomplete ({st.received}/{st.expected} rows)")
@@ -858,7 +897,9 @@ def _run_folders(jobs: list[_Job], cfg: ExtractConfig, crop: int, device: torch.
     bar.total = sum(n for _, n in states)
     bar.refresh()
     ds = FrameDataset([j.folder for j in ready], rows, crop)
-    workers = cfg.workers if cfg.workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
+    # CPU: the forward already uses every core, a reader process would only compete with it
+    # (reading 112 px JPEGs costs a few % of a forward); GPU: read in parallel while it computes
+    workers = cfg.workers if cfg.workers >= 0 else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     loader = frame_loader(ds, cfg.batch_size, workers, pin_memory=device.type == "cuda")
     seen = [0] * len(ready)
     t0 = time.perf_counter()
