@@ -66,7 +66,9 @@ MODELS: dict[str, HSModel] = {
     "enet_b0_8_va_mtl": HSModel(("tf_efficientnet_b0",), 224, "b7223bd1ab092a1b5a42bc04a5f4fbfe4d9f8b9b"),
     "enet_b2_7": HSModel(("tf_efficientnet_b2",), 260, "5a8ccbb17913461296003be726a22b6fc40d602b"),
     "enet_b2_8": HSModel(("tf_efficientnet_b2",), 260, "eed81e6368877e89f8a99cfabadae7c3ddc3a949"),
-    "mobilevit_va_mtl": HSModel(("mobilevit_s", "mobilevit_xs", "mobilevit_xxs"), 224,
+    # which MobileViT is not documented upstream: the one whose tensors fit is used
+    "mobilevit_va_mtl": HSModel(("mobilevit_s", "mobilevit_xs", "mobilevit_xxs", "mobilevitv2_050",
+                                 "mobilevitv2_075", "mobilevitv2_100"), 224,
                                 "d648cb1a20a5b1ab0af64192ec9be39e5cdd3961", head=("head.fc.",)),
 }
 

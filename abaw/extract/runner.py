@@ -255,7 +255,7 @@ def read_only_lists(paths: Sequence[str | os.PathLike]) -> dict[str, set[int]]:
             raise AbawError(f"{p}: cannot read ({e.strerror})") from None
         if "AU1" in head or head.count(",") >= 10:
             ann = read_annotations(p)
-            for i, v in enumerate(ann.videos):
+            for v in ann.videos:
                 sl = ann.video_slice(v)
                 want.setdefault(v, set()).update(ann.frame[sl].tolist())
         else:
@@ -291,7 +291,6 @@ class _Job:
     outputs: list[_Output]
     settings: dict[str, Any]
     folder: FrameFolder | None = None
-    error: str | None = None
 
     @property
     def detect(self) -> bool:
