@@ -9,7 +9,6 @@ import pytest
 from abaw.data.synth import SynthConfig, generate
 
 
-
 def _find_real_faces() -> Path:
     """`$ABAW_REAL_FACES`, else the nearest `shared/data/real_faces` above the checkout
     (works from the main checkout and from worktrees one level deeper)."""

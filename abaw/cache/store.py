@@ -330,9 +330,10 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     fps: dict[str, dict[str, Any]] = {}
     for i, v in enumerate(use):
         idx = fs.read_index(v)
-        rows = idx.face.copy() if faces_only else np.ones(len(idx.frame), bool)
+        rows: Any = idx.face if faces_only else slice(None)  # a slice keeps reads copy-free
         if chosen is not None and v in chosen:
-            rows &= np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
+            pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
+            rows = pick & idx.face if faces_only else pick
         for k in keys:
             f = fs.read_features(v, k)
             fp = fs.fingerprint(v, k)
