@@ -8,7 +8,23 @@ import pytest
 
 from abaw.data.synth import SynthConfig, generate
 
-REAL_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_faces"
+
+def _find_real_faces() -> Path:
+    """`$ABAW_REAL_FACES`, else the nearest `shared/data/real_faces` above the checkout
+    (works from the main checkout and from worktrees one level deeper)."""
+    import os
+
+    if os.environ.get("ABAW_REAL_FACES"):
+        return Path(os.environ["ABAW_REAL_FACES"])
+    here = Path(__file__).resolve().parents[1]
+    for d in here.parents:
+        cand = d / "shared" / "data" / "real_faces"
+        if cand.exists():
+            return cand
+    return here.parent / "shared" / "data" / "real_faces"
+
+
+REAL_FACES = _find_real_faces()
 
 
 @pytest.fixture(scope="session")

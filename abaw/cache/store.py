@@ -10,6 +10,7 @@ Layout (a local directory store):
         face       bool    [N]         a face was found (features of other rows are zero)
         box        float32 [N, 4]      optional: detector box x0,y0,x1,y1 (NaN if none)
         landmarks  float32 [N, 5, 2]   optional: 5 facial points (NaN if none)
+        score      float32 [N]         optional: detector score of the chosen face (NaN if none)
         feat/<key> float16 [N, D]      one array per backbone; attrs {"fingerprint": {...}}
     STORE/.staging/                    units being written (ignored; cleared on open)
 
@@ -79,7 +80,9 @@ class FeatureStore:
             if not root_meta.exists():
                 raise AbawError(f"{self.path}: not an abaw feature cache (no zarr.json)")
         elif mode == "a":
-            if self.path.exists() and any(self.path.iterdir()) and not root_meta.exists():
+            # (another process creating the cache right now leaves only a `.staging-root-*` entry)
+            if self.path.exists() and not root_meta.exists() and any(
+                    not p.name.startswith(".staging") for p in self.path.iterdir()):
                 raise AbawError(f"{self.path}: exists and is not a feature cache; choose another path")
             self.path.mkdir(parents=True, exist_ok=True)
             if not root_meta.exists():
@@ -221,8 +224,8 @@ class FeatureStore:
             arr = np.ascontiguousarray(arr)
             if len(arr) != n:
                 raise ValueError(f"{video}: array {name} has {len(arr)} rows, expected {n}")
-            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape if n else None,
-                               compressors=_compressors())
+            chunks = arr.shape if n else tuple(max(1, d) for d in arr.shape)  # zarr needs chunks >= 1
+            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, compressors=_compressors())
             if n:
                 a[...] = arr
         zarr.open_group(str(tmp / "feat"), mode="w")
@@ -243,7 +246,7 @@ class FeatureStore:
             raise ValueError(f"{video}/{key}: features {feats.shape} do not match {n} frames")
         stage = self._staging()
         tmp = stage / "unit"
-        chunks = (max(1, min(n, 16384)), feats.shape[1]) if n else None
+        chunks = (max(1, min(n, 16384)), max(1, feats.shape[1]))
         a = zarr.create_array(str(tmp), shape=feats.shape, dtype="float16", chunks=chunks,
                               compressors=_compressors())
         if n:
@@ -296,13 +299,20 @@ class FeatureTable:
 
 def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                   videos: Iterable[str] | None = None, faces_only: bool = False,
-                  missing: str = "error") -> FeatureTable:
+                  missing: str = "error", frames: dict[str, Iterable[int]] | None = None) -> FeatureTable:
     """Load chosen backbones' features for chosen videos into contiguous RAM arrays.
 
     `missing='error'` raises if a requested video or backbone is absent from the cache;
-    `'skip'` leaves such videos out. `faces_only` drops frames without a face. Each
-    video's arrays are read whole (small Zarr reads are slow).
+    `'skip'` leaves such videos out. `faces_only` drops frames without a face. `frames`
+    ({video: frame numbers}) keeps only those frames (the ones the cache has); videos not
+    in it are loaded whole, unless `videos` is None, in which case only its videos load.
+    Each video's arrays are read whole (small Zarr reads are slow); the indexes are read
+    first and the features copied into preallocated arrays, so the peak memory is the
+    table plus one video.
     """
+    chosen = frames
+    if chosen is not None and videos is None:
+        videos = list(chosen)
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, "r")
     keys = tuple(keys)
     if not keys:
@@ -318,11 +328,15 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
             absent.append(v)
     if absent and missing == "error":
         raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-    # Read the (small) indexes first, then fill preallocated arrays video by video, so the
-    # peak memory is the table itself plus one video (not twice the table).
     indexes = [fs.read_index(v) for v in use]
-    sel = [idx.face if faces_only else slice(None) for idx in indexes]
-    counts = [int(idx.face.sum()) if faces_only else len(idx.frame) for idx in indexes]
+    sel: list[Any] = []
+    for v, idx in zip(use, indexes):
+        rows: Any = idx.face if faces_only else slice(None)  # a slice keeps reads copy-free
+        if chosen is not None and v in chosen:
+            pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
+            rows = pick & idx.face if faces_only else pick
+        sel.append(rows)
+    counts = [len(idx.frame) if isinstance(s, slice) else int(np.count_nonzero(s)) for idx, s in zip(indexes, sel)]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(offsets[-1])
     feats: dict[str, np.ndarray] = {}

@@ -297,3 +297,4 @@ def probe_dim(model: torch.nn.Module, size: int) -> int:
 
 # Other backbone families register themselves on import (kept at the bottom: they use the above).
 from abaw.extract import ckpt as _ckpt  # noqa: E402,F401  fine-tuned checkpoints: ckpt:DIR
+from abaw.extract import hsemotion as _hsemotion  # noqa: E402,F401  HSEmotion / EmotiEffLib models
