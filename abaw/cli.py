@@ -500,5 +500,187 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
 # ---------------------------------------------------------------- search, predict, report, demo (issue 5)
 
 
+def _split_paths(data: str | None, train_ann: str | None, val_ann: str | None) -> tuple[str, str]:
+    if data:
+        train_ann = train_ann or str(Path(data) / "training_set_annotations.txt")
+        val_ann = val_ann or str(Path(data) / "validation_set_annotations.txt")
+    if not train_ann or not val_ann:
+        raise click.UsageError("give --train-ann and --val-ann (or --data DIR)")
+    return train_ann, val_ann
+
+
+def _parse_set(items: tuple[str, ...]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.UsageError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+@main.command()
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False), help="Feature cache.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="Dataset root holding the annotation files.")
+@click.option("--train-ann", type=click.Path(exists=True, dir_okay=False), help="Training annotation file.")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotation file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Search folder (resumable).")
+@click.option("--space", "space_file", type=click.Path(exists=True, dir_okay=False),
+              help="Search-space file (YAML/JSON with base/grid/random sections).")
+@click.option("--tasks", "tasks_opt", multiple=True,
+              help="Grid over task sets, repeatable: --tasks va,expr,au --tasks au --tasks expr ...")
+@click.option("--backbones", "backbones_opt", multiple=True,
+              help="Grid over backbone sets (cache keys joined by +), repeatable.")
+@click.option("--fusion", "fusion_opt", help="Grid over fusions, comma-separated: sum,concat,attention.")
+@click.option("--temporal", "temporal_opt", help="Grid over temporal modules, comma-separated.")
+@click.option("--window", "window_opt", help="Grid over windows, comma-separated.")
+@click.option("--lr", "lr_opt", help="Grid over learning rates, comma-separated.")
+@click.option("--set", "set_opt", multiple=True, help="Fixed training setting KEY=VALUE for every config "
+              "(e.g. --set epochs=10 --set batch_frames=256).")
+@click.option("--budget", type=int, help="Number of configs to run (sampled from the grid / random part).")
+@click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2).")
+@click.option("--jobs", default=1, show_default=True, help="Configs trained in parallel on CPU (-1: all cores).")
+@click.option("--compose", type=click.Choice(["best-per-task"]), help="Also compose the best run per task.")
+@click.option("--seed", default=0, show_default=True, help="Sampling and fold seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
+           space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
+           temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, set_opt: tuple[str, ...],
+           budget: int | None, folds: int, jobs: int, compose: str | None, seed: int, quiet: bool) -> None:
+    """Train many head configurations from one cache and rank them on validation.
+
+    Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
+    --tasks expr --tasks va --temporal none,transformer --set epochs=10 --jobs 2 --compose best-per-task
+    """
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.search import SearchSettings, format_leaderboard, run_search
+    from abaw.pipeline.space import SearchSpace, load_space, space_from_dict
+
+    tr, va = _split_paths(data, train_ann, val_ann)
+    space = load_space(space_file) if space_file else SearchSpace()
+    grid = dict(space.grid)
+    for key, vals in (("tasks", list(tasks_opt)), ("backbones", list(backbones_opt)),
+                      ("fusion", fusion_opt.split(",") if fusion_opt else []),
+                      ("temporal", temporal_opt.split(",") if temporal_opt else []),
+                      ("window", [int(w) for w in window_opt.split(",")] if window_opt else []),
+                      ("lr", [float(x) for x in lr_opt.split(",")] if lr_opt else [])):
+        if vals:
+            grid[key] = vals
+    space = space_from_dict({"base": {**space.base, **_parse_set(set_opt)}, "grid": grid, "random": space.random})
+    rows = run_search(space, cache, read_annotations(tr), read_annotations(va), out,
+                      SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs, compose=compose),
+                      progress=not quiet)
+    click.echo(format_leaderboard(rows))
+    click.echo(f"leaderboard: {Path(out) / 'leaderboard.csv'}")
+    if compose:
+        from abaw.io import read_json
+
+        c = read_json(Path(out) / "composed.json")
+        parts = ", ".join(f"{t.upper()} {v['score']:.4f} ({v['config']})" for t, v in c["tasks"].items())
+        click.echo(f"composed best-per-task: P {c['total']:.4f} = {parts}  -> {Path(out) / 'composed.json'}")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        click.echo(f"error: {len(failed)} configs failed (see the leaderboard)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Run folder, repeatable (several: an ensemble per task).")
+@click.option("--compose", "composed", type=click.Path(exists=True),
+              help="composed.json (or its search folder) from `abaw search --compose best-per-task`.")
+@click.option("--cache", type=click.Path(file_okay=False), help="Feature cache of the test videos "
+              "(with --video: where to extract; default OUT/features.zarr).")
+@click.option("--test-list", type=click.Path(exists=True, dir_okay=False), help="Test list (MTL.txt).")
+@click.option("--video", "videos", multiple=True, type=click.Path(exists=True),
+              help="A video file or folder of videos to annotate frame by frame, repeatable.")
+@click.option("--out", required=True, type=click.Path(), help="Submission file (test list) or output folder (--video).")
+@click.option("--postprocess", default="each", show_default=True, type=click.Choice(["each", "refit", "none"]),
+              help="each: every run's fitted post-processing; refit: refit the ensemble on --val-ann; none: raw.")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotations (refit).")
+@click.option("--allow-missing-videos", is_flag=True,
+              help="Fill test videos with no predicted frame at all with the mean prediction.")
+@click.option("--face", default="auto", show_default=True,
+              type=click.Choice(["auto", "track", "largest", "left-right"]), help="With --video: which person.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+def predict(runs: tuple[str, ...], composed: str | None, cache: str | None, test_list: str | None,
+            videos: tuple[str, ...], out: str, postprocess: str, val_ann: str | None, allow_missing_videos: bool,
+            face: str, device: str) -> None:
+    """Write the official submission for a test list, or per-frame affect for any video.
+
+    \b
+    Examples:
+      abaw predict --compose search/ --cache cache.zarr --test-list MTL.txt --out submission.txt
+      abaw predict --run runs/a --run runs/b --cache cache.zarr --test-list MTL.txt --out submission.txt
+      abaw predict --video clip.mp4 --run runs/joint --out clip_affect/
+    """
+    from abaw.pipeline.predict import load_system, predict_test_list, predict_videos
+
+    if bool(test_list) == bool(videos):
+        raise click.UsageError("give --test-list (a submission) or --video (per-frame CSV + timeline)")
+    system = load_system(runs, composed, device="cpu" if device == "auto" else device)
+    click.echo(f"system: {system.describe()}")
+    if videos:
+        for r in predict_videos(system, list(videos), out, cache, face=face, device=device):
+            click.echo(f"{r['video']}: {r['frames']} frames ({r['faces']} with a face) -> {r['csv']}, {r['png']}")
+        return
+    if not cache:
+        raise click.UsageError("--test-list needs --cache (the features of the test videos)")
+    from abaw.data.annotations import read_annotations
+
+    rep = predict_test_list(system, cache, test_list, out, postprocess,
+                            read_annotations(val_ann) if val_ann else None, allow_missing_videos)
+    click.echo(f"wrote {out}: {rep['entries']} rows ({rep['unique_frames']} frames: {rep['predicted']} predicted, "
+               f"{rep['filled_from_neighbours']} without a face filled from temporal neighbours, "
+               f"{rep['filled_from_mean']} from the mean); validated against {test_list}")
+    if rep["missing_tasks"]:
+        click.echo(f"warning: no run predicts {', '.join(t.upper() for t in rep['missing_tasks'])}; "
+                   "those columns are placeholders", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (PNGs + report.html).")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
+              help="Validation annotations (default: the files each run recorded).")
+@click.option("--top", default=5, show_default=True, help="Configs taken from each search folder.")
+@click.option("--title", default="abaw report", show_default=True)
+def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, title: str) -> None:
+    """Report on runs or search folders: per-task table, per-AU F1, confusion, VA plots, one HTML page.
+
+    Example: abaw report search/ runs/joint --out report/
+    """
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.report import build_report
+    from abaw.pipeline.runeval import evaluations_from_paths
+
+    evals = evaluations_from_paths(list(paths), read_annotations(val_ann) if val_ann else None, top)
+    page = build_report(evals, out, title)
+    for e in evals:
+        s = e.score()
+        click.echo(f"{e.name:<28} P_MTL {s.total:.4f}  (VA {s.va if s.va is None else round(s.va, 4)}, "
+                   f"EXPR {s.expr if s.expr is None else round(s.expr, 4)}, AU {s.au if s.au is None else round(s.au, 4)})")
+    click.echo(f"report: {page}")
+
+
+
+@main.command()
+@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for everything the demo writes (rerun to resume).")
+@click.option("--quick", is_flag=True, help="A smaller, faster variant (under a minute).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: str, quick: bool, quiet: bool) -> None:
+    """Run the whole method on a synthetic dataset: synth, extract, search, predict,
+    validate, evaluate, report, and per-frame affect for a video. A few minutes on 2 CPU cores.
+
+    Example: abaw demo --out demo_out
+    """
+    from abaw.pipeline.demo import DemoConfig, run_demo
+
+    run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not quiet)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

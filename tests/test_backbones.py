@@ -87,3 +87,10 @@ def test_pickles_need_explicit_trust(tmp_path):
         load_state_dict_file(p)
     with pytest.raises(AbawError, match="not found"):
         load_state_dict_file(tmp_path / "missing.pt")
+
+
+def test_same_features_survives_a_json_round_trip():
+    import json
+
+    fp = create_backbone(TINY).fingerprint()
+    assert same_features(json.loads(json.dumps(fp)), fp)

@@ -110,9 +110,17 @@ class Backbone:
 
 
 def same_features(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two fingerprints describe the same features (library versions may differ)."""
-    keys = ("spec", "dim", "preprocess", "weights_sha256")
-    return all(a.get(k) == b.get(k) for k in keys)
+    """Whether two fingerprints describe the same features (library versions may differ).
+
+    Compared in their JSON form, so a fingerprint read back from a cache (lists) equals a
+    fresh one (tuples).
+    """
+    import json
+
+    def canon(fp: dict[str, Any]) -> str:
+        return json.dumps({k: fp.get(k) for k in ("spec", "dim", "preprocess", "weights_sha256")}, sort_keys=True)
+
+    return canon(a) == canon(b)
 
 
 def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
@@ -298,3 +306,4 @@ def probe_dim(model: torch.nn.Module, size: int) -> int:
 # Other backbone families register themselves on import (kept at the bottom: they use the above).
 from abaw.extract import ckpt as _ckpt  # noqa: E402,F401  fine-tuned checkpoints: ckpt:DIR
 from abaw.extract import hsemotion as _hsemotion  # noqa: E402,F401  HSEmotion / EmotiEffLib models
+from abaw.extract import mtcnn_backbone as _mtcnn  # noqa: E402,F401  MTCNN's face networks: mtcnn:onet

@@ -57,20 +57,22 @@ def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray, expr_prob: 
     # no-face spans shaded on every panel
     for axx in axes:
         _shade_missing(axx, t, face)
+    # cell edges halfway between timestamps: exact for variable-frame-rate videos too
+    edges = _edges(t)
     ax = axes[1]
     e = np.argmax(expr_prob, axis=1)
     colours = np.array([_hex_rgb(c) for c in EXPR_COLOURS])[e]
     colours[~face] = 1.0
-    dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
-    ax.imshow(colours[None], aspect="auto", extent=(t[0] - dt / 2, t[-1] + dt / 2, 0, 1), interpolation="nearest")
+    ax.pcolormesh(edges, [0, 1], colours[None], shading="flat")
     ax.set_yticks([])
     ax.set_ylabel("EXPR", rotation=0, ha="right", va="center")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in EXPR_COLOURS]
     ax.legend(handles, EXPR_NAMES, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=8, fontsize=7, frameon=False)
     ax = axes[2]
     heat = np.where(face[:, None], au_prob, np.nan).T
-    im = ax.imshow(heat, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
-                   extent=(t[0] - dt / 2, t[-1] + dt / 2, len(AU_NAMES) - 0.5, -0.5))
+    im = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1) - 0.5, np.ma.masked_invalid(heat), cmap="magma",
+                       vmin=0, vmax=1, shading="flat")
+    ax.invert_yaxis()
     ax.set_yticks(range(len(AU_NAMES)))
     ax.set_yticklabels(AU_NAMES, fontsize=7)
     ax.set_xlabel(xlabel)
@@ -78,15 +80,23 @@ def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray, expr_prob: 
     return _save(fig, path)
 
 
+def _edges(t: np.ndarray) -> np.ndarray:
+    """Cell boundaries around each time point (halfway to the neighbours)."""
+    if len(t) == 1:
+        return np.array([t[0] - 0.5, t[0] + 0.5])
+    mid = (t[1:] + t[:-1]) / 2
+    return np.concatenate([[t[0] - (mid[0] - t[0])], mid, [t[-1] + (t[-1] - mid[-1])]])
+
+
 def _shade_missing(ax, t: np.ndarray, face: np.ndarray) -> None:
     if face.all() or len(t) == 0:
         return
-    dt = np.median(np.diff(t)) if len(t) > 1 else 1.0
+    edges = _edges(t)
     miss = np.flatnonzero(~face)
     starts = miss[np.r_[True, np.diff(miss) > 1]]
     ends = miss[np.r_[np.diff(miss) > 1, True]]
     for s, e in zip(starts, ends):
-        ax.axvspan(t[s] - dt / 2, t[e] + dt / 2, color="#eeeeee", zorder=0, lw=0)
+        ax.axvspan(edges[s], edges[e + 1], color="#eeeeee", zorder=0, lw=0)
 
 
 def _hex_rgb(h: str) -> tuple[float, float, float]:

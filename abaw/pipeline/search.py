@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -260,17 +261,27 @@ def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def format_leaderboard(rows: list[dict[str, Any]], top: int | None = None) -> str:
-    """The leaderboard as a fixed-width table (validation scores after post-processing)."""
+    """The leaderboard as a fixed-width table (validation scores after post-processing).
+
+    The settings column shows only what differs between configs (the rest is in search.json).
+    """
+    varying = _varying_keys(rows)
     lines = [f"{'#':>3} {'config':<10} {'tasks':<11} {'P_VA':>7} {'P_EXPR':>7} {'P_AU':>7} {'P_MTL':>7} "
              f"{'raw':>7}  settings"]
     for r in rows[:top]:
+        shown = _describe({k: v for k, v in r["overrides"].items() if k in varying})
         if "val" not in r:
             lines.append(f"{'-':>3} {r['config']:<10} {r['tasks']:<11} failed: {r['error']}")
             continue
         v, raw = r["val"], r["val_raw"]
         lines.append(f"{r['rank']:>3} {r['config']:<10} {r['tasks']:<11} {_fmt(v['va']):>7} {_fmt(v['expr']):>7} "
-                     f"{_fmt(v['au']):>7} {_fmt(v['total']):>7} {_fmt(raw['total']):>7}  {_describe(r['overrides'])}")
+                     f"{_fmt(v['au']):>7} {_fmt(v['total']):>7} {_fmt(raw['total']):>7}  {shown}")
     return "\n".join(lines)
+
+
+def _varying_keys(rows: list[dict[str, Any]]) -> set[str]:
+    keys = {k for r in rows for k in r["overrides"]}
+    return {k for k in keys if len({json.dumps(r["overrides"].get(k), sort_keys=True) for r in rows}) > 1}
 
 
 def read_composed(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -1,0 +1,156 @@
+"""`abaw demo`: the whole method end to end on a synthetic dataset, on a CPU, in minutes.
+
+synth -> extract (two backbones, one pass) -> search over task sets, temporal modules
+and backbone sets (joint and single-task runs) -> compose the best run per task ->
+predict the test list -> validate -> evaluate on the hidden test labels -> report ->
+per-frame affect for one video (the video path: decode, MTCNN, align, extract, predict).
+
+Every step is resumable: rerunning the demo skips what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from abaw.config import to_dict
+from abaw.data.synth import SynthConfig
+from abaw.errors import AbawError
+from abaw.io import read_json, write_json
+
+ONET = "mtcnn:onet"  # pretrained face network shipped with facenet-pytorch (no download)
+TINY_TIMM = "timm:test_efficientnet_gn?size=112&pretrained=0"  # a random-init timm net: shows fusion
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs (saved as demo.json)."""
+
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    backbones: tuple[str, ...] = (ONET, TINY_TIMM)
+    tasks: tuple[str, ...] = ("va,expr,au", "au", "expr", "va")  # joint run + single-task runs
+    temporal: tuple[str, ...] = ("none", "transformer")
+    backbone_sets: tuple[str, ...] = ("mtcnn_onet", "mtcnn_onet+timm_test_efficientnet_gn_size_112_pretrained_0")
+    budget: int | None = None  # configs sampled from the grid (None: all 16)
+    epochs: int = 12
+    window: int = 16
+    batch_frames: int = 128
+    lr: float = 1e-3
+    jobs: int = -1
+    seed: int = 0
+
+    @staticmethod
+    def quick() -> DemoConfig:
+        """A small, fast variant (tests, smoke runs)."""
+        return DemoConfig(
+            synth=SynthConfig(train_videos=14, val_videos=5, test_videos=2, min_frames=40, max_frames=60),
+            backbones=(ONET,), tasks=("va,expr,au", "au"), temporal=("transformer",),
+            backbone_sets=("mtcnn_onet",), budget=None, epochs=6)
+
+
+def _step(log: Callable[[str], None], i: int, n: int, what: str) -> float:
+    log(f"\n[{i}/{n}] {what}")
+    return time.perf_counter()
+
+
+def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the demo under `out`; return a summary with every path and score."""
+    from abaw.data.annotations import read_annotations
+    from abaw.data.submission import read_predictions, validate_submission
+    from abaw.data.synth import generate, load_summary
+    from abaw.data.testlist import read_test_list
+    from abaw.extract.runner import ExtractConfig, extract
+    from abaw.metrics import score_annotations
+    from abaw.pipeline.predict import load_system, predict_test_list, predict_videos
+    from abaw.pipeline.report import build_report
+    from abaw.pipeline.runeval import evaluations_from_paths
+    from abaw.pipeline.search import SearchSettings, format_leaderboard, run_search
+    from abaw.pipeline.space import space_from_dict
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "demo.json"
+    if saved.exists() and read_json(saved).get("config") != json.loads(json.dumps(to_dict(cfg))):
+        raise AbawError(f"{out} holds a demo with other settings; choose another --out or delete it")
+    write_json(saved, {"config": to_dict(cfg)})
+    t_all = time.perf_counter()
+    n = 7
+    times: dict[str, float] = {}
+    data, cache, search_dir = out / "data", out / "cache.zarr", out / "search"
+
+    t = _step(log, 1, n, f"synthetic s-Aff-Wild2 -> {data}")
+    if (data / "synth.json").exists() and load_summary(data)["config"] == json.loads(json.dumps(to_dict(cfg.synth))):
+        log("  already there")
+    else:
+        generate(data, cfg.synth, jobs=-1, overwrite=True, progress=progress)
+    s = load_summary(data)["rows"]
+    log(f"  annotated frames: train {s['train']}, val {s['val']}, test {s['test']}; videos in {data / 'videos'}")
+    times["synth"] = time.perf_counter() - t
+
+    t = _step(log, 2, n, f"extract {', '.join(cfg.backbones)} over {data / 'cropped_aligned'} -> {cache}")
+    summary = extract([data / "cropped_aligned"], cache, list(cfg.backbones), ExtractConfig(), progress=progress)
+    log("  " + summary.format().replace("\n", "\n  "))
+    if summary.failed:
+        raise AbawError(f"extraction failed: {summary.failed[0]}")
+    times["extract"] = time.perf_counter() - t
+
+    t = _step(log, 3, n, f"strategy search -> {search_dir}")
+    space = space_from_dict({
+        "base": {"epochs": cfg.epochs, "window": cfg.window, "batch_frames": cfg.batch_frames, "lr": cfg.lr,
+                 "seed": cfg.seed},
+        "grid": {"tasks": list(cfg.tasks), "temporal": list(cfg.temporal), "backbones": list(cfg.backbone_sets)}})
+    tr = read_annotations(data / "training_set_annotations.txt")
+    va = read_annotations(data / "validation_set_annotations.txt")
+    rows = run_search(space, cache, tr, va, search_dir,
+                      SearchSettings(budget=cfg.budget, seed=cfg.seed, jobs=cfg.jobs, compose="best-per-task"),
+                      progress=progress)
+    log(format_leaderboard(rows))
+    composed = read_json(search_dir / "composed.json")
+    log(f"  composed best-per-task (validation): P {composed['total']:.4f} = "
+        + " + ".join(f"{k.upper()} {v['score']:.4f}" for k, v in composed["tasks"].items()))
+    times["search"] = time.perf_counter() - t
+
+    t = _step(log, 4, n, "predict the test list with the composed system, validate, evaluate")
+    system = load_system(composed=search_dir)
+    sub = out / "submission.txt"
+    rep = predict_test_list(system, cache, data / "MTL.txt", sub)
+    problems = validate_submission(sub, read_test_list(data / "MTL.txt"))
+    if problems:  # pragma: no cover - predict_test_list validates already
+        raise AbawError(f"invalid submission: {problems}")
+    score = score_annotations(read_predictions(sub), read_annotations(data / "test_set_annotations.txt"))
+    write_json(out / "test_score.json", score.to_dict())
+    log(f"  {sub}: {rep['entries']} rows, valid")
+    log("  test score (hidden labels):\n    " + score.format_table().replace("\n", "\n    "))
+    times["predict"] = time.perf_counter() - t
+
+    t = _step(log, 5, n, f"report -> {out / 'report'}")
+    page = build_report(evaluations_from_paths([str(search_dir)], top=4), out / "report", "abaw demo: validation")
+    log(f"  {page}")
+    times["report"] = time.perf_counter() - t
+
+    t = _step(log, 6, n, "per-frame affect for a video (decode, detect, align, extract, predict)")
+    clips = load_summary(data)["clips"]
+    test_clips = [c for c in clips if c["split"] == "test"]
+    clip = max(test_clips, key=lambda c: c["people"])  # a two-person clip when there is one
+    video = data / "videos" / f"{clip['clip']}.mp4"
+    vids = predict_videos(system, [str(video)], out / "video", face="left-right" if clip["people"] == 2 else "auto",
+                          progress=progress)
+    for v in vids:
+        log(f"  {v['video']}: {v['frames']} frames, {v['faces']} with a face -> {v['csv']}, {v['png']}")
+    times["video"] = time.perf_counter() - t
+
+    _step(log, 7, n, "done")
+    total = time.perf_counter() - t_all
+    result = {"out": str(out), "data": str(data), "cache": str(cache), "search": str(search_dir),
+              "leaderboard": str(search_dir / "leaderboard.csv"), "composed": composed, "submission": str(sub),
+              "test_score": score.to_dict(), "report": str(page), "video": vids, "seconds": times,
+              "total_seconds": total}
+    write_json(out / "demo_result.json", result)
+    log(f"  total {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())})")
+    log(f"  test P_MTL {score.total:.4f}; submission {sub}; report {page}; all results in {out}")
+    return result
+

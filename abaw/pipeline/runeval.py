@@ -1,0 +1,141 @@
+"""Validation evaluations of finished runs, for `abaw report`.
+
+A run folder is evaluated on its own validation frames: the saved raw outputs of its
+best checkpoint, post-processed as the run fitted, scored against the validation labels
+(rebuilt from the annotation files and videos the run recorded, or given). A search
+folder contributes its top configs (a k-fold config: its folds' validation frames
+together, i.e. an out-of-fold evaluation) and, if present, its composed best-per-task
+system.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abaw.data.annotations import Annotations, read_annotations
+from abaw.errors import AbawError
+from abaw.io import read_json
+from abaw.pipeline.report import RunEvaluation
+
+
+def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
+    """The validation labels of a run: given, or rebuilt from what the run recorded."""
+    if val_ann is not None:
+        return val_ann
+    p = Path(run_dir) / "data.json"
+    data = read_json(p) if p.exists() else {}
+    src = data.get("sources", {}).get("val_ann") or []
+    missing = [s for s in src if not Path(s).exists()]
+    if not src or missing:
+        raise AbawError(f"{run_dir}: cannot find the run's validation annotations "
+                        f"({'moved: ' + missing[0] if missing else 'not recorded'}); pass --val-ann")
+    ann = Annotations.concat([read_annotations(s) for s in src]) if len(src) > 1 else read_annotations(src[0])
+    videos = [v for v in data.get("val_videos", ann.videos) if v in set(ann.videos)]
+    return ann.select_videos(videos)
+
+
+def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
+                 name: str | None = None) -> RunEvaluation:
+    """Post-processed validation decisions of one run, aligned with its labels."""
+    from abaw.pipeline.postprocess import apply_postprocess, decide
+    from abaw.pipeline.run import load_run
+
+    run = load_run(run_dir)
+    ann = run_labels(run_dir, val_ann)
+    out = apply_postprocess(run.val_outputs(), run.postprocess)
+    va, expr, au = decide(out, run.postprocess.au_thresholds)
+    out_video = np.asarray(out.videos, dtype=object)[out.video_idx]
+    index = {(v, int(f)): i for i, (v, f) in enumerate(zip(out_video.tolist(), out.frame.tolist()))}
+    ann_video = ann.video_of_rows()
+    rows = np.array([index.get((v, int(f)), -1) for v, f in zip(ann_video.tolist(), ann.frame.tolist())], np.int64)
+    keep = rows >= 0  # frames skipped with --allow-missing have no output
+    r = rows[keep]
+    n = int(keep.sum())
+    cfg = run.config
+    info = {"run": str(run_dir), "tasks": ",".join(run.tasks), "backbones": ", ".join(run.keys),
+            "fusion": cfg.fusion, "temporal": cfg.temporal, "window": cfg.window, "lr": cfg.lr,
+            "best epoch": run.result.get("best_epoch"), "post-processing": str(run.postprocess)}
+    return RunEvaluation(
+        name=name or Path(run_dir).name, videos=ann_video[keep], frame=ann.frame[keep],
+        va_true=ann.va[keep], va_valid=ann.va_valid[keep] & ("va" in run.tasks),
+        expr_true=ann.expr[keep], expr_valid=ann.expr_valid[keep] & ("expr" in run.tasks),
+        au_true=ann.au[keep], au_valid=ann.au_valid[keep] & ("au" in run.tasks),
+        va_pred=va[r] if va is not None else np.zeros((n, 2)),
+        expr_pred=expr[r] if expr is not None else np.zeros(n, np.int64),
+        au_pred=au[r] if au is not None else np.zeros((n, 12), np.int8), info=info)
+
+
+def concat_evaluations(evals: list[RunEvaluation], name: str, info: dict[str, Any] | None = None) -> RunEvaluation:
+    """Several evaluations on disjoint frames (k folds) as one."""
+    fields = ("videos", "frame", "va_true", "va_valid", "expr_true", "expr_valid", "au_true", "au_valid",
+              "va_pred", "expr_pred", "au_pred")
+    return RunEvaluation(name=name, info=info or evals[0].info,
+                         **{f: np.concatenate([getattr(e, f) for e in evals]) for f in fields})
+
+
+def compose_evaluations(per_task: dict[str, RunEvaluation], name: str) -> RunEvaluation:
+    """Each task's decisions from its own evaluation, on the frames they share."""
+    keys = None
+    for e in per_task.values():
+        k = set(zip(e.videos.tolist(), e.frame.tolist()))
+        keys = k if keys is None else keys & k
+    if not keys:
+        raise AbawError("compose: the chosen runs share no validation frame")
+    base = next(iter(per_task.values()))
+    order = sorted(keys)
+
+    def rows(e: RunEvaluation) -> np.ndarray:
+        idx = {k: i for i, k in enumerate(zip(e.videos.tolist(), e.frame.tolist()))}
+        return np.array([idx[k] for k in order], np.int64)
+
+    b = rows(base)
+    parts: dict[str, Any] = {"videos": base.videos[b], "frame": base.frame[b], "va_true": base.va_true[b],
+                             "expr_true": base.expr_true[b], "au_true": base.au_true[b]}
+    for t, (pred, valid) in {"va": ("va_pred", "va_valid"), "expr": ("expr_pred", "expr_valid"),
+                             "au": ("au_pred", "au_valid")}.items():
+        if t in per_task:
+            e = per_task[t]
+            r = rows(e)
+            parts[pred], parts[valid] = getattr(e, pred)[r], getattr(e, valid)[r]
+        else:
+            parts[pred] = np.zeros_like(getattr(base, pred)[b])
+            parts[valid] = np.zeros(len(order), bool)
+    info = {t: per_task[t].name for t in per_task}
+    return RunEvaluation(name=name, info={"composed from": info}, **parts)
+
+
+def evaluations_from_paths(paths: list[str], val_ann: Annotations | None = None, top: int = 5) -> list[RunEvaluation]:
+    """Evaluations of run folders and search folders (top configs + composed system)."""
+    out: list[RunEvaluation] = []
+    for p in paths:
+        path = Path(p)
+        if (path / "leaderboard.json").exists():
+            rows = [r for r in read_json(path / "leaderboard.json") if "val" in r]
+            by_cfg: dict[str, RunEvaluation] = {}
+
+            def cfg_eval(row: dict[str, Any]) -> RunEvaluation:
+                if row["config"] not in by_cfg:
+                    evs = [evaluate_run(d, val_ann) for d in row["runs"]]
+                    by_cfg[row["config"]] = evs[0] if len(evs) == 1 else concat_evaluations(
+                        evs, row["config"], {**evs[0].info, "folds": len(evs)})
+                    by_cfg[row["config"]] = RunEvaluation(**{**by_cfg[row["config"]].__dict__,
+                                                             "name": f"#{row['rank']} {row['config']}"})
+                return by_cfg[row["config"]]
+
+            for row in rows[:top]:
+                out.append(cfg_eval(row))
+            if (path / "composed.json").exists():
+                comp = read_json(path / "composed.json")["tasks"]
+                lookup = {r["config"]: r for r in rows}
+                per_task = {t: cfg_eval(lookup[c["config"]]) for t, c in comp.items() if c["config"] in lookup}
+                if per_task:
+                    out.append(compose_evaluations(per_task, "composed best-per-task"))
+        elif (path / "config.json").exists():
+            out.append(evaluate_run(path, val_ann))
+        else:
+            raise AbawError(f"{path}: neither a run folder (config.json) nor a search folder (leaderboard.json)")
+    return out
