@@ -571,7 +571,7 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
     space = space_from_dict({"base": {**space.base, **_parse_set(set_opt)}, "grid": grid, "random": space.random})
     rows = run_search(space, cache, read_annotations(tr), read_annotations(va), out,
                       SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs, compose=compose),
-                      progress=not quiet)
+                      progress=not quiet, log=click.echo)
     click.echo(format_leaderboard(rows))
     click.echo(f"leaderboard: {Path(out) / 'leaderboard.csv'}")
     if compose:

@@ -79,6 +79,7 @@ class _Evil:
         return (print, ("pickle code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickles_need_explicit_trust(tmp_path):
     p = tmp_path / "evil.pt"
     with open(p, "wb") as f:

@@ -415,3 +415,23 @@ def test_checkpoint_round_trip_with_batchnorm(tmp_path):
     from abaw.extract.backbones import state_dict_sha256
 
     assert ck.weights_sha256 == state_dict_sha256(ck.model.state_dict())  # recorded == recomputed
+
+
+def test_checkpoint_extracts_through_abaw_extract(runs, ft_data, tmp_path):
+    """The fine-tuned checkpoint is a first-class backbone: `abaw extract -b ckpt:DIR` caches its features."""
+    from abaw.cache.store import FeatureStore
+
+    out, summary = runs("expr")
+    store = tmp_path / "ckpt_cache.zarr"
+    r = CliRunner().invoke(main, ["extract", str(ft_data / "cropped_aligned"), "-o", str(store), "-b", f"ckpt:{out}"])
+    assert r.exit_code == 0, r.output
+    bb = create_backbone(f"ckpt:{out}")
+    fs = FeatureStore(store)
+    video = fs.videos()[0]
+    fp = fs.fingerprint(video, bb.key)
+    assert fp["spec"] == f"ckpt:{out}" and fp["weights_sha256"] == bb.weights_sha256
+    assert fp["source"]["task"] == "expr"  # the cache fingerprint names the checkpoint
+    idx = fs.read_index(video)
+    imgs = np.stack([read_rgb(ft_data / "cropped_aligned" / video / f"{f:05d}.jpg") for f in idx.frame])
+    direct = bb(torch.from_numpy(imgs)).numpy()
+    np.testing.assert_allclose(fs.read_features(video, bb.key).astype(np.float32), direct, atol=2e-2, rtol=1e-2)

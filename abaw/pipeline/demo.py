@@ -107,7 +107,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     va = read_annotations(data / "validation_set_annotations.txt")
     rows = run_search(space, cache, tr, va, search_dir,
                       SearchSettings(budget=cfg.budget, seed=cfg.seed, jobs=cfg.jobs, compose="best-per-task"),
-                      progress=progress)
+                      progress=progress, log=lambda m: log("  " + m))
     log(format_leaderboard(rows))
     composed = read_json(search_dir / "composed.json")
     log(f"  composed best-per-task (validation): P {composed['total']:.4f} = "

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -137,8 +137,12 @@ def _scores_of(results: list[dict[str, Any]], step: str) -> dict[str, float | No
 
 def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotations, val_ann: Annotations,
                out: str | os.PathLike, settings: SearchSettings = SearchSettings(),
-               base: TrainConfig = TrainConfig(), progress: bool = True) -> list[dict[str, Any]]:
-    """Run the sampled configs (resumably) and return the leaderboard rows, best first."""
+               base: TrainConfig = TrainConfig(), progress: bool = True,
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run the sampled configs (resumably) and return the leaderboard rows, best first.
+
+    `progress` shows a progress bar; `log` receives the one-line plan (runs, finished, jobs).
+    """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -181,9 +185,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
             work.append((cid, run_dir, delayed(_train_one)(to_dict(cfg), str(run_dir), str(store), keys, videos,
                                                            tr, va)))
     n_done = sum(1 for _, d, _ in work if (d / "result.json").exists())
-    if progress:
-        print(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
-              f"({n_done} already finished), {jobs} parallel job(s)")
+    log(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
+        f"({n_done} already finished), {jobs} parallel job(s)")
     if jobs == 1:
         it = (fn(*a, **kw) for _, _, (fn, a, kw) in work)
     else:

@@ -1,0 +1,209 @@
+"""End to end through the CLI: synth -> extract -> train-heads / search -> predict ->
+validate-submission -> evaluate -> report, and per-frame affect for a real video.
+
+"Above chance" is measured against the same predictions shuffled across frames (same
+marginal distribution, no relation to the labels), averaged over several shuffles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from abaw.cli import main
+from abaw.data.annotations import read_annotations
+from abaw.data.submission import read_predictions
+from abaw.data.synth import SynthConfig, generate
+from abaw.data.testlist import read_test_list
+from abaw.metrics import mtl_score, score_annotations
+
+ONET = "mtcnn:onet"
+
+
+def cli(*args: str) -> str:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small synthetic dataset (many identities, short clips) and its ONet feature cache."""
+    root = tmp_path_factory.mktemp("e2e")
+    generate(root / "data", SynthConfig(seed=11, train_videos=30, val_videos=8, test_videos=12, min_frames=50,
+                                        max_frames=80, videos=False), jobs=-1, progress=False)
+    out = cli("extract", root / "data" / "cropped_aligned", "-o", root / "cache.zarr", "-b", ONET)
+    assert "failed" in out and "0 failed" in out
+    return root
+
+
+@pytest.fixture(scope="module")
+def searched(world) -> Path:
+    """A tiny search: a joint run and single-task AU runs, two temporal modules, composed per task."""
+    out = cli("search", "--cache", world / "cache.zarr", "--data", world / "data", "--out", world / "search",
+              "--tasks", "va,expr,au", "--tasks", "au", "--temporal", "none,transformer",
+              "--set", "epochs=8", "--set", "window=16", "--set", "batch_frames=128", "--set", "lr=0.001",
+              "--compose", "best-per-task", "--quiet")
+    assert "composed best-per-task" in out
+    return world / "search"
+
+
+def shuffled_baseline(pred, ann, n: int = 5) -> dict[str, float]:
+    """Mean per-task score of the predictions permuted across frames."""
+    idx = pred.index()
+    rows = np.array([idx[name] for name in ann.images()])
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(n):
+        p = rng.permutation(rows)
+        scores.append(mtl_score(pred.va[p], ann.va, ann.va_valid, pred.expr[p], ann.expr, ann.expr_valid,
+                                pred.au[p], ann.au, ann.au_valid))
+    return {t: float(np.mean([getattr(s, t) for s in scores])) for t in ("va", "expr", "au")}
+
+
+def test_extract_then_train_heads_is_clearly_above_chance(world, tmp_path):
+    run = tmp_path / "joint"
+    cli("train-heads", "--cache", world / "cache.zarr", "--data", world / "data", "--out", run, "--epochs", "8",
+        "--window", "16", "--batch-frames", "128", "--lr", "1e-3", "--quiet")
+    final = json.loads((run / "result.json").read_text())["val_final"]
+    # validation predictions of the run, shuffled, give the chance level of the same decisions
+    from abaw.pipeline.postprocess import to_predictions
+    from abaw.pipeline.run import load_run
+
+    r = load_run(run)
+    pred = to_predictions(r.val_outputs(), r.postprocess)
+    ann = read_annotations(world / "data" / "validation_set_annotations.txt")
+    assert score_annotations(pred, ann).total == pytest.approx(final["total"], abs=1e-6)
+    chance = shuffled_baseline(pred, ann)
+    for task, margin in (("va", 0.15), ("expr", 0.05), ("au", 0.05)):
+        assert final[task] > chance[task] + margin, (task, final[task], chance[task])
+
+
+def test_search_predict_validate_evaluate(world, searched, tmp_path):
+    board = list(csv.DictReader((searched / "leaderboard.csv").open()))
+    assert len(board) == 4 and board[0]["rank"] == "1"
+    assert float(board[0]["P_MTL"]) >= float(board[-1]["P_MTL"])
+    composed = json.loads((searched / "composed.json").read_text())
+    assert set(composed["tasks"]) == {"va", "expr", "au"}
+    assert composed["total"] == pytest.approx(sum(c["score"] for c in composed["tasks"].values()))
+    # the composed AU source is the best AU score of the leaderboard
+    assert composed["tasks"]["au"]["score"] == pytest.approx(max(float(r["P_AU"]) for r in board if r["P_AU"]), abs=1e-4)
+
+    sub = tmp_path / "submission.txt"
+    out = cli("predict", "--compose", searched, "--cache", world / "cache.zarr", "--test-list",
+              world / "data" / "MTL.txt", "--out", sub)
+    assert "validated against" in out
+    cli("validate-submission", sub, "--test-list", world / "data" / "MTL.txt")
+    tl = read_test_list(world / "data" / "MTL.txt")
+    assert len(sub.read_text().splitlines()) == len(tl) + 1
+    cli("evaluate", sub, world / "data" / "test_set_annotations.txt", "--json", tmp_path / "score.json")
+    score = json.loads((tmp_path / "score.json").read_text())
+    chance = shuffled_baseline(read_predictions(sub), read_annotations(world / "data" / "test_set_annotations.txt"))
+    assert score["total"] > sum(chance.values()) + 0.3, (score, chance)
+    for task in ("va", "expr", "au"):
+        assert score[task] > chance[task], (task, score[task], chance[task])
+
+
+def test_search_resumes_and_kfold(world, searched, tmp_path):
+    # rerunning the same search retrains nothing
+    before = {p: p.stat().st_mtime_ns for p in searched.glob("runs/*/best.pt")}
+    out = cli("search", "--cache", world / "cache.zarr", "--data", world / "data", "--out", searched,
+              "--tasks", "va,expr,au", "--tasks", "au", "--temporal", "none,transformer",
+              "--set", "epochs=8", "--set", "window=16", "--set", "batch_frames=128", "--set", "lr=0.001",
+              "--compose", "best-per-task", "--quiet")
+    assert "(4 already finished)" in out
+    assert {p: p.stat().st_mtime_ns for p in searched.glob("runs/*/best.pt")} == before
+    # 2-fold cross-validation by video over train + val: the score is the mean over folds
+    kf = tmp_path / "kfold"
+    cli("search", "--cache", world / "cache.zarr", "--data", world / "data", "--out", kf, "--tasks", "au",
+        "--set", "epochs=2", "--set", "window=16", "--folds", "2", "--quiet")
+    folds = json.loads((kf / "folds.json").read_text())
+    assert not set(folds["fold0"]) & set(folds["fold1"])
+    pair = {v.removesuffix("_left").removesuffix("_right") for v in folds["fold0"]}
+    assert not pair & {v.removesuffix("_left").removesuffix("_right") for v in folds["fold1"]}
+    [row] = json.loads((kf / "leaderboard.json").read_text())
+    fold_scores = [json.loads((Path(r) / "result.json").read_text())["val_final"]["au"] for r in row["runs"]]
+    assert len(fold_scores) == 2 and row["val"]["au"] == pytest.approx(np.mean(fold_scores))
+
+
+def test_ensemble_refit_and_filling_missing_frames(world, searched, tmp_path):
+    board = json.loads((searched / "leaderboard.json").read_text())
+    joint = [r["runs"][0] for r in board if r["tasks"] == "va,expr,au"]
+    # a test list with a frame that has no cached feature (a gap) and a repeated entry
+    ann = read_annotations(world / "data" / "test_set_annotations.txt")
+    v = ann.videos[0]
+    frames = ann.frame[ann.video_slice(v)]
+    gap = int(frames.max()) + 3
+    lines = ["image,valence,arousal,expression,aus"] + [f"{v}/{f:05d}.jpg," for f in frames] + \
+        [f"{v}/{gap:05d}.jpg,", f"{v}/{frames[0]:05d}.jpg,"]
+    tl = tmp_path / "MTL.txt"
+    tl.write_text("\n".join(lines) + "\n")
+    sub = tmp_path / "ens.txt"
+    out = cli("predict", "--run", joint[0], "--run", joint[1], "--cache", world / "cache.zarr", "--test-list", tl,
+              "--out", sub, "--postprocess", "refit", "--val-ann", world / "data" / "validation_set_annotations.txt")
+    assert "1 without a face filled from temporal neighbours" in out
+    rows = sub.read_text().splitlines()[1:]
+    assert len(rows) == len(frames) + 2
+    # the gap frame copies its nearest predicted neighbour (the last frame)
+    assert rows[len(frames)].split(",")[1:] == rows[len(frames) - 1].split(",")[1:]
+    # a list video absent from the cache is refused unless asked
+    tl.write_text(f"image,valence,arousal,expression,aus\nnot_extracted/00001.jpg,\n{v}/{frames[0]:05d}.jpg,\n")
+    r = CliRunner().invoke(main, ["predict", "--run", joint[0], "--cache", str(world / "cache.zarr"),
+                                  "--test-list", str(tl), "--out", str(tmp_path / "x.txt")])
+    assert r.exit_code == 1 and "no predicted frame at all" in r.output
+    cli("predict", "--run", joint[0], "--cache", world / "cache.zarr", "--test-list", tl, "--out",
+        tmp_path / "x.txt", "--allow-missing-videos")
+
+
+def test_report_on_search_and_runs(world, searched, tmp_path):
+    board = json.loads((searched / "leaderboard.json").read_text())
+    out = cli("report", searched, board[0]["runs"][0], "--out", tmp_path / "rep", "--top", "2")
+    assert "composed best-per-task" in out
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "composed best-per-task" in html
+    scores = json.loads((tmp_path / "rep" / "scores.json").read_text())
+    # a run's report score is its recorded post-processed validation score
+    top = f"#1 {board[0]['config']}"
+    assert scores[top]["total"] == pytest.approx(board[0]["val"]["total"], abs=1e-6)
+
+
+def test_predict_video_real_face(world, searched, tmp_path):
+    from tests.conftest import REAL_FACES
+
+    clip = REAL_FACES / "single_face.mp4"
+    if not clip.exists():
+        pytest.skip("shared/data/real_faces is absent")
+    out = cli("predict", "--video", clip, "--compose", searched, "--out", tmp_path / "video")
+    with av.open(str(clip)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    rows = list(csv.DictReader((tmp_path / "video" / "single_face.csv").open()))
+    assert len(rows) == n == 72  # one row per decoded frame
+    assert [int(r["frame"]) for r in rows] == list(range(1, n + 1))
+    assert all(r["face"] == "1" for r in rows)
+    probs = np.array([[float(r[f"p_{e}"]) for e in ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness",
+                                                     "Surprise", "Other")] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    assert all(-1 <= float(r["valence"]) <= 1 for r in rows)
+    assert (tmp_path / "video" / "single_face.png").read_bytes()[:4] == b"\x89PNG"
+    assert "72 frames (72 with a face)" in out
+
+
+def test_demo_quick(tmp_path):
+    from abaw.pipeline.demo import DemoConfig, run_demo
+
+    lines: list[str] = []
+    res = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
+    assert Path(res["submission"]).exists() and Path(res["report"]).exists()
+    assert res["video"] and all(Path(v["csv"]).exists() for v in res["video"])
+    assert "[7/7] done" in "\n".join(lines)
+    # resumable: a second run reuses everything
+    t = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
+    assert t["test_score"] == res["test_score"]
+    shutil.rmtree(tmp_path / "demo")
