@@ -593,7 +593,8 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
               help="composed.json (or its search folder) from `abaw search --compose best-per-task`.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Feature cache of the test videos "
               "(with --video: where to extract; default OUT/features.zarr).")
-@click.option("--test-list", type=click.Path(exists=True, dir_okay=False), help="Test list (MTL.txt).")
+@click.option("--test-list", type=click.Path(exists=True, dir_okay=False),
+              help="Test list (MTL.txt), or an annotation file to predict its frames (e.g. validation).")
 @click.option("--video", "videos", multiple=True, type=click.Path(exists=True),
               help="A video file or folder of videos to annotate frame by frame, repeatable.")
 @click.option("--out", required=True, type=click.Path(), help="Submission file (test list) or output folder (--video).")
@@ -618,7 +619,7 @@ def predict(runs: tuple[str, ...], composed: str | None, cache: str | None, test
     """
     from abaw.pipeline.predict import load_system, predict_test_list, predict_videos
 
-    if bool(test_list) == bool(videos):
+    if bool(test_list) == bool(videos):  # exactly one of the two modes
         raise click.UsageError("give --test-list (a submission) or --video (per-frame CSV + timeline)")
     system = load_system(runs, composed, device="cpu" if device == "auto" else device)
     click.echo(f"system: {system.describe()}")

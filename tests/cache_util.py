@@ -1,4 +1,4 @@
-"""Test helpers: fill a feature cache without `abaw extract` (crops -> backbone, or synthetic arrays)."""
+"""Test helpers: fill a feature cache from synth crops (via the extraction runner) or with synthetic arrays."""
 
 from __future__ import annotations
 
@@ -23,28 +23,13 @@ def one_thread():
 
 
 def cache_crops(root: Path, store_path: Path, spec: str, batch: int = 64) -> str:
-    """Run backbone `spec` over every `cropped_aligned/<video>/*.jpg` of `root`; returns its cache key."""
-    import torch
-    from PIL import Image
+    """Extract backbone `spec` over `root/cropped_aligned` with `abaw extract`'s runner; returns its cache key."""
+    from abaw.extract.backbones import spec_key
+    from abaw.extract.runner import ExtractConfig, extract
 
-    from abaw.cache.store import FeatureStore
-    from abaw.extract.backbones import create_backbone
-
-    torch.manual_seed(0)
-    bb = create_backbone(spec)
-    fs = FeatureStore(store_path, "a")
-    fp = bb.fingerprint()
-    for vdir in sorted(p for p in (root / "cropped_aligned").iterdir() if p.is_dir()):
-        if fs.has_features(vdir.name, bb.key):
-            continue
-        frames = sorted(int(p.stem) for p in vdir.glob("*.jpg"))
-        imgs = np.stack([np.asarray(Image.open(vdir / f"{f:05d}.jpg").convert("RGB")) for f in frames])
-        feats = np.concatenate([bb(torch.from_numpy(imgs[i:i + batch])).numpy() for i in range(0, len(imgs), batch)])
-        if not fs.has_video(vdir.name):
-            fs.write_video(vdir.name, np.array(frames), np.full(len(frames), np.nan), np.ones(len(frames), bool),
-                           {"source": {"path": str(vdir)}})
-        fs.write_features(vdir.name, bb.key, feats, fp)
-    return bb.key
+    summary = extract([root / "cropped_aligned"], store_path, [spec], ExtractConfig(batch_size=batch), progress=False)
+    assert summary.ok, summary.failed
+    return spec_key(spec)
 
 
 def synthetic_split(fs, prefix: str, n_videos: int, length: int, proj: np.ndarray, noise: float,

@@ -207,3 +207,15 @@ def test_demo_quick(tmp_path):
     t = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     assert t["test_score"] == res["test_score"]
     shutil.rmtree(tmp_path / "demo")
+
+
+def test_predict_validation_frames_from_annotation_file(world, searched, tmp_path):
+    """An annotation file works as the frame list, so validation is scored like the test set."""
+    sub = tmp_path / "val.txt"
+    val = world / "data" / "validation_set_annotations.txt"
+    cli("predict", "--compose", searched, "--cache", world / "cache.zarr", "--test-list", val, "--out", sub)
+    cli("evaluate", sub, val, "--json", tmp_path / "s.json")
+    composed = json.loads((searched / "composed.json").read_text())
+    score = json.loads((tmp_path / "s.json").read_text())
+    for t in ("va", "expr", "au"):  # the same numbers the search recorded for the chosen runs
+        assert score[t] == pytest.approx(composed["tasks"][t]["score"], abs=1e-6)

@@ -88,3 +88,28 @@ def read_test_list(path: str | os.PathLike) -> TestList:
         frame=np.asarray(frames, dtype=np.int32),
         trailing_comma=commas == {True},
     )
+
+
+def read_entries(path: str | os.PathLike) -> TestList:
+    """The frames to predict: a test list, or an annotation file (its images, in file order
+    without duplicates), so that validation can be predicted and scored like the test set."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.readline()
+            first = f.readline()
+    except FileNotFoundError:
+        raise AbawError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    if first.count(",") < 15:
+        return read_test_list(path)
+    from abaw.data.annotations import read_annotations
+
+    ann = read_annotations(path)
+    order = np.argsort(ann.line, kind="stable") if ann.line is not None else np.arange(len(ann))
+    videos = ann.video_of_rows()[order]
+    frames = ann.frame[order]
+    images = tuple(ann.images()[i] for i in order)
+    return TestList(path=path, images=images, video=tuple(videos.tolist()), frame=frames.astype(np.int32),
+                    trailing_comma=False)

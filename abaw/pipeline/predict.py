@@ -231,9 +231,9 @@ def predict_test_list(system: System, store: str | os.PathLike, test_list_path: 
     """Write and validate the submission for a test list; return a report."""
     from abaw.cache.store import load_features
     from abaw.data.submission import validate_submission, write_submission
-    from abaw.data.testlist import read_test_list
+    from abaw.data.testlist import read_entries
 
-    tl = read_test_list(test_list_path)
+    tl = read_entries(test_list_path)  # a test list, or an annotation file (e.g. validation)
     keys = system.keys()
     table = load_features(store, keys, videos=tl.videos, missing="skip")
     if not table.videos:

@@ -238,8 +238,12 @@ def _fmt(x: float | None) -> str:
 
 
 def _describe(overrides: dict[str, Any]) -> str:
-    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                    for k, v in sorted(overrides.items()) if k not in ("tasks",))
+    def show(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ",".join(show(x) for x in v)
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={show(v)}" for k, v in sorted(overrides.items()) if k not in ("tasks",))
 
 
 def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
