@@ -32,6 +32,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
         raise
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; a missing or binary file is a one-line AbawError naming it."""
+    from abaw.errors import AbawError, FormatError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AbawError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise AbawError(f"{os.fspath(path)}: is a folder, expected a file") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

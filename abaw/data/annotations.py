@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -25,8 +24,21 @@ from abaw.data.labels import (
     parse_image_name,
 )
 from abaw.errors import AbawError, FormatError
+from abaw.io import atomic_write, read_text
 
 N_FIELDS = 4 + N_AU
+
+
+def _duplicates(vid: np.ndarray, frame: np.ndarray, va: np.ndarray, expr: np.ndarray,
+                au: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Rows i whose next row repeats their (video, frame) (rows sorted by video, frame),
+    and the first such i whose labels differ from the repeat's (None if all agree)."""
+    dup = np.flatnonzero((vid[1:] == vid[:-1]) & (frame[1:] == frame[:-1]))
+    if not len(dup):
+        return dup, None
+    agree = (np.all(va[dup] == va[dup + 1], axis=1) & (expr[dup] == expr[dup + 1])
+             & np.all(au[dup] == au[dup + 1], axis=1))
+    return dup, None if agree.all() else int(dup[~agree][0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,16 +150,10 @@ class Annotations:
         src = tuple(s for p in parts for s in p.sources)
         order = np.lexsort((frame, vid))
         vid, frame, va, expr, au = vid[order], frame[order], va[order], expr[order], au[order]
-        same = (vid[1:] == vid[:-1]) & (frame[1:] == frame[:-1])
-        dup = np.flatnonzero(same)
+        dup, conflict = _duplicates(vid, frame, va, expr, au)
         if len(dup):
-            agree = (
-                np.all(va[dup] == va[dup + 1], axis=1)
-                & (expr[dup] == expr[dup + 1])
-                & np.all(au[dup] == au[dup + 1], axis=1)
-            )
-            if not agree.all():
-                i = dup[~agree][0]
+            if conflict is not None:
+                i = conflict
                 raise AbawError(
                     f"image {image_name(videos[vid[i]], int(frame[i]))} appears in "
                     f"{' and '.join(src)} with different labels"
@@ -230,12 +236,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     `file:line` and the reason.
     """
     path = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AbawError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    text = read_text(path)
     lines = text.splitlines()
     if not lines:
         raise FormatError(path, "empty file (expected a header line)", 1)
@@ -301,17 +302,11 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     vid, frames, va, expr, au, lineno = (
         vid[order], frames[order], va[order], expr[order], au[order], lineno[order]
     )
-    same = (vid[1:] == vid[:-1]) & (frames[1:] == frames[:-1])
-    dup = np.flatnonzero(same)
+    dup, conflict = _duplicates(vid, frames, va, expr, au)
     n_dup = 0
     if len(dup):
-        agree = (
-            np.all(va[dup] == va[dup + 1], axis=1)
-            & (expr[dup] == expr[dup + 1])
-            & np.all(au[dup] == au[dup + 1], axis=1)
-        )
-        if not agree.all():
-            i = int(dup[~agree][0])
+        if conflict is not None:
+            i = conflict
             raise FormatError(
                 path,
                 f"duplicate image {image_name(videos[vid[i]], int(frames[i]))} with different "
@@ -342,7 +337,6 @@ def write_annotations(path: str | os.PathLike, images: list[str], va: np.ndarray
                       expr: np.ndarray, au: np.ndarray) -> None:
     """Write labels in the annotation-file format (atomic). Used by `abaw synth`."""
     from abaw.data.labels import ANNOTATION_HEADER
-    from abaw.io import atomic_write
 
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(ANNOTATION_HEADER + "\n")

@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from abaw.data.labels import N_AU, N_EXPR, SUBMISSION_HEADER, parse_image_name
 from abaw.data.testlist import TestList
 from abaw.errors import AbawError, FormatError
-from abaw.io import atomic_write
+from abaw.io import atomic_write, read_text
 
 N_FIELDS = 4 + N_AU
 
@@ -59,12 +58,7 @@ def write_submission(path: str | os.PathLike, images: list[str] | tuple[str, ...
 
 
 def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AbawError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    lines = read_text(path).splitlines()
     if not lines:
         raise FormatError(path, "empty file (expected a header line)", 1)
     body = [(n, ln.rstrip("\r").split(",")) for n, ln in enumerate(lines[1:], start=2) if ln.strip()]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from abaw.data.labels import parse_image_name
-from abaw.errors import AbawError, FormatError
+from abaw.errors import FormatError
+from abaw.io import read_text
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,12 +49,7 @@ class TestList:
 def read_test_list(path: str | os.PathLike) -> TestList:
     """Parse an ABAW7 (trailing comma) or ABAW4 (no comma) test list."""
     path = os.fspath(path)
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AbawError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    lines = read_text(path).splitlines()
     if not lines or not lines[0].strip().lower().startswith("image"):
         raise FormatError(path, "expected a header line starting with 'image'", 1)
     images: list[str] = []
@@ -94,14 +89,8 @@ def read_entries(path: str | os.PathLike) -> TestList:
     """The frames to predict: a test list, or an annotation file (its images, in file order
     without duplicates), so that validation can be predicted and scored like the test set."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            f.readline()
-            first = f.readline()
-    except FileNotFoundError:
-        raise AbawError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+    lines = read_text(path).splitlines()
+    first = lines[1] if len(lines) > 1 else ""
     if first.count(",") < 15:
         return read_test_list(path)
     from abaw.data.annotations import read_annotations

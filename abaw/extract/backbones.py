@@ -249,6 +249,19 @@ def load_state_dict_file(path: str | os.PathLike, trust_pickle: bool = False) ->
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def timm_weights_options(name: str, opts: dict[str, str], spec: str) -> tuple[str | None, bool]:
+    """Check a timm spec's model name and `weights=` / `pretrained=` options: (weights path, pretrained)."""
+    import timm
+
+    weights = opts.get("weights")
+    pretrained = _bool(opts, "pretrained", default=weights is None)
+    if weights and pretrained:
+        raise AbawError(f"{spec}: give either weights= or pretrained=1, not both")
+    if not timm.is_model(name):
+        raise AbawError(f"{spec}: timm has no model {name!r}")
+    return weights, pretrained
+
+
 @register_backbone("timm")
 def timm_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     """Any timm model as a frozen extractor of pooled pre-classifier features.
@@ -258,12 +271,7 @@ def timm_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     """
     import timm
 
-    weights = opts.get("weights")
-    pretrained = _bool(opts, "pretrained", default=weights is None)
-    if weights and pretrained:
-        raise AbawError(f"{spec}: give either weights= or pretrained=1, not both")
-    if not timm.is_model(name):
-        raise AbawError(f"{spec}: timm has no model {name!r}")
+    weights, pretrained = timm_weights_options(name, opts, spec)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random init is reproducible, so its fingerprint is stable

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from abaw.errors import AbawError, FormatError
+from abaw.io import read_text
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
@@ -52,10 +53,7 @@ class SearchSpace:
 def load_space(path: str | os.PathLike) -> SearchSpace:
     """Read a YAML or JSON search-space file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AbawError(f"{path}: no such file") from None
+    text = read_text(path)
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)

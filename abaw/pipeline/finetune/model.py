@@ -21,6 +21,7 @@ from abaw.extract.backbones import (
     IMAGENET_STD,
     Preprocess,
     _bool,
+    timm_weights_options,
     file_sha256,
     load_state_dict_file,
     parse_spec,
@@ -153,12 +154,7 @@ def build_backbone(spec: str, drop_path: float = 0.0) -> BuiltBackbone:
         raise AbawError(f"{spec}: unknown options {sorted(unknown)} (known: {sorted(TIMM_OPTIONS)})")
     import timm
 
-    weights = opts.get("weights")
-    pretrained = _bool(opts, "pretrained", default=weights is None)
-    if weights and pretrained:
-        raise AbawError(f"{spec}: give either weights= or pretrained=1, not both")
-    if not timm.is_model(name):
-        raise AbawError(f"{spec}: timm has no model {name!r}")
+    weights, pretrained = timm_weights_options(name, opts, spec)
     cfg = timm.get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
     native = int(cfg.get("input_size", (3, 224, 224))[-1])

@@ -421,6 +421,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=dev)
         step_losses: list[torch.Tensor] = []
+        micro_sum = torch.zeros((), device=dev)  # loss summed over the micro-batches of one step
         n_micro = steps_per_epoch * cfg.accum_steps
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (progress and env.main),
                    leave=False)
