@@ -129,13 +129,13 @@ def test_search_resumes_and_kfold(world, searched, tmp_path):
     pair = {v.removesuffix("_left").removesuffix("_right") for v in folds["fold0"]}
     assert not pair & {v.removesuffix("_left").removesuffix("_right") for v in folds["fold1"]}
     [row] = json.loads((kf / "leaderboard.json").read_text())
-    fold_scores = [json.loads((Path(r) / "result.json").read_text())["val_final"]["au"] for r in row["runs"]]
+    fold_scores = [json.loads((kf / r / "result.json").read_text())["val_final"]["au"] for r in row["runs"]]
     assert len(fold_scores) == 2 and row["val"]["au"] == pytest.approx(np.mean(fold_scores))
 
 
 def test_ensemble_refit_and_filling_missing_frames(world, searched, tmp_path):
     board = json.loads((searched / "leaderboard.json").read_text())
-    joint = [r["runs"][0] for r in board if r["tasks"] == "va,expr,au"]
+    joint = [searched / r["runs"][0] for r in board if r["tasks"] == "va,expr,au"]
     # a test list with a frame that has no cached feature (a gap) and a repeated entry
     ann = read_annotations(world / "data" / "test_set_annotations.txt")
     v = ann.videos[0]
@@ -162,9 +162,19 @@ def test_ensemble_refit_and_filling_missing_frames(world, searched, tmp_path):
         tmp_path / "x.txt", "--allow-missing-videos")
 
 
+def test_search_folder_can_move(world, searched, tmp_path, monkeypatch):
+    """Run folders are recorded relative to the search folder: a copy elsewhere still works."""
+    moved = tmp_path / "elsewhere" / "search"
+    shutil.copytree(searched, moved)
+    monkeypatch.chdir(tmp_path)
+    cli("predict", "--compose", moved, "--cache", world / "cache.zarr", "--test-list", world / "data" / "MTL.txt",
+        "--out", tmp_path / "moved.txt")
+    cli("report", moved, "--out", tmp_path / "rep_moved", "--top", "1")
+
+
 def test_report_on_search_and_runs(world, searched, tmp_path):
     board = json.loads((searched / "leaderboard.json").read_text())
-    out = cli("report", searched, board[0]["runs"][0], "--out", tmp_path / "rep", "--top", "2")
+    out = cli("report", searched, searched / board[0]["runs"][0], "--out", tmp_path / "rep", "--top", "2")
     assert "composed best-per-task" in out
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "composed best-per-task" in html

@@ -86,12 +86,10 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
         from abaw.pipeline.search import read_composed
 
         for t, dirs in read_composed(composed).items():
-            base = Path(composed) if Path(composed).is_dir() else Path(composed).parent
             for d in dirs:
-                p = Path(d) if Path(d).is_absolute() or Path(d).exists() else base / d
-                r = get(str(p))
+                r = get(str(d))
                 if t not in r.tasks:
-                    raise AbawError(f"{p}: composed for {t.upper()} but the run did not train it")
+                    raise AbawError(f"{d}: composed for {t.upper()} but the run did not train it")
                 runs[t].append(r)
     else:
         for d in run_dirs:

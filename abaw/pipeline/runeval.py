@@ -20,6 +20,7 @@ from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
 from abaw.io import read_json
 from abaw.pipeline.report import RunEvaluation
+from abaw.pipeline.search import run_path
 
 
 def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
@@ -119,7 +120,7 @@ def evaluations_from_paths(paths: list[str], val_ann: Annotations | None = None,
 
             def cfg_eval(row: dict[str, Any]) -> RunEvaluation:
                 if row["config"] not in by_cfg:
-                    evs = [evaluate_run(d, val_ann) for d in row["runs"]]
+                    evs = [evaluate_run(run_path(path, d), val_ann) for d in row["runs"]]
                     by_cfg[row["config"]] = evs[0] if len(evs) == 1 else concat_evaluations(
                         evs, row["config"], {**evs[0].info, "folds": len(evs)})
                     by_cfg[row["config"]] = RunEvaluation(**{**by_cfg[row["config"]].__dict__,

@@ -201,7 +201,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         rs = by_cfg[cid]
         errors = [r["error"] for r in rs if "error" in r]
         row: dict[str, Any] = {"config": cid, "overrides": overrides, "tasks": ",".join(cfg.tasks),
-                               "runs": [r["run"] for r in rs]}
+                               "runs": [os.path.relpath(r["run"], out) for r in rs]}  # relative to OUT
         if errors:
             row["error"] = errors[0]
         else:
@@ -291,7 +291,12 @@ def _varying_keys(rows: list[dict[str, Any]]) -> set[str]:
     return {k for k in keys if len({json.dumps(r["overrides"].get(k), sort_keys=True) for r in rows}) > 1}
 
 
-def read_composed(path: str | os.PathLike) -> dict[str, list[str]]:
+def run_path(search_dir: str | os.PathLike, run: str) -> Path:
+    """A run folder named in leaderboard.json / composed.json (relative to the search folder)."""
+    return Path(search_dir) / run
+
+
+def read_composed(path: str | os.PathLike) -> dict[str, list[Path]]:
     """task -> run folders from a `composed.json` (or a search folder holding one)."""
     p = Path(path)
     if p.is_dir():
@@ -300,6 +305,6 @@ def read_composed(path: str | os.PathLike) -> dict[str, list[str]]:
         raise AbawError(f"{p}: no such file (run abaw search with --compose best-per-task)")
     data = read_json(p)
     try:
-        return {t: list(c["runs"]) for t, c in data["tasks"].items()}
+        return {t: [run_path(p.parent, r) for r in c["runs"]] for t, c in data["tasks"].items()}
     except (KeyError, TypeError):
         raise AbawError(f"{p}: not a composed.json written by abaw search") from None
