@@ -293,9 +293,6 @@ class FeatureTable:
     def dims(self) -> dict[str, int]:
         return {k: int(v.shape[1]) for k, v in self.feats.items()}
 
-    def nbytes(self) -> int:
-        return int(sum(v.nbytes for v in self.feats.values()))
-
 
 def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                   videos: Iterable[str] | None = None, faces_only: bool = False,

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -302,13 +301,6 @@ def timm_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     pre = preprocess_from_options(opts, default)
     return Backbone(spec=spec, key=spec_key(spec), model=model, dim=int(model.num_features),
                     preprocess=pre, source=source)
-
-
-def probe_dim(model: torch.nn.Module, size: int) -> int:
-    """Output width of a feature model, found with one dummy forward."""
-    with torch.inference_mode():
-        out = model(torch.zeros(1, 3, size, size))
-    return int(np.prod(out.shape[1:]))
 
 
 # Other backbone families register themselves on import (kept at the bottom: they use the above).

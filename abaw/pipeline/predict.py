@@ -28,7 +28,7 @@ import numpy as np
 
 from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
-from abaw.pipeline.fill import nearest_available
+from abaw.pipeline.fill import fill_rows
 
 POSTPROCESS_MODES = ("each", "refit", "none")
 
@@ -178,46 +178,38 @@ def expand_to_entries(outputs, thresholds: np.ndarray, entries_video: list[str] 
     uniq = list(dict.fromkeys(zip(ent_v, ent_f.tolist())))
     have = np.array([k in index for k in uniq], dtype=bool)
     missing_keys = [k for k, h in zip(uniq, have) if not h]
-    # nearest predicted frame of the same video for the missing ones
     n_out = len(outputs)
-    all_video = np.concatenate([out_video, np.asarray([v for v, _ in missing_keys], dtype=object)])
-    all_frame = np.concatenate([outputs.frame.astype(np.int64), np.asarray([f for _, f in missing_keys], np.int64)])
-    avail = np.r_[np.ones(n_out, bool), np.zeros(len(missing_keys), bool)]
-    src = nearest_available(all_video, all_frame, avail)
-    src_of: dict[tuple[str, int], int] = dict(index)
-    no_video: list[str] = []
-    for j, k in enumerate(missing_keys):
-        s = src[n_out + j]
-        src_of[k] = int(s) if s >= 0 else -1
-        if s < 0:
-            no_video.append(k[0])
-    no_video = sorted(set(no_video))
+    predicted_videos = set(out_video.tolist())
+    no_video = sorted({v for v, _ in missing_keys if v not in predicted_videos})
     if no_video and not allow_missing_videos:
         raise AbawError(f"{len(no_video)} videos of the list have no predicted frame at all (not extracted, or no "
                         f"face anywhere), e.g. {no_video[:5]}; extract them, or allow filling them with the mean "
                         "prediction (--allow-missing-videos)")
-    rows = np.array([src_of[(v, int(f))] for v, f in zip(ent_v, ent_f.tolist())], dtype=np.int64)
-    prior = {t: getattr(outputs, t).mean(0) for t in outputs.tasks} if n_out else {}
-    result: dict[str, np.ndarray] = {}
     m = len(ent_v)
-    for t in TASKS:
-        a = getattr(outputs, t)
-        if a is None:
-            continue
+    result: dict[str, np.ndarray] = {}
+    n_neighbour = n_mean = 0
+    if outputs.tasks:
         if n_out == 0:
             raise AbawError("no frame of the list could be predicted")
-        vals = np.empty((m,) + a.shape[1:], dtype=np.float64)
-        ok = rows >= 0
-        vals[ok] = a[rows[ok]]
-        vals[~ok] = prior[t]
-        result[t] = vals
+        # rows: the predicted frames, then the missing ones, filled from their nearest predicted
+        # neighbour in the same video (or the mean prediction when the video has none)
+        all_video = np.concatenate([out_video, np.asarray([v for v, _ in missing_keys], dtype=object)])
+        all_frame = np.concatenate([outputs.frame.astype(np.int64),
+                                    np.asarray([f for _, f in missing_keys], np.int64)])
+        avail = np.r_[np.ones(n_out, bool), np.zeros(len(missing_keys), bool)]
+        arrays = {t: getattr(outputs, t).astype(np.float64) for t in outputs.tasks}
+        values = {t: np.concatenate([a, np.zeros((len(missing_keys),) + a.shape[1:])]) for t, a in arrays.items()}
+        filled, n_neighbour, n_mean = fill_rows(values, all_video, all_frame, avail,
+                                                {t: a.mean(0) for t, a in arrays.items()})
+        row_of = dict(index)
+        row_of.update({k: n_out + j for j, k in enumerate(missing_keys)})
+        rows = np.array([row_of[(v, int(f))] for v, f in zip(ent_v, ent_f.tolist())], dtype=np.int64)
+        result = {t: filled[t][rows] for t in outputs.tasks}
     va = np.clip(result["va"], -1, 1) if "va" in result else np.zeros((m, 2))
     expr = result["expr"].argmax(1) if "expr" in result else np.zeros(m, np.int64)
     au = (result["au"] >= thresholds[None]).astype(np.int8) if "au" in result else np.zeros((m, N_AU), np.int8)
-    n_filled = len(missing_keys)
     report = {"entries": m, "unique_frames": len(uniq), "predicted": int(have.sum()),
-              "filled_from_neighbours": n_filled - sum(1 for k in missing_keys if src_of[k] < 0),
-              "filled_from_mean": sum(1 for k in missing_keys if src_of[k] < 0),
+              "filled_from_neighbours": n_neighbour, "filled_from_mean": n_mean,
               "videos_without_prediction": no_video,
               "examples_filled": [image_name(v, f) for v, f in missing_keys[:5]]}
     return {"va": va, "expr": expr, "au": au}, report
