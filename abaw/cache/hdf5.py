@@ -163,7 +163,7 @@ def import_hdf5(path: str | os.PathLike, store: str | os.PathLike | FeatureStore
     """Bring features from an HDF5 file into a cache. Returns {videos, written, skipped, failed}."""
     import h5py
 
-    from abaw.extract.backbones import file_sha256, same_features
+    from abaw.fingerprint import file_sha256, same_features
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -211,7 +211,7 @@ def import_hdf5(path: str | os.PathLike, store: str | os.PathLike | FeatureStore
 
 
 def _import_ours(fs: FeatureStore, v: str, g, overwrite: bool, report: dict[str, Any]) -> None:
-    from abaw.extract.backbones import same_features
+    from abaw.fingerprint import same_features
 
     attrs = json.loads(g.attrs["attrs"])
     for k in ("n_frames", "n_faces"):

@@ -344,7 +344,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
             f = fs.read_features(v, k)
             fp = fs.fingerprint(v, k)
             if k in fps:
-                from abaw.extract.backbones import same_features
+                from abaw.fingerprint import same_features
 
                 if not same_features(fps[k], fp):
                     raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from abaw.errors import AbawError
+from abaw.fingerprint import file_sha256, same_features  # noqa: F401  (re-exported)
 from abaw.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,20 +109,6 @@ class Backbone:
         return self.model(self.preprocess(batch_uint8)).float()
 
 
-def same_features(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two fingerprints describe the same features (library versions may differ).
-
-    Compared in their JSON form, so a fingerprint read back from a cache (lists) equals a
-    fresh one (tuples).
-    """
-    import json
-
-    def canon(fp: dict[str, Any]) -> str:
-        return json.dumps({k: fp.get(k) for k in ("spec", "dim", "preprocess", "weights_sha256")}, sort_keys=True)
-
-    return canon(a) == canon(b)
-
-
 def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(sd):
@@ -131,14 +118,6 @@ def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         # flatten first: 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
     return h.hexdigest()
 
 

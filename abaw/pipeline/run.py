@@ -151,7 +151,7 @@ class Run:
 
     def check_features(self, table: FeatureTable) -> None:
         """AbawError unless `table` has this run's backbones with the same fingerprints."""
-        from abaw.extract.backbones import same_features
+        from abaw.fingerprint import same_features
 
         lacking = [k for k in self.keys if k not in table.feats]
         if lacking:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from abaw.config import from_dict, to_dict
 from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
-from abaw.extract.backbones import file_sha256
+from abaw.fingerprint import file_sha256
 from abaw.pipeline.finetune.config import FinetuneConfig
 from abaw.pipeline.finetune.data import EpochSampler, FrameDataset, check_images, normalize_uint8
 from abaw.pipeline.finetune.model import (
