@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import sys
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -29,8 +29,16 @@ from abaw.extract.fer_net import (
 from tests.conftest import REAL_FACES
 
 DATA = Path(__file__).parent / "data"
-sys.path.insert(0, str(DATA))
-from make_fer_reference import model_inputs  # noqa: E402
+
+
+def _reference_module():
+    spec = importlib.util.spec_from_file_location("make_fer_reference", DATA / "make_fer_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+model_inputs = _reference_module().model_inputs
 
 POSED = {"0-f1-su-ph.jpg": "surprise", "0-f15-hao-ph.jpg": "happy", "15-f13-anc-ph.jpg": "angry",
          "45-m7-di-ph.jpg": "disgust"}

@@ -29,7 +29,6 @@ resize is antialiased bilinear in float and the crop is whatever the extractor a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -37,9 +36,10 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def _from_pip() -> bytes:
 
 def _from_url() -> bytes:
     try:
-        with urllib.request.urlopen(UPSTREAM_URL, timeout=60) as r:  # noqa: S310 - pinned URL
+        with urllib.request.urlopen(UPSTREAM_URL, timeout=60) as r:
             data = r.read()
     except (OSError, ValueError) as e:
         raise OSError(f"{UPSTREAM_URL}: {e}") from None
@@ -214,7 +214,7 @@ class MaxPool(nn.Module):
 
 
 class Act(nn.Module):
-    FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    FNS: ClassVar[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
         "linear": lambda x: x, "relu": F.relu, "softmax": lambda x: torch.softmax(x, dim=1)}
 
     def __init__(self, name: str):
@@ -342,7 +342,7 @@ class KerasGraph(nn.Module):
     @torch.no_grad()
     def load_hdf5(self, f: Any, where: str) -> None:
         """Copy the weights of an open Keras HDF5 file (h5py.File) into the layers, all checked."""
-        group = f["model_weights"] if "model_weights" in f else f
+        group = f.get("model_weights", f)
         for name, loaders in self.loaders.items():
             if not loaders:
                 continue
