@@ -271,12 +271,9 @@ def test_a_video_with_no_rows_can_be_stored(tmp_path):
     assert fs.read_features("v", "k").shape == (0, 4) and len(load_features(fs, ["k"])) == 0
 
 
-def test_background_writer_gives_the_same_cache(frames_store, tiny_synth, tmp_path, monkeypatch):
+def test_background_writer_gives_the_same_cache(frames_store, tiny_synth, tmp_path):
     """The GPU path writes finished videos from a background thread; force it on CPU."""
-    import abaw.extract.runner as runner
-
-    monkeypatch.setattr(runner, "BACKGROUND_WRITES", True)
     s = extract([tiny_synth / "cropped_aligned"], tmp_path / "bg.zarr", [TINY], ExtractConfig(batch_size=32),
-                progress=False)
+                progress=False, background_writes=True)
     assert s.ok
     _assert_same_cache(frames_store, tmp_path / "bg.zarr")
