@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -277,3 +278,19 @@ def test_background_writer_gives_the_same_cache(frames_store, tiny_synth, tmp_pa
                 progress=False, background_writes=True)
     assert s.ok
     _assert_same_cache(frames_store, tmp_path / "bg.zarr")
+
+
+@pytest.mark.parametrize("spec, why", [("timm:resnet18?sizee=64&pretrained=0", r"unknown options \['sizee'\]"),
+                                       ("timm:resnet18?size=abc", "option size='abc'"),
+                                       ("nope:x", "unknown backbone family")])
+def test_a_bad_spec_creates_no_store(spec, why, tiny_synth, tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    store = tmp_path / "bad.zarr"
+    with pytest.raises(AbawError, match=why):
+        extract([tiny_synth / "cropped_aligned"], store, [TINY, spec], ExtractConfig(), progress=False)
+    assert not store.exists()
+    r = CliRunner().invoke(main, ["extract", str(tiny_synth / "cropped_aligned"), "-o", str(store), "-b", spec, "-q"])
+    assert r.exit_code != 0 and not store.exists()
+    assert re.search(why, r.output), r.output
