@@ -294,3 +294,16 @@ def test_a_bad_spec_creates_no_store(spec, why, tiny_synth, tmp_path, monkeypatc
     r = CliRunner().invoke(main, ["extract", str(tiny_synth / "cropped_aligned"), "-o", str(store), "-b", spec, "-q"])
     assert r.exit_code != 0 and not store.exists()
     assert re.search(why, r.output), r.output
+
+
+def test_an_unreachable_hub_creates_no_store(tiny_synth, tmp_path, monkeypatch):
+    import timm
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    store = tmp_path / "hub.zarr"
+    with pytest.raises(AbawError, match="could not get pretrained weights .*offline"):
+        extract([tiny_synth / "cropped_aligned"], store, ["timm:resnet18"], ExtractConfig(), progress=False)
+    assert not store.exists()

@@ -131,10 +131,11 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
         env = DistEnv(env.rank if rank is None else rank, env.world if world is None else world, env.local_rank)
     sources = discover(inputs, cfg.kind)
     only = read_only_lists(cfg.only) if cfg.only else None
-    ctx = RunContext.create(backbones, cfg, env, progress, background_writes)
-    jobs = make_jobs(sources, cfg, only, ctx.crop)
-    ctx.grouped = env.init_group(backend="gloo") if env.distributed else False
+    grouped = env.init_group(backend="gloo") if env.distributed else False
     try:
+        ctx = RunContext.create(backbones, cfg, env, progress, background_writes)  # before the store:
+        ctx.grouped = grouped  # a model that cannot be built leaves no empty store behind
+        jobs = make_jobs(sources, cfg, only, ctx.crop)
         fs = ctx.open_store(store)
         # plan every job on every rank (cheap), so a conflict stops all ranks alike
         plan_jobs(jobs, fs, ctx.backbones, ctx.fingerprints, cfg.overwrite)
