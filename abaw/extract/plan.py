@@ -50,7 +50,8 @@ class Job:
         return any(o.new_index for o in self.outputs)
 
 
-def _outputs_for(src: Source, cfg: ExtractConfig, only: dict[str, set[int]] | None) -> tuple[str, list[tuple[str, int]]]:
+def _outputs_for(src: Source, cfg: ExtractConfig,
+                 only: dict[str, set[int]] | None) -> tuple[str, list[tuple[str, int]]]:
     """(policy, [(video id, selector output)]) for a source, honouring `only`."""
     stem = src.name
     pair = [(f"{stem}_left", 0), (f"{stem}_right", 1)]

@@ -73,8 +73,10 @@ def _weights_path(name: str) -> str:
     return path
 
 
-MTCNN_OPTIONS = (Option("layer", "choice", "dense", "features: dense layer, last conv map (onet: conv4, "
-                                                     "rnet: conv3) or both", choices=("dense", "conv4", "conv3", "both")),)
+MTCNN_OPTIONS = (
+    Option("layer", "choice", "dense", "features: the dense layer, the last conv map (onet: conv4, rnet: conv3) "
+           "or both", choices=("dense", "conv4", "conv3", "both")),
+)
 
 
 @register_backbone("mtcnn", MTCNN_OPTIONS, example="mtcnn:rnet")

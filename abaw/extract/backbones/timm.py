@@ -22,6 +22,7 @@ from abaw.extract.backbones.registry import (
     TRUST_PICKLE,
     Option,
     bool_option,
+    parse_int,
     preprocess_from_options,
     register_backbone,
     spec_key,
@@ -147,15 +148,15 @@ def build_timm(name: str, opts: dict[str, str], spec: str, *, drop_path: float =
     if resize_model and "size" in opts:
         cfg = timm.get_pretrained_cfg(name)
         cfg = cfg.to_dict() if cfg is not None else {}
-        size = preprocess_from_options({"size": opts["size"]}, Preprocess()).input_size
+        size = parse_int(opts["size"], "size")
         if size != _default_preprocess(cfg).input_size and cfg.get("fixed_input_size", False):
             kwargs["img_size"] = size  # e.g. a ViT at 112 px
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         model = create_timm(name, kwargs, pretrained, drop_path, spec)
-    built = TimmModel(model, name, kwargs, preprocess_from_options(opts, _default_preprocess(model.pretrained_cfg or {})),
-                      pretrained, weights)
+    pre = preprocess_from_options(opts, _default_preprocess(model.pretrained_cfg or {}))
+    built = TimmModel(model, name, kwargs, pre, pretrained, weights)
     if weights:
         sd = load_state_dict_file(weights, trust_pickle=bool_option(opts, "trust_pickle"))
         ignored = load_backbone_weights(model, sd, weights, strict=False)
