@@ -56,16 +56,19 @@ class DistEnv:
     def distributed(self) -> bool:
         return self.world > 1
 
-    def init_group(self, device: torch.device | None = None, *, timeout_h: float = 12.0) -> bool:
-        """Join the torchrun process group (NCCL on CUDA, gloo otherwise). False when there is
-        nothing to join (one process, no MASTER_ADDR) or a group already exists."""
+    def init_group(self, device: torch.device | None = None, *, timeout_h: float = 12.0,
+                   backend: str | None = None) -> bool:
+        """Join the torchrun process group (`backend`; default NCCL on CUDA, gloo otherwise).
+        False when there is nothing to join (one process, no MASTER_ADDR) or a group already
+        exists."""
         import torch.distributed as dist
 
         if self.world <= 1 or "MASTER_ADDR" not in os.environ or not dist.is_available():
             return False
         if dist.is_initialized():
             return False
-        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        if backend is None:
+            backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=self.rank, world_size=self.world,
                                 timeout=datetime.timedelta(hours=timeout_h))
         self.owns_group = True

@@ -32,14 +32,15 @@ from PIL import Image
 
 from abaw.data.synth import SynthConfig, generate
 from abaw.extract.backbones import create_backbone
-from abaw.extract.runner import ExtractConfig, _autocast, _device, _precision, extract
+from abaw.extract.runner import ExtractConfig, extract
+from abaw.runtime import autocast, resolve_device, resolve_precision
 
 
 def pure_forward(bb, frames: torch.Tensor, batch: int, device: torch.device, precision: str) -> float:
     """Seconds to run `bb` over preloaded frames in fixed batches (the last one padded)."""
     n = len(frames)
     with torch.inference_mode():
-        with _autocast(device, precision):
+        with autocast(device, precision):
             bb(frames[:batch])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -48,7 +49,7 @@ def pure_forward(bb, frames: torch.Tensor, batch: int, device: torch.device, pre
             x = frames[i:i + batch]
             if len(x) < batch:
                 x = torch.cat([x, x.new_zeros((batch - len(x), *x.shape[1:]))])
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 y = bb(x)
             y.float().cpu().numpy().astype(np.float16)
         if device.type == "cuda":
@@ -70,8 +71,8 @@ def main() -> None:
     ap.add_argument("--no-video", action="store_true", help="skip the video-path measurement")
     args = ap.parse_args()
 
-    device = _device(args.device, 0)
-    precision = _precision(args.precision, device)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     per = 100
     tracks = max(3, args.frames // per)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,9 @@
-"""Backbone specs, the registry, preprocessing, weights loading and fingerprints."""
+"""Backbone specs, the registry, preprocessing, weights loading, fingerprints, and the contract
+every registered backbone family meets."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -10,14 +12,18 @@ from safetensors.torch import save_file
 
 from abaw.errors import AbawError
 from abaw.extract.backbones import (
+    BACKBONES,
     FACE_MEAN,
+    Backbone,
     Preprocess,
     create_backbone,
     load_state_dict_file,
     parse_spec,
     same_features,
     spec_key,
+    validate_spec,
 )
+from abaw.fingerprint import file_sha256
 
 TINY = "timm:test_efficientnet_gn?size=64&pretrained=0"
 
@@ -95,3 +101,118 @@ def test_same_features_survives_a_json_round_trip():
 
     fp = create_backbone(TINY).fingerprint()
     assert same_features(json.loads(json.dumps(fp)), fp)
+
+
+# ---------------------------------------------------------------------------- contract of every family
+# Like timm's tests/test_models.py: every registered family builds from a tiny offline spec,
+# declares its options, rejects unknown ones naming the known ones, gives [B, dim] float
+# features for a uint8 batch, is frozen and fingerprinted.
+
+TINY_ARCH = "test_efficientnet_gn"
+
+
+def _tiny_hsemotion(tmp_path) -> str:
+    import timm
+
+    torch.manual_seed(0)
+    p = tmp_path / "hs.pt"
+    torch.save(timm.create_model(TINY_ARCH, pretrained=False, num_classes=0).state_dict(), p)
+    return f"hsemotion:mine?file={p}&arch={TINY_ARCH}&sha256={file_sha256(p)}&size=32"
+
+
+def _tiny_ckpt(tmp_path) -> str:
+    import timm
+
+    from abaw.extract.backbones.ckpt import write_checkpoint
+
+    torch.manual_seed(0)
+    m = timm.create_model(TINY_ARCH, pretrained=False, num_classes=0)
+    head = torch.nn.Linear(m.num_features, 8)
+    write_checkpoint(tmp_path / "ck", m.state_dict(), head.state_dict(), timm_model=TINY_ARCH, model_kwargs={},
+                     dim=int(m.num_features), preprocess=Preprocess(input_size=32), task="expr", head={}, extra={})
+    return f"ckpt:{tmp_path / 'ck'}"
+
+
+# families whose tiny spec needs a file: made here (the others declare `example=` when registering)
+MAKE_SPEC = {"hsemotion": _tiny_hsemotion, "ckpt": _tiny_ckpt}
+FAMILIES = BACKBONES.names()
+
+
+def _tiny_spec(family: str, tmp_path) -> str:
+    fam = BACKBONES.get(family)
+    if fam.example:
+        return fam.example
+    assert family in MAKE_SPEC, f"backbone family {family!r}: give register_backbone an example= spec " \
+                                "(or a maker in MAKE_SPEC) for the contract tests"
+    return MAKE_SPEC[family](tmp_path)
+
+
+def _with(spec: str, opt: str) -> str:
+    return spec + ("&" if "?" in spec else "?") + opt
+
+
+def test_every_family_is_covered():
+    assert {"timm", "hsemotion", "ckpt", "mtcnn"} <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_declares_its_options(family):
+    fam = BACKBONES.get(family)
+    assert fam.options is not None, f"{family}: declare the options in register_backbone(..., options=)"
+    names = [o.name for o in fam.options]
+    assert "key" in names and len(names) == len(set(names))
+    for o in fam.options:
+        assert o.type in ("str", "int", "bool", "choice") and o.help, o
+        assert (o.type == "choice") == bool(o.choices), o
+        if o.default is not None and o.type != "str":
+            assert o.parse(str(o.default)) == o.default, o
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_rejects_unknown_and_bad_options_before_building(family, tmp_path, monkeypatch):
+    fam = BACKBONES.get(family)
+    spec = _tiny_spec(family, tmp_path)
+    monkeypatch.setitem(BACKBONES._items, family, dataclasses.replace(fam, factory=_never))
+    for bad in (_with(spec, "sizee=64"), _with(spec, "key=x&Key=y")):
+        with pytest.raises(AbawError, match=r"unknown options \[") as e:
+            create_backbone(bad)
+        assert all(n in str(e.value) for n in fam.option_names()), str(e.value)
+        with pytest.raises(AbawError, match="unknown options"):
+            parse_spec(bad)
+    for o in fam.options:
+        if o.type in ("int", "bool", "choice"):
+            with pytest.raises(AbawError, match=f"option {o.name}='@'"):
+                validate_spec(_with(spec, f"{o.name}=@"))
+
+
+def _never(*a, **k):
+    raise AssertionError("the factory ran for a spec that should have been refused")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_contract(family, tmp_path):
+    spec = _tiny_spec(family, tmp_path)
+    bb = create_backbone(spec)
+    assert isinstance(bb, Backbone) and bb.key == spec_key(bb.spec) and bb.dim > 0
+    x = torch.randint(0, 256, (3, 40, 40, 3), dtype=torch.uint8)
+    y = bb(x)
+    assert y.shape == (3, bb.dim) and y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert not bb.model.training and not any(p.requires_grad for p in bb.model.parameters())
+    fp = bb.fingerprint()
+    assert {"spec", "key", "dim", "preprocess", "weights_sha256", "source", "versions"} <= set(fp)
+    assert len(fp["weights_sha256"]) == 64 and fp["dim"] == bb.dim
+    assert same_features(fp, create_backbone(spec).fingerprint())  # reproducible
+    assert create_backbone(_with(spec, "key=mine")).key == "mine"
+
+
+def test_typo_is_refused_before_the_hub(monkeypatch):
+    """`sizee=64` without pretrained=0 used to retry the hub for ~50 s and blame the network."""
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", _never)
+    with pytest.raises(AbawError, match=r"unknown options \['sizee'\] .*known: .*pretrained, size"):
+        create_backbone("timm:resnet18?sizee=64")
+    with pytest.raises(AbawError, match="option size='abc': expected an integer"):
+        create_backbone("timm:resnet18?size=abc&pretrained=0")
+    with pytest.raises(AbawError, match="option pretrained='maybe'"):
+        create_backbone("timm:resnet18?pretrained=maybe")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -271,12 +272,38 @@ def test_a_video_with_no_rows_can_be_stored(tmp_path):
     assert fs.read_features("v", "k").shape == (0, 4) and len(load_features(fs, ["k"])) == 0
 
 
-def test_background_writer_gives_the_same_cache(frames_store, tiny_synth, tmp_path, monkeypatch):
+def test_background_writer_gives_the_same_cache(frames_store, tiny_synth, tmp_path):
     """The GPU path writes finished videos from a background thread; force it on CPU."""
-    import abaw.extract.runner as runner
-
-    monkeypatch.setattr(runner, "BACKGROUND_WRITES", True)
     s = extract([tiny_synth / "cropped_aligned"], tmp_path / "bg.zarr", [TINY], ExtractConfig(batch_size=32),
-                progress=False)
+                progress=False, background_writes=True)
     assert s.ok
     _assert_same_cache(frames_store, tmp_path / "bg.zarr")
+
+
+@pytest.mark.parametrize("spec, why", [("timm:resnet18?sizee=64&pretrained=0", r"unknown options \['sizee'\]"),
+                                       ("timm:resnet18?size=abc", "option size='abc'"),
+                                       ("nope:x", "unknown backbone family")])
+def test_a_bad_spec_creates_no_store(spec, why, tiny_synth, tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    store = tmp_path / "bad.zarr"
+    with pytest.raises(AbawError, match=why):
+        extract([tiny_synth / "cropped_aligned"], store, [TINY, spec], ExtractConfig(), progress=False)
+    assert not store.exists()
+    r = CliRunner().invoke(main, ["extract", str(tiny_synth / "cropped_aligned"), "-o", str(store), "-b", spec, "-q"])
+    assert r.exit_code != 0 and not store.exists()
+    assert re.search(why, r.output), r.output
+
+
+def test_an_unreachable_hub_creates_no_store(tiny_synth, tmp_path, monkeypatch):
+    import timm
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    store = tmp_path / "hub.zarr"
+    with pytest.raises(AbawError, match="could not get pretrained weights .*offline"):
+        extract([tiny_synth / "cropped_aligned"], store, ["timm:resnet18"], ExtractConfig(), progress=False)
+    assert not store.exists()

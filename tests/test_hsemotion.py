@@ -11,10 +11,10 @@ import pytest
 import timm
 import torch
 
-import abaw.extract.hsemotion as hs
+import abaw.extract.backbones.hsemotion as hs
 from abaw.errors import AbawError
 from abaw.extract.backbones import create_backbone
-from abaw.extract.hsemotion import git_blob_sha1, state_dict_from_model_pickle
+from abaw.extract.backbones.hsemotion import git_blob_sha1, state_dict_from_model_pickle
 
 
 @pytest.fixture(scope="module")

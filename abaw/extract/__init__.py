@@ -3,16 +3,20 @@
     from abaw.extract import extract, ExtractConfig
     summary = extract(["videos/"], "cache.zarr", ["timm:resnet50"], ExtractConfig())
 
-Modules: `backbones` (registry, specs, fingerprints), `hsemotion` (HSEmotion family),
-`video` (PyAV decoding), `faces` (MTCNN, person choice, alignment), `frames` (aligned
-frame folders), `preview` (contact sheets), `runner` (orchestration, resume, sharding).
+Modules: `backbones/` (base types, registry and declared options, one module per
+family: timm, hsemotion, ckpt, mtcnn), `video` (PyAV decoding), `faces` (MTCNN, person
+choice, alignment), `frames` (aligned frame folders), `preview` (contact sheets), and the
+run: `config` (ExtractConfig, ExtractSummary), `sources` (inputs, `--only` lists), `plan`
+(jobs, resume/conflicts, sharding), `context` (RunContext), `forward` (batched
+backbones), `sink` (the writer), `video_run` (decode -> detect -> align), `runner`
+(`extract`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"extract": "runner", "ExtractConfig": "runner", "ExtractSummary": "runner",
+_LAZY = {"extract": "runner", "ExtractConfig": "config", "ExtractSummary": "config",
          "create_backbone": "backbones", "Backbone": "backbones"}
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from abaw.data.face_render import TEMPLATE_112
 
 POLICIES = ("track", "largest", "left-right")
+FACTOR = 0.709  # MTCNN image pyramid scale step
 
 
 @dataclass
@@ -56,7 +57,7 @@ class FaceDetector:
     """
 
     def __init__(self, device: str | torch.device = "cpu", detect_size: int = 640, min_face: int = 20,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = FACTOR,
                  impl: str = "batched"):
         from facenet_pytorch import MTCNN
 

@@ -8,7 +8,6 @@ backbones: pretrained=, weights=, size=, norm=, interp=, channels=, trust_pickle
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,20 +15,8 @@ import torch
 from torch import nn
 
 from abaw.errors import AbawError
-from abaw.extract.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Preprocess,
-    _bool,
-    timm_weights_options,
-    file_sha256,
-    load_state_dict_file,
-    parse_spec,
-    preprocess_from_options,
-)
-
-TIMM_OPTIONS = {"pretrained", "weights", "size", "norm", "interp", "channels", "trust_pickle", "key"}
-HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_dist.")
+from abaw.extract.backbones import Preprocess, build_timm, parse_spec
+from abaw.extract.backbones.timm import create_timm, load_backbone_weights
 
 
 class TaskHead(nn.Module):
@@ -71,60 +58,6 @@ def is_vit_like(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed") and hasattr(model, "blocks")
 
 
-def _resample_pos_embed(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapt a ViT's absolute position embedding to the model's grid (other input size)."""
-    own = model.state_dict()
-    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
-        from timm.layers import resample_abs_pos_embed
-
-        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
-        sd = dict(sd)
-        sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(model.patch_embed.grid_size),
-                                                 num_prefix_tokens=prefix)
-    return sd
-
-
-def load_backbone_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: str, strict: bool) -> int:
-    """Load a state dict into a headless timm model; returns the number of ignored keys."""
-    sd = _resample_pos_embed(sd, model)
-    own = model.state_dict()
-    for k, v in sd.items():
-        if k in own and own[k].shape != v.shape:
-            raise AbawError(f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if strict and (missing or unexpected):
-        raise AbawError(f"{path}: weights do not match the model ({len(missing)} missing, e.g. {missing[:2]}; "
-                        f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")
-    missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
-    if missing:
-        raise AbawError(f"{path}: {len(missing)} backbone weights missing, e.g. {missing[:3]}")
-    return len(unexpected)
-
-
-def create_timm(name: str, kwargs: dict[str, Any], pretrained: bool, drop_path: float, spec: str) -> nn.Module:
-    import timm
-
-    if not timm.is_model(name):
-        raise AbawError(f"{spec}: timm has no model {name!r}")
-    kw = dict(kwargs)
-    if drop_path > 0:
-        kw["drop_path_rate"] = drop_path
-    try:
-        try:
-            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
-        except TypeError:
-            if "drop_path_rate" not in kw:
-                raise
-            kw.pop("drop_path_rate")  # a model without stochastic depth
-            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
-    except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-        if pretrained:
-            raise AbawError(
-                f"{spec}: could not get pretrained weights ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                "offline? use pretrained=0 for random init or weights=PATH") from None
-        raise
-
-
 def with_options(spec: str, **options: str | None) -> str:
     """`spec` with extra `?key=value` options (None values skipped); a clash is an error."""
     from urllib.parse import urlencode
@@ -149,40 +82,14 @@ def build_backbone(spec: str, drop_path: float = 0.0) -> BuiltBackbone:
         return _build_from_ckpt(name, opts, spec, drop_path)
     if family != "timm":
         raise AbawError(f"{spec}: fine-tuning starts from timm:<model> or ckpt:<dir>, not {family}:")
-    unknown = set(opts) - TIMM_OPTIONS
-    if unknown:
-        raise AbawError(f"{spec}: unknown options {sorted(unknown)} (known: {sorted(TIMM_OPTIONS)})")
-    import timm
-
-    weights, pretrained = timm_weights_options(name, opts, spec)
-    cfg = timm.get_pretrained_cfg(name)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    native = int(cfg.get("input_size", (3, 224, 224))[-1])
-    default = Preprocess(
-        input_size=native,
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-        std=tuple(cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
-        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
-    )
-    pre = preprocess_from_options(opts, default)
-    kwargs: dict[str, Any] = {}
-    if pre.input_size != native and cfg.get("fixed_input_size", False):
-        kwargs["img_size"] = pre.input_size  # e.g. a ViT at 112 px: position embedding resampled
-    model = create_timm(name, kwargs, pretrained, drop_path, spec)
-    source: dict[str, Any] = {"spec": spec, "pretrained": pretrained}
-    if weights:
-        sd = load_state_dict_file(weights, trust_pickle=_bool(opts, "trust_pickle", False))
-        ignored = load_backbone_weights(model, sd, weights, strict=False)
-        source.update(weights=os.path.abspath(weights), weights_file_sha256=file_sha256(weights),
-                      ignored_keys=ignored)
-    return BuiltBackbone(model, name, kwargs, pre, int(model.num_features), source)
+    built = build_timm(name, opts, spec, drop_path=drop_path, resize_model=True)
+    source: dict[str, Any] = {"spec": spec, "pretrained": built.pretrained, **built.weights_info}
+    return BuiltBackbone(built.model, name, built.kwargs, built.preprocess, built.dim, source)
 
 
 def _build_from_ckpt(path: str, opts: dict[str, str], spec: str, drop_path: float) -> BuiltBackbone:
-    from abaw.extract.ckpt import read_checkpoint
+    from abaw.extract.backbones.ckpt import read_checkpoint
 
-    if set(opts) - {"key"}:
-        raise AbawError(f"{spec}: a checkpoint carries its own preprocessing; options {sorted(opts)} not allowed")
     ck = read_checkpoint(path)
     model = create_timm(ck.timm_model, ck.model_kwargs, False, drop_path, spec)
     load_backbone_weights(model, ck.load_weights(), str(ck.weights_path), strict=True)

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from abaw.errors import AbawError
-from abaw.extract.backbones import Backbone, Preprocess, file_sha256, register_backbone, spec_key
+from abaw.extract.backbones.base import Backbone, Preprocess
+from abaw.extract.backbones.registry import Option, register_backbone, spec_key
+from abaw.fingerprint import file_sha256
 
 # MTCNN normalises pixels as (x - 127.5) / 128 on RGB [0, 255].
 _MEAN = (0.5, 0.5, 0.5)
@@ -71,19 +73,19 @@ def _weights_path(name: str) -> str:
     return path
 
 
-@register_backbone("mtcnn")
-def mtcnn_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
-    """MTCNN's RNet/ONet (facenet-pytorch's packaged weights) as a frozen extractor.
+MTCNN_OPTIONS = (
+    Option("layer", "choice", "dense", "features: the dense layer, the last conv map (onet: conv4, rnet: conv3) "
+           "or both", choices=("dense", "conv4", "conv3", "both")),
+)
 
-    Options: layer=dense (default) | conv4 (onet) | conv3 (rnet) | both; key=.
-    """
+
+@register_backbone("mtcnn", MTCNN_OPTIONS, example="mtcnn:rnet")
+def mtcnn_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
+    """MTCNN's RNet/ONet (facenet-pytorch's packaged weights) as a frozen extractor."""
     from facenet_pytorch.models.mtcnn import ONet, RNet
 
     if name not in NETS:
         raise AbawError(f"{spec}: unknown MTCNN network {name!r} (onet or rnet)")
-    unknown = set(opts) - {"layer", "key"}
-    if unknown:
-        raise AbawError(f"{spec}: unknown options {sorted(unknown)} (layer=, key=)")
     size, layers = NETS[name]
     layer = opts.get("layer", "dense")
     if layer not in layers:
