@@ -460,8 +460,8 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
     Example: abaw train-heads --cache cache.zarr --data data/synth --out runs/joint
     """
     from abaw.data.annotations import read_annotations
-    from abaw.pipeline.config import TrainConfig
-    from abaw.pipeline.train import train
+    from abaw.pipeline.train.config import TrainConfig
+    from abaw.pipeline.train.loop import train
 
     if data:
         train_ann = train_ann or str(Path(data) / "training_set_annotations.txt")
@@ -555,8 +555,8 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
     --tasks expr --tasks va --temporal none,transformer --set epochs=10 --jobs 2 --compose best-per-task
     """
     from abaw.data.annotations import read_annotations
-    from abaw.pipeline.search import SearchSettings, format_leaderboard, run_search
-    from abaw.pipeline.space import SearchSpace, load_space, space_from_dict
+    from abaw.pipeline.search.runner import SearchSettings, format_leaderboard, run_search
+    from abaw.pipeline.search.space import SearchSpace, load_space, space_from_dict
 
     tr, va = _split_paths(data, train_ann, val_ann)
     space = load_space(space_file) if space_file else SearchSpace()
@@ -617,7 +617,7 @@ def predict(runs: tuple[str, ...], composed: str | None, cache: str | None, test
       abaw predict --run runs/a --run runs/b --cache cache.zarr --test-list MTL.txt --out submission.txt
       abaw predict --video clip.mp4 --run runs/joint --out clip_affect/
     """
-    from abaw.pipeline.predict import load_system, predict_test_list, predict_videos
+    from abaw.pipeline.predict.system import load_system, predict_test_list, predict_videos
 
     if bool(test_list) == bool(videos):  # exactly one of the two modes
         raise click.UsageError("give --test-list (a submission) or --video (per-frame CSV + timeline)")
@@ -654,8 +654,8 @@ def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, titl
     Example: abaw report search/ runs/joint --out report/
     """
     from abaw.data.annotations import read_annotations
-    from abaw.pipeline.report import build_report
-    from abaw.pipeline.runeval import evaluations_from_paths
+    from abaw.pipeline.report.html import build_report
+    from abaw.pipeline.report.evaluate import evaluations_from_paths
 
     evals = evaluations_from_paths(list(paths), read_annotations(val_ann) if val_ann else None, top)
     page = build_report(evals, out, title)

@@ -6,7 +6,7 @@
 Builds a synthetic Zarr cache shaped like s-Aff-Wild2 (142,333 training frames in ~257
 videos plus a 26,876-frame validation split; 3 backbones x 768-d float16; ~3% of frame
 numbers missing; labels with the real invalid rates), then runs the real training loop
-(`abaw.pipeline.train.train`, transformer TCM, window 32, the TrainConfig defaults) for
+(`abaw.pipeline.train.loop.train`, transformer TCM, window 32, the TrainConfig defaults) for
 two epochs and prints:
 
 - epoch time (training pass; validation pass and post-processing separately),
@@ -40,8 +40,8 @@ import torch
 from abaw.cache.store import FeatureStore, FeatureTable, load_features
 from abaw.data.annotations import Annotations
 from abaw.data.synth import latent_track
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.train import train
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.loop import train
 
 
 def peak_rss_gb() -> float:

@@ -16,11 +16,11 @@ from abaw.data.annotations import read_annotations
 from abaw.errors import AbawError
 from abaw.heads.model import build_model
 from abaw.metrics import mtl_score
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import align_labels
-from abaw.pipeline.outputs import score_against
-from abaw.pipeline.run import load_checkpoint, load_run
-from abaw.pipeline.train import init_from_runs, train
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import align_labels
+from abaw.pipeline.train.postprocess import score_against
+from abaw.pipeline.train.run import load_checkpoint, load_run
+from abaw.pipeline.train.loop import init_from_runs, train
 
 from cache_util import cache_crops, one_thread, synthetic_split  # noqa: F401 (one_thread: autouse)
 

@@ -34,11 +34,11 @@ from abaw.errors import AbawError
 from abaw.heads.losses import MultiTaskLoss, inverse_frequency_weights, positive_weights
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json, write_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import Batcher, FrameSet, align_labels, feature_tensors, train_windows
-from abaw.pipeline.outputs import FrameOutputs, score_outputs
-from abaw.pipeline.postprocess import PostProcess, fit_postprocess
-from abaw.pipeline.run import (
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import Batcher, FrameSet, align_labels, feature_tensors, train_windows
+from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
+from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_summary
+from abaw.pipeline.train.run import (
     RUN_FILES,
     RUN_VERSION,
     Run,
@@ -111,7 +111,7 @@ def _prepare_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> 
         return "new"
     if not resume:
         raise AbawError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
-    from abaw.pipeline.run import read_config
+    from abaw.pipeline.train.run import read_config
 
     diff = _compare_configs(read_config(out), cfg)
     if diff:
@@ -200,10 +200,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _scores_dict(s) -> dict[str, Any]:
-    return {"total": s.total, "va": s.va, "valence": s.valence, "arousal": s.arousal, "expr": s.expr, "au": s.au}
 
 
 def _val_losses(outputs: FrameOutputs, labels, loss_fn: MultiTaskLoss) -> dict[str, float]:
@@ -365,7 +361,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             sc = score_outputs(_only(val_out, score_tasks), val_fs.labels)
             rec.update(_val_losses(val_out, val_fs.labels, loss_fn))
             rec["time"]["eval_s"] = time.perf_counter() - t0
-            rec["val"] = _scores_dict(sc)
+            rec["val"] = sc.summary()
             improved = sc.total > best["score"] + 1e-12
             rec["best"] = improved
             if improved:
@@ -491,9 +487,7 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     if cfg.au_thresholds or cfg.smoothing:
         pp, steps = fit_postprocess(val_out, val_fs.labels, cfg.au_thresholds, cfg.smoothing, cfg.smooth_windows)
     else:
-        from abaw.pipeline.postprocess import _scores
-
-        pp, steps = PostProcess(), [{"step": "raw", **_scores(val_out, val_fs.labels, None)}]
+        pp, steps = PostProcess(), [{"step": "raw", **score_summary(val_out, val_fs.labels)}]
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
     result = {"best_epoch": best["epoch"], "epochs_run": len(history), "stopped_early": stopped_early,

@@ -1,6 +1,6 @@
 """`abaw search`: train many head configurations from one cache and rank them.
 
-Each sampled config (a dict of `TrainConfig` overrides, see `abaw.pipeline.space`) gets a
+Each sampled config (a dict of `TrainConfig` overrides, see `abaw.pipeline.search.space`) gets a
 run folder `OUT/runs/<config id>/` (with `--folds K`: `OUT/runs/<id>/fold<k>/`), so a
 rerun skips finished configs and resumes unfinished ones. Results go to a leaderboard
 (`leaderboard.csv`, `leaderboard.json`, printed table, `leaderboard.png`) sorted by
@@ -28,8 +28,8 @@ from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.io import atomic_write, read_json, write_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.space import SearchSpace, config_id, sample_configs
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 
 COMPOSE_MODES = ("best-per-task",)
 
@@ -113,7 +113,7 @@ def _table(store: str, keys: tuple[str, ...], videos: tuple[str, ...]):
 
 def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[str, ...],
                videos: tuple[str, ...], train_ann: Annotations, val_ann: Annotations) -> dict[str, Any]:
-    from abaw.pipeline.train import train
+    from abaw.pipeline.train.loop import train
 
     cfg = from_dict(TrainConfig, cfg_dict)
     t0 = time.perf_counter()
@@ -147,8 +147,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     from tqdm.auto import tqdm
 
     from abaw.cache.store import FeatureStore
-    from abaw.pipeline.run import resolve_device
-    from abaw.pipeline.train import _available_keys, resolve_backbones
+    from abaw.pipeline.train.run import resolve_device
+    from abaw.pipeline.train.loop import _available_keys, resolve_backbones
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
@@ -262,7 +262,7 @@ def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
         f.write(buf.getvalue())
     ok = [r for r in rows if "val" in r]
     if ok:
-        from abaw.pipeline.plots import score_bars
+        from abaw.plots import score_bars
 
         score_bars(out / "leaderboard.png", {f"#{r['rank']} {r['config']}": r["val"] for r in ok[:8]})
 

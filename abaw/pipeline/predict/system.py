@@ -28,7 +28,7 @@ import numpy as np
 
 from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
-from abaw.pipeline.fill import fill_rows
+from abaw.pipeline.predict.fill import fill_rows
 
 POSTPROCESS_MODES = ("each", "refit", "none")
 
@@ -69,7 +69,7 @@ class System:
 def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.PathLike | None = None,
                 device: str = "cpu") -> System:
     """A system from run folders (every run serves the tasks it trained) or a composed.json."""
-    from abaw.pipeline.run import load_run
+    from abaw.pipeline.train.run import load_run
 
     if bool(run_dirs) == bool(composed):
         raise AbawError("give run folders (--run) or a composed system (--compose), not both or neither")
@@ -83,7 +83,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
 
     runs: dict[str, list[Any]] = {t: [] for t in TASKS}
     if composed:
-        from abaw.pipeline.search import read_composed
+        from abaw.pipeline.search.runner import read_composed
 
         for t, dirs in read_composed(composed).items():
             for d in dirs:
@@ -113,8 +113,8 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
 
     Returns (FrameOutputs with every task the system has, AU thresholds, info).
     """
-    from abaw.pipeline.outputs import FrameOutputs
-    from abaw.pipeline.postprocess import apply_postprocess, fit_postprocess_annotations
+    from abaw.pipeline.train.outputs import FrameOutputs
+    from abaw.pipeline.train.postprocess import apply_postprocess, fit_postprocess_annotations
 
     if postprocess not in POSTPROCESS_MODES:
         raise AbawError(f"postprocess must be one of {', '.join(POSTPROCESS_MODES)}")
@@ -314,7 +314,7 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
     """
     from abaw.cache.store import FeatureStore, load_features
     from abaw.extract.runner import ExtractConfig, discover, extract
-    from abaw.pipeline import plots
+    from abaw import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

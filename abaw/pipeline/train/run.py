@@ -30,10 +30,10 @@ from abaw.config import from_dict, to_dict
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import Batcher, FrameSet, eval_windows, frames_for_prediction
-from abaw.pipeline.outputs import FrameOutputs
-from abaw.pipeline.postprocess import PostProcess, apply_postprocess
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import Batcher, FrameSet, eval_windows, frames_for_prediction
+from abaw.pipeline.train.outputs import FrameOutputs
+from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
 
 RUN_VERSION = 1
 CKPT_FORMAT = "abaw-heads"

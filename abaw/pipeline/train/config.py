@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
-from abaw.pipeline.dataset import DEFAULT_MAX_GAP
-from abaw.pipeline.postprocess import DEFAULT_WINDOWS
+from abaw.pipeline.train.dataset import DEFAULT_MAX_GAP
+from abaw.pipeline.train.postprocess import DEFAULT_WINDOWS
 
 
 @dataclass(frozen=True)
