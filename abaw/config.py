@@ -12,6 +12,26 @@ from abaw.errors import AbawError
 T = TypeVar("T")
 
 
+RUNTIME = {"runtime": True}  # field metadata: where/how a run executes, not what it computes
+
+
+def runtime_field(default: Any) -> Any:
+    """A config field that is a runtime argument (device, threads ...): saved for the record,
+    ignored when a saved run is compared with a new config."""
+    return dataclasses.field(default=default, metadata=RUNTIME)
+
+
+def runtime_names(cls: Any) -> frozenset[str]:
+    """Names of the runtime fields of a config class or instance."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("runtime"))
+
+
+def recorded(cfg: Any) -> dict[str, Any]:
+    """The settings that define what a config computes (every field but the runtime ones)."""
+    skip = runtime_names(cfg)
+    return {k: v for k, v in to_dict(cfg).items() if k not in skip}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Dataclass → plain JSON-able dict (tuples become lists)."""
     return dataclasses.asdict(cfg)

@@ -6,7 +6,7 @@
     heads: va -> 2 (tanh), expr -> 8 logits, au -> 12 logits (only the enabled tasks)
 
 `ModelSpec` holds everything needed to rebuild the model (saved inside checkpoints).
-Model architectures are registered in `MODELS`; `multitask` is the one above.
+Model architectures are registered in `HEAD_MODELS`; `multitask` is the one above.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ class FeatureNorm(nn.Module):
 
 
 ModelFactory = Callable[[ModelSpec], nn.Module]
-MODELS: Registry[ModelFactory] = Registry("head model")
+HEAD_MODELS: Registry[ModelFactory] = Registry("head model")
 
 
-@MODELS.register("multitask")
+@HEAD_MODELS.register("multitask")
 class MultiTaskModel(nn.Module):
     """Projection + fusion + temporal module + linear task heads."""
 
@@ -111,4 +111,4 @@ class MultiTaskModel(nn.Module):
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate the registered architecture `spec.arch`."""
-    return MODELS.get(spec.arch)(spec)
+    return HEAD_MODELS.get(spec.arch)(spec)

@@ -65,10 +65,18 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     from abaw.data.testlist import read_test_list
     from abaw.extract.runner import ExtractConfig, extract
     from abaw.metrics import score_annotations
-    from abaw.pipeline.predict.system import load_system, predict_test_list, predict_videos
-    from abaw.pipeline.report.html import build_report
+    from abaw.pipeline.predict.system import (
+        load_system,
+        predict_test_list,
+        predict_videos,
+    )
     from abaw.pipeline.report.evaluate import evaluations_from_paths
-    from abaw.pipeline.search.runner import SearchSettings, format_leaderboard, run_search
+    from abaw.pipeline.report.html import build_report
+    from abaw.pipeline.search.runner import (
+        SearchSettings,
+        format_leaderboard,
+        run_search,
+    )
     from abaw.pipeline.search.space import space_from_dict
 
     out = Path(out)

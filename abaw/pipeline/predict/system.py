@@ -114,7 +114,10 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
     Returns (FrameOutputs with every task the system has, AU thresholds, info).
     """
     from abaw.pipeline.train.outputs import FrameOutputs
-    from abaw.pipeline.train.postprocess import apply_postprocess, fit_postprocess_annotations
+    from abaw.pipeline.train.postprocess import (
+        apply_postprocess,
+        fit_postprocess_annotations,
+    )
 
     if postprocess not in POSTPROCESS_MODES:
         raise AbawError(f"postprocess must be one of {', '.join(POSTPROCESS_MODES)}")
@@ -312,9 +315,9 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
 
     Returns one report per written video id (frames, frames with a face, paths).
     """
+    from abaw import plots
     from abaw.cache.store import FeatureStore, load_features
     from abaw.extract.runner import ExtractConfig, discover, extract
-    from abaw import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,8 @@ from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.io import atomic_write, read_json, write_json
-from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
+from abaw.pipeline.train.config import TrainConfig
 
 COMPOSE_MODES = ("best-per-task",)
 
@@ -147,8 +147,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     from tqdm.auto import tqdm
 
     from abaw.cache.store import FeatureStore
-    from abaw.pipeline.train.run import resolve_device
     from abaw.pipeline.train.loop import _available_keys, resolve_backbones
+    from abaw.pipeline.train.run import resolve_device
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")

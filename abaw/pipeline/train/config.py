@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from abaw.config import runtime_field
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
@@ -52,8 +53,8 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without a better validation P_MTL
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # CPU threads for torch during this run (0 = leave torch's setting)
+    device: str = runtime_field("auto")  # auto | cpu | cuda | cuda:N
+    threads: int = runtime_field(0)  # CPU threads for torch during this run (0 = leave torch's setting)
     init_from: tuple[str, ...] = ()  # run directories to initialise from (progressive learning)
     # post-processing (fitted on validation)
     au_thresholds: bool = True

@@ -22,7 +22,12 @@ import numpy as np
 from abaw.data.labels import N_AU
 from abaw.metrics import MTLScore, mtl_score
 from abaw.pipeline.train.dataset import Labels
-from abaw.pipeline.train.outputs import FrameOutputs, align_annotations, decide, score_outputs
+from abaw.pipeline.train.outputs import (
+    FrameOutputs,
+    align_annotations,
+    decide,
+    score_outputs,
+)
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41, 65, 101)
 THRESHOLD_GRID = tuple(float(x) for x in np.round(np.arange(0.05, 0.951, 0.05), 2))

@@ -26,39 +26,25 @@ import torch
 from torch import nn
 
 from abaw.cache.store import FeatureTable
-from abaw.config import from_dict, to_dict
+from abaw.config import from_dict, recorded, to_dict
+from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json
 from abaw.pipeline.train.config import TrainConfig
-from abaw.pipeline.train.dataset import Batcher, FrameSet, eval_windows, frames_for_prediction
+from abaw.pipeline.train.dataset import (
+    Batcher,
+    FrameSet,
+    eval_windows,
+    frames_for_prediction,
+)
 from abaw.pipeline.train.outputs import FrameOutputs
 from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
+from abaw.rundir import HEADS_RUN, config_diff, is_empty
+from abaw.runtime import autocast, resolve_device
 
 RUN_VERSION = 1
 CKPT_FORMAT = "abaw-heads"
-RUN_FILES = ("config.json", "data.json", "metrics.json", "best.pt", "last.pt", "val_outputs.npz",
-             "postprocess.json", "curves.png", "result.json")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise AbawError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AbawError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU (full fp32: reproducible)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, **meta: Any) -> None:
@@ -193,6 +179,25 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     return from_dict(TrainConfig, data["config"])
 
 
+def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
+    """'new', 'resume' or 'done' (and clear the run files when overwriting)."""
+    if is_empty(out):
+        return "new"
+    if not (out / HEADS_RUN.config).exists():
+        raise AbawError(f"{out}: exists and is not a run directory; choose another --out")
+    if overwrite:
+        HEADS_RUN.clear(out)
+        return "new"
+    if not resume:
+        raise AbawError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
+    diff = config_diff(recorded(read_config(out)), recorded(cfg))
+    if diff:
+        raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
+    if (out / "result.json").exists():
+        return "done"
+    return "resume" if (out / "last.pt").exists() else "new"
+
+
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Load a finished run (model on `device`, eval mode) with its post-processing."""
     path = Path(path)
@@ -211,52 +216,16 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     return Run(path=path, config=cfg, spec=spec, model=model, postprocess=pp,
                fingerprints=data.get("fingerprints", {}), history=hist, result=read_json(path / "result.json"),
                device=dev)
-
-
 def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None,
                 best_epoch: int | None = None) -> None:
     """Learning curves, per-task validation scores per epoch and the post-processing steps."""
-    import matplotlib
+    from abaw.plots import learning_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    ncols = 3 if steps else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
-    ax = axes[0]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    for t, style in (("va", ":"), ("expr", "--"), ("au", "-.")):
+    losses = {"train": [h["train_loss"] for h in history], "validation": [h["val_loss"] for h in history]}
+    for t in TASKS:
         if history and f"train_loss_{t}" in history[0]:
-            ax.plot(ep, [h[f"train_loss_{t}"] for h in history], style, alpha=0.6, label=f"train {t}")
-    ax.set(xlabel="epoch", ylabel="loss", title="losses")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for t in ("total", "va", "expr", "au"):
-        vals = [h["val"].get(t) for h in history]
-        if any(v is not None for v in vals):
-            ax.plot(ep, [np.nan if v is None else v for v in vals], "o-" if t == "total" else ".-",
-                    label="P_MTL" if t == "total" else f"P_{t.upper()}")
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", ls="--", lw=1)
-    ax.set(xlabel="epoch", ylabel="validation score", title="validation scores (raw)")
-    ax.legend(fontsize=7)
-    if steps:
-        ax = axes[2]
-        names = [s["step"] for s in steps]
-        x = np.arange(len(steps))
-        tasks = [t for t in ("va", "expr", "au") if any(s.get(t) is not None for s in steps)]
-        wdt = 0.8 / (len(tasks) + 1)
-        for j, t in enumerate(tasks + ["total"]):
-            vals = [s.get(t) or 0.0 for s in steps]
-            bars = ax.bar(x + (j - len(tasks) / 2) * wdt, vals, wdt, label="P_MTL" if t == "total" else t.upper())
-            if t == "total":
-                ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(x, names)
-        ax.set(ylabel="validation score", title="post-processing (fitted on validation)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+            losses[f"train {t}"] = [h[f"train_loss_{t}"] for h in history]
+    scores = {("P_MTL" if t == "total" else f"P_{t.upper()}"): [h["val"].get(t) for h in history]
+              for t in ("total",) + TASKS}
+    learning_curve(path, [h["epoch"] for h in history], losses, scores, best_epoch=best_epoch,
+                   score_label="validation score (raw)", steps=steps)
