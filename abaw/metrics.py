@@ -131,6 +131,10 @@ class MTLScore:
             d["au_per_au"] = dict(zip(AU_NAMES, self.au_per_au))
         return d
 
+    def format(self) -> str:
+        """The score as a table (what `abaw evaluate` prints)."""
+        return self.format_table()
+
     def format_table(self) -> str:
         """Human-readable per-task table with per-AU and per-class F1."""
 

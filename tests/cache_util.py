@@ -1,4 +1,5 @@
-"""Test helpers: fill a feature cache from synth crops (via the extraction runner) or with synthetic arrays."""
+"""Test helpers (fixtures live in conftest.py): fill a feature cache from synth crops (via the
+extraction runner) or with synthetic arrays."""
 
 from __future__ import annotations
 
@@ -6,20 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-import pytest
-
 from abaw.data.annotations import Annotations
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train much faster on one thread, above all when other jobs share the cores."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cache_crops(root: Path, store_path: Path, spec: str, batch: int = 64) -> str:

@@ -27,6 +27,18 @@ def _find_real_faces() -> Path:
 REAL_FACES = _find_real_faces()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: tiny models train much faster on one thread, above all
+    when other jobs share the cores (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """A tiny dataset without video files (fast): 4 train, 3 val, 3 test tracks."""

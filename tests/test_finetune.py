@@ -44,13 +44,7 @@ TRAIN = dict(epochs=3, batch_size=16, lr=3e-4, head_lr=1e-2, warmup_epochs=0.5, 
 MARGIN = {"va": 0.25, "expr": 0.1, "au": 0.04}  # measured gains: ~0.5, ~0.2, ~0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster (and steadier on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

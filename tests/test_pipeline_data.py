@@ -27,7 +27,7 @@ from abaw.pipeline.train.postprocess import (
     to_predictions,
 )
 
-from cache_util import one_thread  # noqa: F401 (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FP = {"spec": "x:y", "dim": 3, "preprocess": {}, "weights_sha256": "aa"}
 

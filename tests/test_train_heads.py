@@ -22,7 +22,9 @@ from abaw.pipeline.train.postprocess import score_against
 from abaw.pipeline.train.run import load_checkpoint, load_run
 from abaw.pipeline.train.loop import init_from_runs, train
 
-from cache_util import cache_crops, one_thread, synthetic_split  # noqa: F401 (one_thread: autouse)
+from cache_util import cache_crops, synthetic_split
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = "timm:test_efficientnet_gn?size=112&pretrained=0"
 SMALL = dict(d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256, smoothing=False, patience=100)

@@ -52,6 +52,7 @@ from abaw.pipeline.finetune.model import (
     is_vit_like,
     param_groups,
 )
+from abaw.pipeline.finetune.result import FinetuneResult
 from abaw.pipeline.finetune.tasks import Task, create_task
 from abaw.plots import learning_curve
 from abaw.rundir import FINETUNE_RUN, config_diff, is_empty, load_state, save_state
@@ -199,8 +200,8 @@ def _reraise_worker(e: AbawError) -> AbawError:
 
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None = None, workers: int = 4,
              progress: bool = True, overwrite: bool = False,
-             on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Fine-tune `cfg.backbone` on `cfg.task`; write the run folder `out`; return a summary.
+             on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+    """Fine-tune `cfg.backbone` on `cfg.task`; write the run folder `out`; return its result.
 
     Rerunning with the same config resumes the run (a finished run returns at once);
     `overwrite=True` starts again. `on_epoch_end(record)` is called after each epoch's
@@ -219,7 +220,7 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None 
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, workers: int, progress: bool,
-              overwrite: bool, on_epoch_end: Callable | None) -> dict[str, Any]:
+              overwrite: bool, on_epoch_end: Callable | None) -> FinetuneResult:
     from tqdm.auto import tqdm
 
     status = inspect_out(out, cfg, overwrite)
@@ -240,7 +241,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
             raise AbawError(f"{out}: {' and '.join(changed)} changed since this run started; "
                             "use --overwrite to start again or choose another --out")
         if state.get("done"):
-            return state["summary"]
+            return FinetuneResult.from_dict(state["summary"])
 
     task = create_task(cfg.task)
     train_ann, val_ann = read_annotations(cfg.train_ann), read_annotations(cfg.val_ann)
@@ -398,7 +399,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
             on_epoch_end(rec)
         if stopped_early:
             break
-    return _summary(out, info, history, best, untrained, stopped_early, True)
+    return FinetuneResult.from_dict(_summary(out, info, history, best, untrained, stopped_early, True))
 
 
 def _binned(x: np.ndarray, bins: int = 100) -> list[float]:

@@ -29,6 +29,7 @@ import numpy as np
 from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
 from abaw.pipeline.predict.fill import fill_rows
+from abaw.results import Result
 
 POSTPROCESS_MODES = ("each", "refit", "none")
 
@@ -64,6 +65,52 @@ class System:
 
     def describe(self) -> str:
         return "; ".join(f"{t.upper()}: {', '.join(str(r.path) for r in self.runs[t])}" for t in self.tasks)
+
+
+@dataclass(frozen=True)
+class SubmissionResult(Result):
+    """A written and validated submission: `report` holds the row and fill counts."""
+
+    out: str
+    test_list: str
+    system: str
+    report: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.report[key] if key in self.report else super().__getitem__(key)
+
+    def format(self) -> str:
+        r = self.report
+        return (f"system: {self.system}\n"
+                f"wrote {self.out}: {r['entries']} rows ({r['unique_frames']} frames: {r['predicted']} predicted, "
+                f"{r['filled_from_neighbours']} without a face filled from temporal neighbours, "
+                f"{r['filled_from_mean']} from the mean); validated against {self.test_list}")
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        missing = self.report.get("missing_tasks") or []
+        if not missing:
+            return ()
+        return (f"warning: no run predicts {', '.join(t.upper() for t in missing)}; those columns are placeholders",)
+
+
+@dataclass(frozen=True)
+class VideoPredictions(Result):
+    """Per-frame CSV + timeline PNG written for each person of each video."""
+
+    system: str
+    videos: tuple[dict[str, Any], ...]  # {"video", "frames", "faces", "csv", "png"}
+
+    def __iter__(self):
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def format(self) -> str:
+        return "\n".join([f"system: {self.system}"] + [
+            f"{r['video']}: {r['frames']} frames ({r['faces']} with a face) -> {r['csv']}, {r['png']}"
+            for r in self.videos])
 
 
 def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.PathLike | None = None,
@@ -220,8 +267,8 @@ def expand_to_entries(outputs, thresholds: np.ndarray, entries_video: list[str] 
 
 def predict_test_list(system: System, store: str | os.PathLike, test_list_path: str | os.PathLike,
                       out_file: str | os.PathLike, postprocess: str = "each", val_ann=None,
-                      allow_missing_videos: bool = False) -> dict[str, Any]:
-    """Write and validate the submission for a test list; return a report."""
+                      allow_missing_videos: bool = False) -> SubmissionResult:
+    """Write and validate the submission for a test list; return what was written."""
     from abaw.cache.store import load_features
     from abaw.data.submission import validate_submission, write_submission
     from abaw.data.testlist import read_entries
@@ -245,7 +292,7 @@ def predict_test_list(system: System, store: str | os.PathLike, test_list_path: 
     report.update(info)
     report["tasks"] = list(system.tasks)
     report["missing_tasks"] = [t for t in TASKS if t not in system.tasks]
-    return report
+    return SubmissionResult(out=str(out_file), test_list=str(test_list_path), system=system.describe(), report=report)
 
 
 # ------------------------------------------------------------------ any video -> per-frame CSV + timeline
@@ -310,7 +357,7 @@ def frame_table_csv(path: str | os.PathLike, frame: np.ndarray, timestamp: np.nd
 
 
 def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike, cache: str | os.PathLike | None = None,
-                   face: str = "auto", device: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
+                   face: str = "auto", device: str = "auto", progress: bool = True) -> VideoPredictions:
     """Extract what the runs need from each video, then write `<id>.csv` and `<id>.png` per person.
 
     Returns one report per written video id (frames, frames with a face, paths).
@@ -366,4 +413,4 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
                                      title=f"{vid}: {n_face}/{n} frames with a face")
             reports.append({"video": vid, "source": str(src.path), "frames": n, "faces": n_face,
                             "csv": str(csv_path), "png": None if png is None else str(png)})
-    return reports
+    return VideoPredictions(system=system.describe(), videos=tuple(reports))

@@ -30,6 +30,7 @@ from abaw.errors import AbawError
 from abaw.io import atomic_write, read_json, write_json
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
+from abaw.results import Result
 
 COMPOSE_MODES = ("best-per-task",)
 
@@ -121,7 +122,7 @@ def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[s
         run = train(cfg, _table(store, keys, videos), train_ann, val_ann, run_dir, resume=True, progress=False)
     except AbawError as e:
         return {"run": run_dir, "error": str(e)}
-    return {"run": run_dir, "result": run.result, "seconds": time.perf_counter() - t0}
+    return {"run": run_dir, "result": run.result.record(), "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------ the search
@@ -213,9 +214,37 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     for i, r in enumerate(rows, 1):
         r["rank"] = i if "val" in r else None
     _write_leaderboard(out, rows)
+    composed = None
     if settings.compose == "best-per-task":
-        write_json(out / "composed.json", compose_best_per_task(rows))
-    return rows
+        composed = compose_best_per_task(rows)
+        write_json(out / "composed.json", composed)
+    return SearchResult(out=str(out), rows=tuple(rows), composed=composed)
+
+
+@dataclass(frozen=True)
+class SearchResult(Result):
+    """The ranked configs of a search (`rows`, as in leaderboard.json) and the composed system."""
+
+    out: str
+    rows: tuple[dict[str, Any], ...]
+    composed: dict[str, Any] | None = None  # composed.json with --compose best-per-task
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if "error" in r]
+
+    def format(self) -> str:
+        lines = [format_leaderboard(list(self.rows)), f"leaderboard: {Path(self.out) / 'leaderboard.csv'}"]
+        if self.composed is not None:
+            c = self.composed
+            parts = ", ".join(f"{t.upper()} {v['score']:.4f} ({v['config']})" for t, v in c["tasks"].items())
+            lines.append(f"composed best-per-task: P {c['total']:.4f} = {parts}  -> {Path(self.out) / 'composed.json'}")
+        return "\n".join(lines)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        n = len(self.failed)
+        return (f"error: {n} configs failed (see the leaderboard)",) if n else ()
 
 
 def compose_best_per_task(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_
 from abaw.pipeline.train.run import (
     RUN_VERSION,
     Run,
+    TrainResult,
     autocast,
     load_checkpoint,
     load_run,
@@ -400,13 +401,13 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
         pp, steps = PostProcess(), [{"step": "raw", **score_summary(val_out, val_fs.labels)}]
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
-    result = {"best_epoch": best["epoch"], "epochs_run": len(history), "stopped_early": stopped_early,
-              "val_raw": steps[0], "val_final": steps[-1], "steps": steps,
-              "train_seconds_this_call": seconds, "device": str(device)}
-    write_json(out / "result.json", result)
+    data = read_json(out / "data.json")
+    result = TrainResult(path=str(out), best_epoch=best["epoch"], epochs_run=len(history),
+                         stopped_early=stopped_early, steps=tuple(steps), train_seconds_this_call=seconds,
+                         device=str(device), missing={s: data[s].get("missing") for s in ("train", "val")})
+    write_json(out / "result.json", result.record())
     (out / "last.pt").unlink(missing_ok=True)
     model.eval()
-    data = read_json(out / "data.json")
     return Run(path=out, config=cfg, spec=spec, model=model, postprocess=pp,
                fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device)
 

@@ -40,6 +40,7 @@ from abaw.pipeline.train.dataset import (
 )
 from abaw.pipeline.train.outputs import FrameOutputs
 from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
+from abaw.results import Result, fmt_score
 from abaw.rundir import HEADS_RUN, config_diff, is_empty
 from abaw.runtime import autocast, resolve_device
 
@@ -112,9 +113,66 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
                         frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
 
 
-@dataclass
+@dataclass(frozen=True)
+class TrainResult(Result):
+    """What `abaw train-heads` reports about a finished run (`result.json` + missing frames)."""
+
+    path: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    steps: tuple[dict[str, Any], ...]  # validation scores after each post-processing step
+    train_seconds_this_call: float = 0.0
+    device: str = "cpu"
+    missing: dict[str, Any] = field(default_factory=dict)  # split -> missing-frame report (or None)
+
+    @property
+    def val_raw(self) -> dict[str, Any]:
+        return self.steps[0]
+
+    @property
+    def val_final(self) -> dict[str, Any]:
+        return self.steps[-1]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key) if key in ("val_raw", "val_final") else super().__getitem__(key)
+
+    def record(self) -> dict[str, Any]:
+        """The `result.json` of the run folder."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+                "val_raw": self.val_raw, "val_final": self.val_final, "steps": list(self.steps),
+                "train_seconds_this_call": self.train_seconds_this_call, "device": self.device}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainResult:
+        """From a finished run folder's result.json and data.json."""
+        path = Path(path)
+        res = read_json(path / "result.json")
+        data = read_json(path / "data.json") if (path / "data.json").exists() else {}
+        return cls(path=str(path), best_epoch=int(res["best_epoch"]), epochs_run=int(res["epochs_run"]),
+                   stopped_early=bool(res.get("stopped_early", False)), steps=tuple(res["steps"]),
+                   train_seconds_this_call=float(res.get("train_seconds_this_call", 0.0)),
+                   device=str(res.get("device", "cpu")),
+                   missing={s: (data.get(s) or {}).get("missing") for s in ("train", "val")})
+
+    def format(self) -> str:
+        lines = []
+        for split, miss in self.missing.items():
+            if miss:
+                lines.append(f"skipped {miss['missing']} of {miss['labelled']} labelled {split} frames without a "
+                             f"cached feature (e.g. {', '.join(miss['examples'][:3])})")
+        lines.append(f"best epoch {self.best_epoch} of {self.epochs_run}; validation P_MTL by post-processing step:")
+        for s in self.steps:
+            extra = f"  windows {s['windows']}" if "windows" in s else ""
+            lines.append(f"  {s['step']:<14} P {s['total']:.4f}   VA {fmt_score(s['va'])}  EXPR {fmt_score(s['expr'])}  "
+                         f"AU {fmt_score(s['au'])}{extra}")
+        lines.append(f"run written to {self.path}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, eq=False)
 class Run:
-    """A finished training run loaded from its directory."""
+    """A finished training run loaded from its directory (`format()`/`to_dict()`: its result)."""
 
     path: Path
     config: TrainConfig
@@ -123,8 +181,14 @@ class Run:
     postprocess: PostProcess
     fingerprints: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: TrainResult | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def format(self) -> str:
+        return self.result.format()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.result.to_dict()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -214,7 +278,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     data = read_json(path / "data.json") if (path / "data.json").exists() else {}
     hist = read_json(path / "metrics.json").get("epochs", []) if (path / "metrics.json").exists() else []
     return Run(path=path, config=cfg, spec=spec, model=model, postprocess=pp,
-               fingerprints=data.get("fingerprints", {}), history=hist, result=read_json(path / "result.json"),
+               fingerprints=data.get("fingerprints", {}), history=hist, result=TrainResult.load(path),
                device=dev)
 def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None,
                 best_epoch: int | None = None) -> None:
