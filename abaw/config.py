@@ -53,6 +53,27 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def load_config(cls: type[T], path: Any) -> T:
+    """A config from a JSON file (the class's own `from_dict` when it has one, e.g. for old
+    layouts); a FormatError naming the file otherwise."""
+    import json
+
+    from abaw.errors import FormatError
+    from abaw.io import read_text
+
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"not JSON ({e.msg})", e.lineno) from None
+    if not isinstance(data, dict):
+        raise FormatError(path, f"expected a JSON object of {cls.__name__} settings")
+    convert = getattr(cls, "from_dict", None)
+    try:
+        return convert(data) if convert is not None else from_dict(cls, data)
+    except (TypeError, ValueError, AbawError) as e:
+        raise FormatError(path, str(e)) from None
+
+
 def _convert(tp: Any, value: Any) -> Any:
     if value is None:
         return None

@@ -30,9 +30,10 @@ from abaw.data.synth import SynthConfig, generate
 from abaw.pipeline.finetune.config import AugmentConfig
 from abaw.pipeline.finetune.data import EpochSampler, FaceImageDataset
 from abaw.pipeline.finetune.model import FinetuneModel, TaskHead, build_backbone, is_vit_like, param_groups
-from abaw.schedule import cosine_with_warmup
 from abaw.pipeline.finetune.tasks import create_task
-from abaw.pipeline.finetune.train import TrainStep, resolve_device
+from abaw.pipeline.finetune.train import TrainStep
+from abaw.runtime import resolve_device
+from abaw.schedule import cosine_with_warmup
 
 
 def model_throughput(args: argparse.Namespace, dev: torch.device) -> tuple[float, dict]:

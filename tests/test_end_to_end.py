@@ -24,6 +24,8 @@ from abaw.data.synth import SynthConfig, generate
 from abaw.data.testlist import read_test_list
 from abaw.metrics import mtl_score, score_annotations
 
+pytestmark = pytest.mark.slow  # minutes: deselect with -m "not slow" while iterating
+
 ONET = "mtcnn:onet"
 
 

@@ -78,7 +78,7 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
         gap = None if max_gap.lower() == "none" else int(max_gap)
     except ValueError:
         raise click.BadParameter(f"{max_gap!r}: a number of frames or 'none'", param_hint="--max-gap") from None
-    cfg = TrainConfig(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
+    cfg = TrainConfig.create(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
                       task_weights=parse_task_weights(task_weights), init_from=init_from, **opts)
     run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,
                 overwrite=overwrite, progress=not quiet)

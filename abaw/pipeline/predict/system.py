@@ -56,12 +56,12 @@ class System:
         return tuple(sorted({k for r in self.all_runs() for k in r.keys}))
 
     def fingerprints(self) -> dict[str, dict[str, Any]]:
-        fps: dict[str, dict[str, Any]] = {}
+        prints: dict[str, dict[str, Any]] = {}
         for r in self.all_runs():
             for k in r.keys:
                 if r.fingerprints.get(k):
-                    fps.setdefault(k, r.fingerprints[k])
-        return fps
+                    prints.setdefault(k, r.fingerprints[k])
+        return prints
 
     def describe(self) -> str:
         return "; ".join(f"{t.upper()}: {', '.join(str(r.path) for r in self.runs[t])}" for t in self.tasks)
@@ -376,14 +376,14 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
     if summary.failed:
         f = summary.failed[0]
         raise AbawError(f"{f['source']}: {f['error']}")
-    fs = FeatureStore(store, "r")
-    have = set(fs.videos())
+    fstore = FeatureStore(store, "r")
+    have = set(fstore.videos())
     reports = []
     for src in sources:
         stem = Path(src.path).stem
         ids = [v for v in (stem, f"{stem}_left", f"{stem}_right") if v in have]  # exact ids, never prefixes
         for vid in ids:
-            table = load_features(fs, system.keys(), videos=[vid])
+            table = load_features(fstore, system.keys(), videos=[vid])
             n_face = int(table.face.sum())
             n = len(table)
             va = expr = au = None

@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
     n = int(keep.sum())
     cfg = run.config
     info = {"run": str(run_dir), "tasks": ",".join(run.tasks), "backbones": ", ".join(run.keys),
-            "fusion": cfg.fusion, "temporal": cfg.temporal, "window": cfg.window, "lr": cfg.lr,
+            "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
             "best epoch": run.result.best_epoch, "post-processing": str(run.postprocess)}
     return RunEvaluation(
         name=name or Path(run_dir).name, videos=ann_video[keep], frame=ann.frame[keep],

@@ -12,7 +12,6 @@ task the config that scored best on it, the way the ABAW7 winner assembled its s
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from abaw.config import from_dict, to_dict
+from abaw.config import to_dict
 from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
@@ -59,14 +58,14 @@ def _normalise(key: str, value: Any) -> Any:
 
 def config_from_overrides(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """`base` with some fields replaced (names checked, lists turned into tuples)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(TrainConfig.flat_names())
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise AbawError(f"unknown training-config keys {unknown}; known: {', '.join(sorted(names))}")
-    merged = {**to_dict(base), **{k: _normalise(k, v) for k, v in overrides.items()}}
+    merged = {**base.flat(), **{k: _normalise(k, v) for k, v in overrides.items()}}
     if merged.get("tasks"):
         merged["tasks"] = [t for t in TASKS if t in merged["tasks"]] + [t for t in merged["tasks"] if t not in TASKS]
-    return from_dict(TrainConfig, merged).validate()
+    return TrainConfig.from_dict(merged).validate()
 
 
 def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
@@ -116,7 +115,7 @@ def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[s
                videos: tuple[str, ...], train_ann: Annotations, val_ann: Annotations) -> dict[str, Any]:
     from abaw.pipeline.train.loop import train
 
-    cfg = from_dict(TrainConfig, cfg_dict)
+    cfg = TrainConfig.from_dict(cfg_dict)
     t0 = time.perf_counter()
     try:
         run = train(cfg, _table(store, keys, videos), train_ann, val_ann, run_dir, resume=True, progress=False)
@@ -149,7 +148,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
 
     from abaw.cache.store import FeatureStore
     from abaw.pipeline.train.loop import _available_keys, resolve_backbones
-    from abaw.pipeline.train.run import resolve_device
+    from abaw.runtime import resolve_device
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
@@ -159,7 +158,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
                                                                                          settings.seed)]
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space),
                                      "base": to_dict(base), "configs": {i: o for i, o, _ in configs}})
-    fs = FeatureStore(store, "r")
+    fstore = FeatureStore(store, "r")
     # splits: the given train/val, or K folds by video over train + val
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
@@ -170,7 +169,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     else:
         splits = [(train_ann, val_ann)]
     videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
-    available = _available_keys(fs, list(videos))
+    available = _available_keys(fstore, list(videos))
     keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
     cpus = os.cpu_count() or 1

@@ -1,6 +1,6 @@
 """Joint training of fusion + temporal module + task heads from the feature cache.
 
-    run = train(TrainConfig(backbones=("my_key",), temporal="transformer"),
+    run = train(TrainConfig.create(backbones=("my_key",), temporal="transformer"),
                 "cache.zarr", read_annotations(train_txt), read_annotations(val_txt), "runs/r1")
 
 Features of the chosen backbones for the annotated videos are loaded into RAM once
@@ -89,14 +89,14 @@ def resolve_backbones(requested: tuple[str, ...], available: list[str] | tuple[s
     return tuple(out)
 
 
-def _available_keys(fs: FeatureStore, videos: list[str]) -> list[str]:
-    cached = [v for v in videos if fs.has_video(v)]
+def _available_keys(fstore: FeatureStore, videos: list[str]) -> list[str]:
+    cached = [v for v in videos if fstore.has_video(v)]
     if not cached:
-        raise AbawError(f"{fs.path}: none of the {len(videos)} annotated videos is in the cache "
+        raise AbawError(f"{fstore.path}: none of the {len(videos)} annotated videos is in the cache "
                         f"(e.g. {videos[:3]}); extract them first")
-    keys = set(fs.feature_keys(cached[0]))
+    keys = set(fstore.feature_keys(cached[0]))
     for v in cached[1:4]:
-        keys |= set(fs.feature_keys(v))
+        keys |= set(fstore.feature_keys(v))
     return sorted(keys)
 
 

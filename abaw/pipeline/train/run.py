@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from abaw.cache.store import FeatureTable
-from abaw.config import from_dict, recorded, to_dict
+from abaw.config import from_dict, to_dict
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
@@ -240,7 +240,10 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     data = read_json(p)
     if data.get("abaw_run") != RUN_VERSION:
         raise AbawError(f"{p}: not an abaw run config")
-    return from_dict(TrainConfig, data["config"])
+    try:
+        return TrainConfig.from_dict(data["config"])
+    except (AbawError, TypeError, KeyError) as e:
+        raise AbawError(f"{p}: cannot read the run config ({e})") from None
 
 
 def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
@@ -254,7 +257,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) 
         return "new"
     if not resume:
         raise AbawError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
-    diff = config_diff(recorded(read_config(out)), recorded(cfg))
+    diff = config_diff(read_config(out).recorded(), cfg.recorded())
     if diff:
         raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
     if (out / "result.json").exists():
