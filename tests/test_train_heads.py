@@ -19,9 +19,8 @@ from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.dataset import align_labels
 from abaw.pipeline.train.postprocess import score_against
 from abaw.pipeline.train.run import load_checkpoint, load_run
-from abaw.pipeline.train.loop import init_from_runs, train
-
-from cache_util import cache_crops, synthetic_split
+from abaw.pipeline.train.init import init_from_runs
+from abaw.pipeline.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +29,7 @@ SMALL = dict(d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256
 
 
 @pytest.fixture(scope="module")
-def temporal_data(tmp_path_factory):
+def temporal_data(tmp_path_factory, synthetic_split):
     """Features = a fixed linear view of smooth labels + heavy per-frame noise (two backbones)."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("cache") / "t.zarr"
@@ -136,7 +135,7 @@ def test_fusions_and_task_subsets(temporal_data, tmp_path, fusion):
     assert run.result["val_final"]["au"] is None and run.result["val_final"]["expr"] > 0
 
 
-def test_missing_features_error_or_skip(tmp_path):
+def test_missing_features_error_or_skip(tmp_path, synthetic_split):
     rng = np.random.default_rng(5)
     fs = FeatureStore(tmp_path / "m.zarr", "a")
     proj = rng.standard_normal((22, 8))
@@ -153,7 +152,7 @@ def test_missing_features_error_or_skip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synth_cache(tmp_path_factory):
+def synth_cache(tmp_path_factory, cache_crops):
     """A small `abaw synth` dataset and a cache of a random-init timm backbone's features."""
     from abaw.data.synth import SynthConfig, generate
 

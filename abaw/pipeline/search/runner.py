@@ -147,7 +147,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     from tqdm.auto import tqdm
 
     from abaw.cache.store import FeatureStore
-    from abaw.pipeline.train.loop import _available_keys, resolve_backbones
+    from abaw.pipeline.train.loop import available_keys, resolve_backbones
     from abaw.runtime import resolve_device
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
@@ -169,7 +169,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     else:
         splits = [(train_ann, val_ann)]
     videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
-    available = _available_keys(fstore, list(videos))
+    available = available_keys(fstore, list(videos))
     keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
     cpus = os.cpu_count() or 1

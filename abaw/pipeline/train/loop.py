@@ -89,7 +89,8 @@ def resolve_backbones(requested: tuple[str, ...], available: list[str] | tuple[s
     return tuple(out)
 
 
-def _available_keys(fstore: FeatureStore, videos: list[str]) -> list[str]:
+def available_keys(fstore: FeatureStore, videos: list[str]) -> list[str]:
+    """Feature keys found in the cache for `videos` (the first few cached ones; AbawError when none is)."""
     cached = [v for v in videos if fstore.has_video(v)]
     if not cached:
         raise AbawError(f"{fstore.path}: none of the {len(videos)} annotated videos is in the cache "
@@ -98,9 +99,6 @@ def _available_keys(fstore: FeatureStore, videos: list[str]) -> list[str]:
     for v in cached[1:4]:
         keys |= set(fstore.feature_keys(v))
     return sorted(keys)
-
-
-# ---------------------------------------------------------------------------- run directory
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -182,7 +180,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         available = list(table.keys)
     else:
         fstore = store if isinstance(store, FeatureStore) else FeatureStore(store, "r")
-        available = _available_keys(fstore, videos)
+        available = available_keys(fstore, videos)
     keys = resolve_backbones(cfg.backbones, available)
     cfg = replace(cfg, backbones=keys, init_from=tuple(str(p) for p in cfg.init_from))
     mode = prepare_run_dir(out, cfg, resume, overwrite)
@@ -412,4 +410,4 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
                fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device)
 
 
-__all__ = ["TrainConfig", "train", "resolve_backbones", "init_from_runs", "feature_stats"]
+__all__ = ["available_keys", "resolve_backbones", "train"]
