@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from abaw.data.annotations import Annotations
 from abaw.data.synth import SynthConfig, generate

@@ -17,10 +17,10 @@ from abaw.heads.model import build_model
 from abaw.metrics import mtl_score
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.dataset import align_labels
-from abaw.pipeline.train.postprocess import score_against
-from abaw.pipeline.train.run import load_checkpoint, load_run
 from abaw.pipeline.train.init import init_from_runs
 from abaw.pipeline.train.loop import train
+from abaw.pipeline.train.postprocess import score_against
+from abaw.pipeline.train.run import load_checkpoint, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
