@@ -12,6 +12,26 @@ from abaw.errors import AbawError
 T = TypeVar("T")
 
 
+RUNTIME = {"runtime": True}  # field metadata: where/how a run executes, not what it computes
+
+
+def runtime_field(default: Any) -> Any:
+    """A config field that is a runtime argument (device, threads ...): saved for the record,
+    ignored when a saved run is compared with a new config."""
+    return dataclasses.field(default=default, metadata=RUNTIME)
+
+
+def runtime_names(cls: Any) -> frozenset[str]:
+    """Names of the runtime fields of a config class or instance."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("runtime"))
+
+
+def recorded(cfg: Any) -> dict[str, Any]:
+    """The settings that define what a config computes (every field but the runtime ones)."""
+    skip = runtime_names(cfg)
+    return {k: v for k, v in to_dict(cfg).items() if k not in skip}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Dataclass → plain JSON-able dict (tuples become lists)."""
     return dataclasses.asdict(cfg)
@@ -31,6 +51,27 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise AbawError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
     kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def load_config(cls: type[T], path: Any) -> T:
+    """A config from a JSON file (the class's own `from_dict` when it has one, e.g. for old
+    layouts); a FormatError naming the file otherwise."""
+    import json
+
+    from abaw.errors import FormatError
+    from abaw.io import read_text
+
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"not JSON ({e.msg})", e.lineno) from None
+    if not isinstance(data, dict):
+        raise FormatError(path, f"expected a JSON object of {cls.__name__} settings")
+    convert = getattr(cls, "from_dict", None)
+    try:
+        return convert(data) if convert is not None else from_dict(cls, data)
+    except (TypeError, ValueError, AbawError) as e:
+        raise FormatError(path, str(e)) from None
 
 
 def _convert(tp: Any, value: Any) -> Any:

@@ -116,6 +116,11 @@ class MTLScore:
         """P_MTL over the scored tasks."""
         return float(sum(getattr(self, t) for t in self.tasks))
 
+    def summary(self) -> dict:
+        """The headline numbers (what run folders record per epoch and per post-processing step)."""
+        return {"total": self.total, "va": self.va, "valence": self.valence, "arousal": self.arousal,
+                "expr": self.expr, "au": self.au, "tasks": list(self.tasks)}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["total"] = self.total
@@ -125,6 +130,10 @@ class MTLScore:
         if self.au_per_au is not None:
             d["au_per_au"] = dict(zip(AU_NAMES, self.au_per_au))
         return d
+
+    def format(self) -> str:
+        """The score as a table (what `abaw evaluate` prints)."""
+        return self.format_table()
 
     def format_table(self) -> str:
         """Human-readable per-task table with per-AU and per-class F1."""

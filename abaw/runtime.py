@@ -91,6 +91,11 @@ class DistEnv:
         dist.all_gather_object(out, obj)
         return out
 
+    def mean(self, x: float) -> float:
+        """The mean of `x` over the ranks (`x` in one process)."""
+        values = self.gather(float(x))
+        return float(sum(values) / len(values))
+
     def teardown(self) -> None:
         if self.owns_group:
             import torch.distributed as dist

@@ -28,10 +28,12 @@ from torch.utils.data import DataLoader
 from abaw.data.annotations import read_annotations
 from abaw.data.synth import SynthConfig, generate
 from abaw.pipeline.finetune.config import AugmentConfig
-from abaw.pipeline.finetune.data import EpochSampler, FrameDataset
-from abaw.pipeline.finetune.model import FinetuneModel, TaskHead, build_backbone, cosine_with_warmup, is_vit_like, param_groups
+from abaw.pipeline.finetune.data import EpochSampler, FaceImageDataset
+from abaw.pipeline.finetune.model import FinetuneModel, TaskHead, build_backbone, is_vit_like, param_groups
 from abaw.pipeline.finetune.tasks import create_task
-from abaw.pipeline.finetune.train import TrainStep, resolve_device
+from abaw.pipeline.finetune.train import TrainStep
+from abaw.runtime import resolve_device
+from abaw.schedule import cosine_with_warmup
 
 
 def model_throughput(args: argparse.Namespace, dev: torch.device) -> tuple[float, dict]:
@@ -88,7 +90,7 @@ def data_throughput(args: argparse.Namespace, input_size: int, interpolation: st
         ann = read_annotations(Path(d) / "training_set_annotations.txt")
         rows = np.arange(len(ann))
         pre = Preprocess(input_size=input_size, interpolation=interpolation)
-        ds = FrameDataset(Path(d) / "cropped_aligned", ann, rows, ann.expr, pre, train=True,
+        ds = FaceImageDataset(Path(d) / "cropped_aligned", ann, rows, ann.expr, pre, train=True,
                           augment=AugmentConfig(), seed=0)
         sampler = EpochSampler(len(ds), samples=args.data_images)
         kw = dict(persistent_workers=False, prefetch_factor=4) if args.workers > 0 else {}

@@ -6,7 +6,7 @@
 Builds a synthetic Zarr cache shaped like s-Aff-Wild2 (142,333 training frames in ~257
 videos plus a 26,876-frame validation split; 3 backbones x 768-d float16; ~3% of frame
 numbers missing; labels with the real invalid rates), then runs the real training loop
-(`abaw.pipeline.train.train`, transformer TCM, window 32, the TrainConfig defaults) for
+(`abaw.pipeline.train.loop.train`, transformer TCM, window 32, the TrainConfig defaults) for
 two epochs and prints:
 
 - epoch time (training pass; validation pass and post-processing separately),
@@ -40,8 +40,9 @@ import torch
 from abaw.cache.store import FeatureStore, FeatureTable, load_features
 from abaw.data.annotations import Annotations
 from abaw.data.synth import latent_track
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.train import train
+from abaw.heads.model import ModelSpec
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.loop import train
 
 
 def peak_rss_gb() -> float:
@@ -156,8 +157,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs of the 1x run (the last one is reported)")
     ap.add_argument("--temporal", default="transformer")
     ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--d-model", type=int, default=TrainConfig.d_model)
-    ap.add_argument("--layers", type=int, default=TrainConfig.layers)
+    ap.add_argument("--d-model", type=int, default=ModelSpec.d_model)
+    ap.add_argument("--layers", type=int, default=ModelSpec.layers)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vit-frames", type=int, default=4)
     ap.add_argument("--vit-iters", type=int, default=2)
@@ -188,7 +189,7 @@ def main() -> None:
               f"built in {time.perf_counter() - t0:.1f} s; peak RSS so far {peak_rss_gb():.2f} GB")
         rss_before = peak_rss_gb()
 
-        cfg = TrainConfig(temporal=args.temporal, window=args.window, d_model=args.d_model, layers=args.layers,
+        cfg = TrainConfig.create(temporal=args.temporal, window=args.window, d_model=args.d_model, layers=args.layers,
                           epochs=args.epochs, patience=args.epochs + 1)
         t0 = time.perf_counter()
         run = train(cfg, store, tr, va, work / "run1", overwrite=True, progress=args.progress)
@@ -202,8 +203,8 @@ def main() -> None:
         per_frame_heads = tm["train_s"] / h["frames"]
         epoch_s = [x["time"]["train_s"] for x in run.history]
         post_s = total - data["load_s"] - sum(x["time"]["train_s"] + x["time"]["eval_s"] for x in run.history)
-        print(f"\nmodel: {cfg.fusion} fusion + {cfg.temporal} (d_model {cfg.d_model}, {cfg.layers} layers, "
-              f"{cfg.heads} heads), window {cfg.window}, {cfg.batch_frames} frames/batch, "
+        print(f"\nmodel: {cfg.model.fusion} fusion + {cfg.model.temporal} (d_model {cfg.model.d_model}, {cfg.model.layers} layers, "
+              f"{cfg.model.heads} heads), window {cfg.window}, {cfg.batch_frames} frames/batch, "
               f"{data['parameters'] / 1e6:.2f} M parameters")
         print(f"load features into RAM: {data['load_s']:.1f} s ({feat_gb:.2f} GiB float16, train+val)")
         print(f"epoch times (training pass): {', '.join(f'{s:.1f} s' for s in epoch_s)}  -> "

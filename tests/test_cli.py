@@ -105,3 +105,48 @@ def test_atomic_write_respects_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- the CLI cannot drift from the configs
+
+
+def _option_defaults(cmd, required: list[str]) -> dict:
+    """The values the command receives when only its required options are given."""
+    return dict(cmd.make_context(cmd.name, required).params)
+
+
+def test_train_heads_options_default_to_train_config(tmp_path):
+    from abaw.commands.options import parse_task_weights, parse_tasks
+    from abaw.commands.train import train_heads
+    from abaw.pipeline.train import TrainConfig
+
+    opts, cfg = _option_defaults(train_heads, ["--cache", str(tmp_path), "--out", str(tmp_path)]), TrainConfig()
+    convert = {"tasks": parse_tasks, "task_weights": parse_task_weights, "backbones": tuple, "init_from": tuple,
+               "max_gap": lambda v: None if v == "none" else int(v), "stride": lambda v: v}
+    flat = cfg.flat()
+    assert set(flat) - set(opts) == {"smooth_windows", "arch"}  # a new field needs an option (or a place here)
+    for name in sorted(set(flat) & set(opts)):
+        got = convert.get(name, lambda v: v)(opts[name])
+        want = flat[name] if not isinstance(flat[name], list) else tuple(flat[name])
+        assert got == want, f"--{name.replace('_', '-')}: {got!r} vs TrainConfig {want!r}"
+
+
+def test_finetune_options_default_to_finetune_config(tmp_path):
+    from dataclasses import fields
+
+    from abaw.commands.train import finetune
+    from abaw.pipeline.finetune.config import AugmentConfig, FinetuneConfig
+
+    ann = tmp_path / "a.txt"
+    ann.write_text("x")
+    opts = _option_defaults(finetune, ["--task", "va", "--backbone", "x", "--data", str(tmp_path), "--train-ann",
+                                       str(ann), "--val-ann", str(ann), "--out", str(tmp_path)])
+    cfg = FinetuneConfig(task="va", backbone="x", data="d", train_ann="t", val_ann="v")
+    for f in fields(FinetuneConfig):
+        if f.name in opts and f.name not in ("task", "backbone", "data", "train_ann", "val_ann", "augment"):
+            assert opts[f.name] == getattr(cfg, f.name), f.name
+    aug = AugmentConfig()
+    assert (opts["augment"], opts["flip"], opts["rotation"]) == (aug.enabled, aug.flip, aug.rotation)
+    assert (opts["crop_scale"], 1.0) == aug.crop_scale
+    assert opts["color_jitter"] == aug.brightness == aug.contrast == aug.saturation
+    assert {f.name for f in fields(FinetuneConfig)} <= set(opts)  # a new field needs an option

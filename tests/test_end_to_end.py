@@ -24,6 +24,8 @@ from abaw.data.synth import SynthConfig, generate
 from abaw.data.testlist import read_test_list
 from abaw.metrics import mtl_score, score_annotations
 
+pytestmark = pytest.mark.slow  # minutes: deselect with -m "not slow" while iterating
+
 ONET = "mtcnn:onet"
 
 
@@ -74,8 +76,8 @@ def test_extract_then_train_heads_is_clearly_above_chance(world, tmp_path):
         "--window", "16", "--batch-frames", "128", "--lr", "1e-3", "--quiet")
     final = json.loads((run / "result.json").read_text())["val_final"]
     # validation predictions of the run, shuffled, give the chance level of the same decisions
-    from abaw.pipeline.postprocess import to_predictions
-    from abaw.pipeline.run import load_run
+    from abaw.pipeline.train.postprocess import to_predictions
+    from abaw.pipeline.train.run import load_run
 
     r = load_run(run)
     pred = to_predictions(r.val_outputs(), r.postprocess)

@@ -6,9 +6,19 @@ import pytest
 import torch
 
 from abaw.errors import AbawError
-from abaw.heads import FUSIONS, TEMPORALS, ModelSpec, TemporalOptions, build_model, create_fusion, create_temporal
+from abaw.config import from_dict, to_dict
+from abaw.heads import (
+    FUSIONS,
+    HEAD_MODELS,
+    TEMPORALS,
+    ModelSpec,
+    TemporalOptions,
+    build_model,
+    create_fusion,
+    create_temporal,
+)
 
-from cache_util import one_thread  # noqa: F401 (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D = 16
 
@@ -18,9 +28,8 @@ def _inputs(b=3, w=7, k=2, seed=0):
     return [torch.randn(b, w, D, generator=g) for _ in range(k)]
 
 
-@pytest.mark.parametrize("name", ["sum", "concat", "attention"])
+@pytest.mark.parametrize("name", FUSIONS.names())
 def test_fusion_shapes(name):
-    assert name in FUSIONS.names()
     torch.manual_seed(0)
     f = create_fusion(name, 3, D).eval()
     xs = _inputs(k=3)
@@ -51,10 +60,9 @@ def _prefix_mask(lengths, w):
     return torch.arange(w)[None, :] < torch.tensor(lengths)[:, None]
 
 
-@pytest.mark.parametrize("name", ["none", "transformer", "tcn", "gru", "lstm"])
+@pytest.mark.parametrize("name", TEMPORALS.names())
 @pytest.mark.parametrize("causal", [False, True])
 def test_temporal_shapes_and_padding_is_ignored(name, causal):
-    assert name in TEMPORALS.names()
     torch.manual_seed(0)
     m = create_temporal(name, D, TemporalOptions(layers=2, heads=2, causal=causal, dropout=0.0)).eval()
     x = _inputs(b=3, w=9, k=1)[0]
@@ -71,7 +79,7 @@ def test_temporal_shapes_and_padding_is_ignored(name, causal):
     assert torch.allclose(y_alone[0], y[1, :5], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["transformer", "tcn", "gru", "lstm"])
+@pytest.mark.parametrize("name", [n for n in TEMPORALS.names() if n != "none"])
 def test_temporal_modules_use_context(name):
     torch.manual_seed(0)
     m = create_temporal(name, D, TemporalOptions(layers=2, heads=2, dropout=0.0)).eval()
@@ -83,7 +91,7 @@ def test_temporal_modules_use_context(name):
     assert d[5] > 1e-4 and d[7] > 1e-4  # neighbours on both sides see frame 6 (non-causal)
 
 
-@pytest.mark.parametrize("name", ["tcn", "transformer", "gru", "lstm"])
+@pytest.mark.parametrize("name", [n for n in TEMPORALS.names() if n != "none"])
 def test_causal_modules_do_not_look_ahead(name):
     torch.manual_seed(0)
     m = create_temporal(name, D, TemporalOptions(layers=3, heads=2, kernel=3, causal=True, dropout=0.0)).eval()
@@ -137,3 +145,40 @@ def test_model_outputs(tasks):
         assert out["va"].abs().max() <= 1.0
     with pytest.raises(ValueError, match="expected 2 feature tensors"):
         m(feats[:1], torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_registries_hold_the_documented_entries():
+    assert FUSIONS.names() == ["attention", "concat", "sum"]
+    assert TEMPORALS.names() == ["gru", "lstm", "none", "tcn", "transformer"]
+    assert HEAD_MODELS.names() == ["multitask"]
+
+
+@pytest.mark.parametrize("arch", HEAD_MODELS.names())
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("temporal", TEMPORALS.names())
+def test_head_model_contract(arch, fusion, temporal):
+    """Every head architecture x fusion x temporal module: forward shapes, padded frames do not
+    change real ones, backward reaches every parameter, and the spec rebuilds the same model."""
+    torch.manual_seed(0)
+    spec = ModelSpec(keys=("a", "b"), dims=(10, 6), fusion=fusion, temporal=temporal, d_model=D, heads=2,
+                     layers=1, dropout=0.0, arch=arch)
+    m = build_model(spec)
+    feats = [torch.randn(2, 6, 10), torch.randn(2, 6, 6)]
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    out = m(feats, mask)
+    assert {t: tuple(v.shape) for t, v in out.items()} == {"va": (2, 6, 2), "expr": (2, 6, 8), "au": (2, 6, 12)}
+    sum(v.float().sum() for v in out.values()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    m.eval()
+    ref = m(feats, mask)
+    noisy = [x.clone() for x in feats]
+    for x in noisy:
+        x[1, 4:] = 100 * torch.randn_like(x[1, 4:])
+    out2 = m(noisy, mask)
+    for t in ref:
+        assert torch.allclose(ref[t][mask], out2[t][mask], atol=1e-4), t
+    spec2 = from_dict(ModelSpec, to_dict(spec))  # the spec as saved in checkpoints
+    assert spec2 == spec
+    m2 = build_model(spec2).eval()
+    m2.load_state_dict(m.state_dict())
+    assert all(torch.equal(ref[t], m2(feats, mask)[t]) for t in ref)

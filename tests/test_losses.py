@@ -18,7 +18,7 @@ from abaw.heads.losses import (
 )
 from abaw.metrics import ccc
 
-from cache_util import one_thread  # noqa: F401 (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ccc_loss_equals_one_minus_metric():

@@ -8,7 +8,7 @@ import pytest
 from abaw.cache.store import FeatureStore, FeatureTable, load_features
 from abaw.data.annotations import Annotations
 from abaw.errors import AbawError
-from abaw.pipeline.dataset import (
+from abaw.pipeline.train.dataset import (
     Batcher,
     align_labels,
     eval_windows,
@@ -16,18 +16,18 @@ from abaw.pipeline.dataset import (
     split_segments,
     train_windows,
 )
-from abaw.pipeline.outputs import FrameOutputs, align_annotations, mean_outputs, score_against
-from abaw.pipeline.postprocess import (
+from abaw.pipeline.train.outputs import FrameOutputs, align_annotations, decide, mean_outputs
+from abaw.pipeline.train.postprocess import (
     PostProcess,
     apply_postprocess,
-    decide,
     fit_au_thresholds,
     fit_postprocess,
+    score_against,
     smooth_series,
     to_predictions,
 )
 
-from cache_util import one_thread  # noqa: F401 (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FP = {"spec": "x:y", "dim": 3, "preprocess": {}, "weights_sha256": "aa"}
 
@@ -161,7 +161,7 @@ def test_smoothing_stays_within_each_video_and_respects_gaps():
 def test_thresholds_and_postprocess_fit():
     out, rng = _outputs()
     n = len(out)
-    from abaw.pipeline.dataset import Labels
+    from abaw.pipeline.train.dataset import Labels
 
     # AU k is active when its probability exceeds 0.2 + 0.05 k (thresholds recoverable)
     thr_true = 0.2 + 0.05 * np.arange(12)
@@ -183,7 +183,7 @@ def test_thresholds_and_postprocess_fit():
 
 def test_smoothing_is_chosen_when_labels_are_smooth():
     out, rng = _outputs((200, 150), seed=1)
-    from abaw.pipeline.dataset import Labels
+    from abaw.pipeline.train.dataset import Labels
 
     n = len(out)
     clean = np.repeat(rng.uniform(-0.8, 0.8, (n // 25 + 1, 2)), 25, axis=0)[:n].astype(np.float32)
@@ -222,7 +222,7 @@ def test_alignment_with_a_real_store(tmp_path):
 
 
 def test_postprocess_fit_on_annotations_uses_unlabelled_neighbours():
-    from abaw.pipeline.postprocess import fit_postprocess_annotations
+    from abaw.pipeline.train.postprocess import fit_postprocess_annotations
 
     out, rng = _outputs((120, 90), seed=2)
     clean = np.zeros((len(out), 2), np.float32)

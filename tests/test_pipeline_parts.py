@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from abaw.errors import AbawError, FormatError
-from abaw.pipeline import plots
-from abaw.pipeline.fill import fill_rows, nearest_available
-from abaw.pipeline.report import RunEvaluation, build_report
-from abaw.pipeline.space import config_id, load_space, sample_configs, space_from_dict
+from abaw import plots
+from abaw.pipeline.predict.fill import fill_rows, nearest_available
+from abaw.pipeline.report.html import RunEvaluation, build_report
+from abaw.pipeline.search.space import config_id, load_space, sample_configs, space_from_dict
 
 
 def test_nearest_available_within_video_only():

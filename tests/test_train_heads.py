@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -16,20 +15,21 @@ from abaw.data.annotations import read_annotations
 from abaw.errors import AbawError
 from abaw.heads.model import build_model
 from abaw.metrics import mtl_score
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import align_labels
-from abaw.pipeline.outputs import score_against
-from abaw.pipeline.run import load_checkpoint, load_run
-from abaw.pipeline.train import init_from_runs, train
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import align_labels
+from abaw.pipeline.train.init import init_from_runs
+from abaw.pipeline.train.loop import train
+from abaw.pipeline.train.postprocess import score_against
+from abaw.pipeline.train.run import load_checkpoint, load_run
 
-from cache_util import cache_crops, one_thread, synthetic_split  # noqa: F401 (one_thread: autouse)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = "timm:test_efficientnet_gn?size=112&pretrained=0"
 SMALL = dict(d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256, smoothing=False, patience=100)
 
 
 @pytest.fixture(scope="module")
-def temporal_data(tmp_path_factory):
+def temporal_data(tmp_path_factory, synthetic_split):
     """Features = a fixed linear view of smooth labels + heavy per-frame noise (two backbones)."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("cache") / "t.zarr"
@@ -51,7 +51,7 @@ def test_temporal_modules_beat_no_temporal_context(temporal_data, tmp_path):
     _, tr, va, table = temporal_data
     scores = {}
     for temporal in ("none", "transformer", "tcn", "gru", "lstm"):
-        cfg = TrainConfig(backbones=("synth",), temporal=temporal, epochs=8, **SMALL)
+        cfg = TrainConfig.create(backbones=("synth",), temporal=temporal, epochs=8, **SMALL)
         run = train(cfg, table, tr, va, tmp_path / temporal, progress=False)
         scores[temporal] = run.result["val_final"]["total"]  # after AU thresholds, no smoothing
     for temporal in ("transformer", "tcn", "gru", "lstm"):
@@ -66,7 +66,7 @@ def _same_history(a, b):
 
 def test_same_seed_same_run_and_resume_after_interruption(temporal_data, tmp_path):
     path, tr, va, _ = temporal_data
-    cfg = TrainConfig(backbones=("synth",), temporal="transformer", epochs=3, **SMALL)
+    cfg = TrainConfig.create(backbones=("synth",), temporal="transformer", epochs=3, **SMALL)
     a = train(cfg, path, tr, va, tmp_path / "a", progress=False)
 
     def stop(rec):
@@ -98,10 +98,10 @@ def test_same_seed_same_run_and_resume_after_interruption(temporal_data, tmp_pat
 def test_init_from_single_task_runs(temporal_data, tmp_path):
     _, tr, va, table = temporal_data
     base = dict(backbones=("synth",), temporal="tcn", epochs=1, **SMALL)
-    au = train(TrainConfig(tasks=("au",), **base), table, tr, va, tmp_path / "au", progress=False)
-    v = train(TrainConfig(tasks=("va",), **{**base, "backbones": ("second", "synth")}), table, tr, va,
+    au = train(TrainConfig.create(tasks=("au",), **base), table, tr, va, tmp_path / "au", progress=False)
+    v = train(TrainConfig.create(tasks=("va",), **{**base, "backbones": ("second", "synth")}), table, tr, va,
               tmp_path / "va", progress=False)
-    joint_cfg = TrainConfig(**{**base, "backbones": ("synth", "second")})
+    joint_cfg = TrainConfig.create(**{**base, "backbones": ("synth", "second")})
     spec = joint_cfg.model_spec(("synth", "second"), (32, 24))
     model = build_model(spec)
     report = init_from_runs(model, spec, (str(au.path), str(v.path)))
@@ -125,7 +125,7 @@ def test_init_from_single_task_runs(temporal_data, tmp_path):
 @pytest.mark.parametrize("fusion", ["sum", "concat", "attention"])
 def test_fusions_and_task_subsets(temporal_data, tmp_path, fusion):
     _, tr, va, table = temporal_data
-    cfg = TrainConfig(backbones=("synth", "second"), fusion=fusion, temporal="none", tasks=("va", "expr"),
+    cfg = TrainConfig.create(backbones=("synth", "second"), fusion=fusion, temporal="none", tasks=("va", "expr"),
                       epochs=2, **SMALL)
     run = train(cfg, table, tr, va, tmp_path / fusion, progress=False)
     assert run.spec.keys == ("synth", "second") and run.tasks == ("va", "expr")
@@ -135,13 +135,13 @@ def test_fusions_and_task_subsets(temporal_data, tmp_path, fusion):
     assert run.result["val_final"]["au"] is None and run.result["val_final"]["expr"] > 0
 
 
-def test_missing_features_error_or_skip(tmp_path):
+def test_missing_features_error_or_skip(tmp_path, synthetic_split):
     rng = np.random.default_rng(5)
     fs = FeatureStore(tmp_path / "m.zarr", "a")
     proj = rng.standard_normal((22, 8))
     tr = synthetic_split(fs, "t", 3, 40, proj, 1.0, rng, drop=0.1)
     va = synthetic_split(fs, "v", 2, 40, proj, 1.0, rng)
-    cfg = TrainConfig(epochs=1, **SMALL)
+    cfg = TrainConfig.create(epochs=1, **SMALL)
     with pytest.raises(AbawError, match=r"labelled training frames have no cached feature .* without a face"):
         train(cfg, fs, tr, va, tmp_path / "r", progress=False)
     run = train(cfg.with_(allow_missing=True), fs, tr, va, tmp_path / "r2", progress=False)
@@ -151,18 +151,8 @@ def test_missing_features_error_or_skip(tmp_path):
         train(cfg.with_(backbones=("nope",)), fs, tr, va, tmp_path / "r3", progress=False)
 
 
-def test_cli_defaults_match_train_config():
-    cmd = main.commands["train-heads"]
-    defaults = {p.name: p.default for p in cmd.params if isinstance(p.default, (int, float, str))}
-    cfg = TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name in defaults and f.name not in ("tasks", "max_gap", "task_weights", "backbones", "init_from"):
-            assert defaults[f.name] == getattr(cfg, f.name), f.name
-    assert defaults["max_gap"] == str(cfg.max_gap) and defaults["task_weights"] == "1,1,1"
-
-
 @pytest.fixture(scope="module")
-def synth_cache(tmp_path_factory):
+def synth_cache(tmp_path_factory, cache_crops):
     """A small `abaw synth` dataset and a cache of a random-init timm backbone's features."""
     from abaw.data.synth import SynthConfig, generate
 
@@ -214,3 +204,33 @@ def test_cli_train_heads_on_synth_is_above_chance(synth_cache, tmp_path):
     assert r2.exit_code == 1 and "already holds a run" in r2.output
     r3 = CliRunner().invoke(main, args[:-1] + ["--overwrite", "--temporal", "rnn"])
     assert r3.exit_code == 1 and "unknown temporal module 'rnn'" in r3.output
+
+
+def test_old_flat_run_configs_still_load(tmp_path):
+    """Run folders written before TrainConfig nested the ModelSpec keep loading (and resuming)."""
+    from abaw.io import write_json
+    from abaw.pipeline.train import read_config
+
+    cfg = TrainConfig.create(temporal="tcn", d_model=64, tasks=("au",), epochs=3)
+    write_json(tmp_path / "config.json", {"abaw_run": 1, "config": cfg.flat()})  # the old layout
+    assert read_config(tmp_path) == cfg
+    write_json(tmp_path / "config.json", {"abaw_run": 1, "config": {**cfg.flat(), "colour": 1}})
+    with pytest.raises(AbawError, match="config.json: cannot read the run config.*colour"):
+        read_config(tmp_path)
+
+
+def test_configs_load_from_json_files(tmp_path):
+    from abaw.config import load_config, to_dict
+    from abaw.errors import FormatError
+    from abaw.io import write_json
+
+    cfg = TrainConfig.create(temporal="gru", lr=1e-3)
+    write_json(tmp_path / "nested.json", to_dict(cfg))
+    write_json(tmp_path / "flat.json", {"temporal": "gru", "lr": 1e-3})
+    assert load_config(TrainConfig, tmp_path / "nested.json") == cfg == load_config(TrainConfig, tmp_path / "flat.json")
+    (tmp_path / "bad.json").write_text('{"lr": 1e-3,\n oops}')
+    with pytest.raises(FormatError, match=r"bad.json:2: not JSON"):
+        load_config(TrainConfig, tmp_path / "bad.json")
+    write_json(tmp_path / "typo.json", {"lrr": 1})
+    with pytest.raises(FormatError, match=r"typo.json: TrainConfig: unknown config keys \['lrr'\]"):
+        load_config(TrainConfig, tmp_path / "typo.json")

@@ -22,7 +22,8 @@ from abaw.data.labels import N_AU, N_EXPR
 CCC_EPS = 1e-12  # same guard as abaw.metrics.ccc
 
 
-def _zero(x: torch.Tensor) -> torch.Tensor:
+def zero_loss(x: torch.Tensor) -> torch.Tensor:
+    """An exact 0 connected to `x`'s graph (DDP needs every parameter to get a gradient)."""
     return (x * 0.0).sum()
 
 
@@ -32,7 +33,7 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pred = pred.to(dtype).reshape(-1)
     target = target.to(dtype).reshape(-1)
     if pred.numel() == 0:
-        return _zero(pred)
+        return zero_loss(pred)
     mp, mt = pred.mean(), target.mean()
     vp = (pred - mp).square().mean()
     vt = (target - mt).square().mean()
@@ -47,7 +48,7 @@ def va_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> to
     p = pred.reshape(-1, 2)[v]
     t = target.reshape(-1, 2)[v]
     if p.shape[0] == 0:
-        return _zero(pred)
+        return zero_loss(pred)
     return 0.5 * (ccc_loss(p[:, 0], t[:, 0]) + ccc_loss(p[:, 1], t[:, 1]))
 
 
@@ -58,7 +59,7 @@ def expr_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     lg = logits.reshape(-1, N_EXPR)[v].float()
     t = target.reshape(-1)[v]
     if lg.shape[0] == 0:
-        return _zero(logits)
+        return zero_loss(logits)
     if class_weight is None:
         return F.cross_entropy(lg, t)
     w = class_weight[t]
@@ -73,7 +74,7 @@ def au_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     lg = logits.reshape(-1, N_AU)[v].float()
     t = target.reshape(-1, N_AU)[v].float()
     if lg.shape[0] == 0:
-        return _zero(logits)
+        return zero_loss(logits)
     return F.binary_cross_entropy_with_logits(lg, t, pos_weight=pos_weight)
 
 

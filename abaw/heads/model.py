@@ -6,7 +6,7 @@
     heads: va -> 2 (tanh), expr -> 8 logits, au -> 12 logits (only the enabled tasks)
 
 `ModelSpec` holds everything needed to rebuild the model (saved inside checkpoints).
-Model architectures are registered in `MODELS`; `multitask` is the one above.
+Model architectures are registered in `HEAD_MODELS`; `multitask` is the one above.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from abaw.data.labels import N_AU, N_EXPR, TASKS
-from abaw.heads.fusion import create_fusion
-from abaw.heads.temporal import TemporalOptions, create_temporal
+from abaw.errors import AbawError
+from abaw.heads.fusion import FUSIONS, create_fusion
+from abaw.heads.temporal import TEMPORALS, TemporalOptions, create_temporal
 from abaw.registry import Registry
 
 TASK_OUTPUTS = {"va": 2, "expr": N_EXPR, "au": N_AU}
@@ -29,8 +30,8 @@ TASK_OUTPUTS = {"va": 2, "expr": N_EXPR, "au": N_AU}
 class ModelSpec:
     """Architecture of a head model (enough to rebuild it from a state dict)."""
 
-    keys: tuple[str, ...]  # backbone keys, in input order
-    dims: tuple[int, ...]  # feature width of each backbone
+    keys: tuple[str, ...] = ()  # backbone keys, in input order (filled from the cache when training)
+    dims: tuple[int, ...] = ()  # feature width of each backbone
     tasks: tuple[str, ...] = TASKS
     fusion: str = "sum"
     temporal: str = "transformer"
@@ -42,6 +43,25 @@ class ModelSpec:
     causal: bool = False
     dropout: float = 0.1
     arch: str = "multitask"
+
+    def validate(self) -> ModelSpec:
+        """Raise AbawError on an inconsistent architecture; return self."""
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise AbawError(f"tasks must be a non-empty subset of {','.join(TASKS)}; got {self.tasks}")
+        FUSIONS.get(self.fusion)
+        TEMPORALS.get(self.temporal)
+        HEAD_MODELS.get(self.arch)
+        checks = [(self.d_model >= 2 and self.d_model % 2 == 0, "d_model must be even and >= 2"),
+                  (self.layers >= 1, "layers must be >= 1"), (self.heads >= 1, "heads must be >= 1"),
+                  (self.temporal != "transformer" or self.d_model % self.heads == 0,
+                   "d_model must be divisible by heads"),
+                  (self.kernel >= 1, "kernel must be >= 1"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+                  (len(self.keys) == len(self.dims), "one dim per backbone key")]
+        for ok, msg in checks:
+            if not ok:
+                raise AbawError(f"model: {msg}")
+        return self
 
     def temporal_options(self) -> TemporalOptions:
         return TemporalOptions(layers=self.layers, heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel,
@@ -66,10 +86,10 @@ class FeatureNorm(nn.Module):
 
 
 ModelFactory = Callable[[ModelSpec], nn.Module]
-MODELS: Registry[ModelFactory] = Registry("head model")
+HEAD_MODELS: Registry[ModelFactory] = Registry("head model")
 
 
-@MODELS.register("multitask")
+@HEAD_MODELS.register("multitask")
 class MultiTaskModel(nn.Module):
     """Projection + fusion + temporal module + linear task heads."""
 
@@ -111,4 +131,4 @@ class MultiTaskModel(nn.Module):
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate the registered architecture `spec.arch`."""
-    return MODELS.get(spec.arch)(spec)
+    return HEAD_MODELS.get(spec.arch)(spec)

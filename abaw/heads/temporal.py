@@ -12,7 +12,7 @@ hold. Registered names:
                  sees frames <= t).
 - `gru`, `lstm`: recurrent layers over packed sequences (bidirectional unless causal),
                  projected back to `d` with a residual connection. Masks must be a valid
-                 prefix followed by padding (the windows built by `abaw.pipeline.dataset`).
+                 prefix followed by padding (the windows built by `abaw.pipeline.train.dataset`).
 """
 
 from __future__ import annotations

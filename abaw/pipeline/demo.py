@@ -20,6 +20,7 @@ from abaw.config import to_dict
 from abaw.data.synth import SynthConfig
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
+from abaw.results import Result
 
 ONET = "mtcnn:onet"  # pretrained face network shipped with facenet-pytorch (no download)
 TINY_TIMM = "timm:test_efficientnet_gn?size=112&pretrained=0"  # a random-init timm net: shows fusion
@@ -51,25 +52,55 @@ class DemoConfig:
             backbone_sets=("mtcnn_onet",), budget=None, epochs=6)
 
 
+@dataclass(frozen=True)
+class DemoResult(Result):
+    """Every path the demo wrote, the composed system, the test score and the timings."""
+
+    out: str
+    data: str
+    cache: str
+    search: str
+    leaderboard: str
+    composed: dict[str, Any]
+    submission: str
+    test_score: dict[str, Any]
+    report: str
+    video: list[dict[str, Any]]
+    seconds: dict[str, float]
+    total_seconds: float
+
+    def format(self) -> str:
+        return (f"demo finished in {self.total_seconds:.0f} s: test P_MTL {self.test_score['total']:.4f}; "
+                f"submission {self.submission}; report {self.report}; all results in {self.out}")
+
+
 def _step(log: Callable[[str], None], i: int, n: int, what: str) -> float:
     log(f"\n[{i}/{n}] {what}")
     return time.perf_counter()
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the demo under `out`; return a summary with every path and score."""
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Run (or resume) the demo under `out`; return every path and score."""
     from abaw.data.annotations import read_annotations
     from abaw.data.submission import read_predictions, validate_submission
     from abaw.data.synth import generate, load_summary
     from abaw.data.testlist import read_test_list
     from abaw.extract.runner import ExtractConfig, extract
     from abaw.metrics import score_annotations
-    from abaw.pipeline.predict import load_system, predict_test_list, predict_videos
-    from abaw.pipeline.report import build_report
-    from abaw.pipeline.runeval import evaluations_from_paths
-    from abaw.pipeline.search import SearchSettings, format_leaderboard, run_search
-    from abaw.pipeline.space import space_from_dict
+    from abaw.pipeline.predict.system import (
+        load_system,
+        predict_test_list,
+        predict_videos,
+    )
+    from abaw.pipeline.report.evaluate import evaluations_from_paths
+    from abaw.pipeline.report.html import build_report
+    from abaw.pipeline.search.runner import (
+        SearchSettings,
+        format_leaderboard,
+        run_search,
+    )
+    from abaw.pipeline.search.space import space_from_dict
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,11 +136,11 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
         "grid": {"tasks": list(cfg.tasks), "temporal": list(cfg.temporal), "backbones": list(cfg.backbone_sets)}})
     tr = read_annotations(data / "training_set_annotations.txt")
     va = read_annotations(data / "validation_set_annotations.txt")
-    rows = run_search(space, cache, tr, va, search_dir,
-                      SearchSettings(budget=cfg.budget, seed=cfg.seed, jobs=cfg.jobs, compose="best-per-task"),
-                      progress=progress, log=lambda m: log("  " + m))
-    log(format_leaderboard(rows))
-    composed = read_json(search_dir / "composed.json")
+    found = run_search(space, cache, tr, va, search_dir,
+                       SearchSettings(budget=cfg.budget, seed=cfg.seed, jobs=cfg.jobs, compose="best-per-task"),
+                       progress=progress, log=lambda m: log("  " + m))
+    log(format_leaderboard(list(found.rows)))
+    composed = found.composed
     log(f"  composed best-per-task (validation): P {composed['total']:.4f} = "
         + " + ".join(f"{k.upper()} {v['score']:.4f}" for k, v in composed["tasks"].items()))
     times["search"] = time.perf_counter() - t
@@ -147,9 +178,10 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     total = time.perf_counter() - t_all
     result = {"out": str(out), "data": str(data), "cache": str(cache), "search": str(search_dir),
               "leaderboard": str(search_dir / "leaderboard.csv"), "composed": composed, "submission": str(sub),
-              "test_score": score.to_dict(), "report": str(page), "video": vids, "seconds": times,
+              "test_score": score.to_dict(), "report": str(page), "video": list(vids.videos), "seconds": times,
               "total_seconds": total}
-    write_json(out / "demo_result.json", result)
+    result = DemoResult(**result)
+    write_json(out / "demo_result.json", result.to_dict())
     log(f"  total {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())})")
     log(f"  test P_MTL {score.total:.4f}; submission {sub}; report {page}; all results in {out}")
     return result

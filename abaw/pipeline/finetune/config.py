@@ -60,11 +60,11 @@ class FinetuneConfig:
     channels_last: bool = True  # (CUDA only)
     seed: int = 0
 
-    def check(self) -> None:
+    def validate(self) -> None:
         """Raise AbawError on values that cannot work."""
-        from abaw.pipeline.finetune.tasks import TASKS
+        from abaw.pipeline.finetune.tasks import FINETUNE_TASKS
 
-        TASKS.get(self.task)
+        FINETUNE_TASKS.get(self.task)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
         for k, v in positive.items():
             if v < 1:

@@ -105,7 +105,7 @@ def normalize_uint8(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return (x - mean) / std
 
 
-class FrameDataset(Dataset):
+class FaceImageDataset(Dataset):
     """Annotated frames of one split. Index with `epoch * len(ds) + i` (see EpochSampler)."""
 
     def __init__(self, root: str | os.PathLike, ann: Annotations, rows: np.ndarray, targets: np.ndarray,

@@ -7,7 +7,6 @@ backbones: pretrained=, weights=, size=, norm=, interp=, channels=, trust_pickle
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,16 +123,3 @@ def param_groups(model: FinetuneModel, lr: float, head_lr: float, weight_decay: 
     out.append({"params": head_decay, "weight_decay": weight_decay, "lr": head_lr, "name": "head"})
     out.append({"params": head_plain, "weight_decay": 0.0, "lr": head_lr, "name": "head"})
     return [g for g in out if g["params"]]
-
-
-def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine down to min_ratio."""
-
-    def f(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        t = min(1.0, max(0.0, t))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f

@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from abaw.data.annotations import Annotations
-from abaw.data.labels import AU_INVALID, AU_NAMES, EXPR_INVALID, EXPR_NAMES, N_AU, N_EXPR, VA_INVALID
+from abaw.data.labels import (
+    AU_INVALID,
+    AU_NAMES,
+    EXPR_INVALID,
+    EXPR_NAMES,
+    N_AU,
+    N_EXPR,
+    VA_INVALID,
+)
+from abaw.heads.losses import va_loss, zero_loss
 from abaw.metrics import ccc, per_au_f1, per_class_f1
 from abaw.registry import Registry
 
@@ -56,23 +65,10 @@ class Task:
         return self
 
 
-TASKS: Registry[type[Task]] = Registry("fine-tuning task")
+FINETUNE_TASKS: Registry[type[Task]] = Registry("fine-tuning task")
 
 
-def _zero(out: torch.Tensor) -> torch.Tensor:
-    return out.sum() * 0.0  # keeps the graph (DDP needs every parameter to get a gradient)
-
-
-def ccc_loss(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """1 - mean over columns of the concordance correlation (population moments)."""
-    pm, tm = pred.mean(0), true.mean(0)
-    pv, tv = pred.var(0, unbiased=False), true.var(0, unbiased=False)
-    cov = ((pred - pm) * (true - tm)).mean(0)
-    c = 2 * cov / (pv + tv + (pm - tm) ** 2 + eps)
-    return 1.0 - c.mean()
-
-
-@TASKS.register("va")
+@FINETUNE_TASKS.register("va")
 class VATask(Task):
     name, out_dim, output, metric_name = "va", 2, "tanh", "P_VA (mean CCC)"
 
@@ -82,8 +78,8 @@ class VATask(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m = (y != VA_INVALID).all(1)
         if int(m.sum()) < 2:
-            return _zero(out)
-        return ccc_loss(torch.tanh(out[m]), y[m])
+            return zero_loss(out)
+        return va_loss(torch.tanh(out), y, m)
 
     def predict(self, out: np.ndarray) -> np.ndarray:
         return np.tanh(out)
@@ -95,7 +91,7 @@ class VATask(Task):
         return (v + a) / 2, {"valence": v, "arousal": a}
 
 
-@TASKS.register("expr")
+@FINETUNE_TASKS.register("expr")
 class ExprTask(Task):
     name, out_dim, output, metric_name = "expr", N_EXPR, "softmax", "P_EXPR (macro F1, 8 classes)"
 
@@ -122,7 +118,7 @@ class ExprTask(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m = y != EXPR_INVALID
         if not bool(m.any()):
-            return _zero(out)
+            return zero_loss(out)
         return F.cross_entropy(out[m], y[m], weight=self.weight, label_smoothing=self.smoothing)
 
     def predict(self, out: np.ndarray) -> np.ndarray:
@@ -134,7 +130,7 @@ class ExprTask(Task):
         return float(f1.mean()), dict(zip(EXPR_NAMES, map(float, f1)))
 
 
-@TASKS.register("au")
+@FINETUNE_TASKS.register("au")
 class AUTask(Task):
     name, out_dim, output, metric_name = "au", N_AU, "sigmoid", "P_AU (mean binary F1, 12 AUs)"
 
@@ -161,7 +157,7 @@ class AUTask(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m = y[:, 0] != AU_INVALID
         if not bool(m.any()):
-            return _zero(out)
+            return zero_loss(out)
         return F.binary_cross_entropy_with_logits(out[m], y[m], pos_weight=self.pos_weight)
 
     def predict(self, out: np.ndarray) -> np.ndarray:
@@ -174,4 +170,4 @@ class AUTask(Task):
 
 
 def create_task(name: str) -> Task:
-    return TASKS.get(name)()
+    return FINETUNE_TASKS.get(name)()

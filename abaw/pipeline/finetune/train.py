@@ -26,7 +26,6 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,104 +33,34 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from abaw.config import from_dict, to_dict
+from abaw.config import from_dict, recorded, to_dict
 from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
 from abaw.fingerprint import file_sha256
+from abaw.io import read_json, write_json
 from abaw.pipeline.finetune.config import FinetuneConfig
-from abaw.pipeline.finetune.data import EpochSampler, FrameDataset, check_images, normalize_uint8
+from abaw.pipeline.finetune.data import (
+    EpochSampler,
+    FaceImageDataset,
+    check_images,
+    normalize_uint8,
+)
 from abaw.pipeline.finetune.model import (
     FinetuneModel,
     TaskHead,
     build_backbone,
-    cosine_with_warmup,
     is_vit_like,
     param_groups,
 )
+from abaw.pipeline.finetune.result import FinetuneResult
 from abaw.pipeline.finetune.tasks import Task, create_task
-from abaw.io import atomic_write, read_json, write_json
+from abaw.plots import learning_curve
+from abaw.rundir import FINETUNE_RUN, config_diff, is_empty, load_state, save_state
+from abaw.runtime import DistEnv, autocast, resolve_device
+from abaw.schedule import cosine_with_warmup
 
-CONFIG_FILE = "finetune_config.json"
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
-CURVE_FILE = "learning_curve.png"
+CONFIG_FILE, STATE_FILE, HISTORY_FILE, CURVE_FILE = FINETUNE_RUN.files[:4]
 STATE_VERSION = 1
-RUN_FILES = (CONFIG_FILE, STATE_FILE, HISTORY_FILE, CURVE_FILE, "backbone.json", "backbone.safetensors",
-             "head.safetensors")
-
-
-# ------------------------------------------------------------------ processes and devices
-
-
-@dataclass
-class DistEnv:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
-
-    @staticmethod
-    def setup(device: torch.device) -> DistEnv:
-        import torch.distributed as dist
-
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return DistEnv()
-        env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            env.owns_group = True
-        return env
-
-    def barrier(self) -> None:
-        if self.ddp:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.ddp:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def mean(self, x: float) -> float:
-        if not self.ddp:
-            return x
-        return float(np.mean(self.gather(x)))
-
-    def teardown(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`None`: the local CUDA device (LOCAL_RANK under torchrun) if there is one, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AbawError("--device cuda: no CUDA device available")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    return dev
 
 
 # ------------------------------------------------------------------ the run folder
@@ -139,13 +68,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 def inspect_out(out: Path, cfg: FinetuneConfig, overwrite: bool) -> str:
     """'fresh' or 'resume' (read-only); raises if OUT holds something else."""
-    if out.exists() and not out.is_dir():
-        raise AbawError(f"{out}: exists and is not a folder; choose another --out")
-    if not out.exists() or not any(out.iterdir()):
+    if is_empty(out):
         return "fresh"
     cfg_path = out / CONFIG_FILE
     if not cfg_path.exists():
-        if out.is_dir() and not any(p.name in RUN_FILES for p in out.iterdir()):
+        if not FINETUNE_RUN.holds_run(out):
             raise AbawError(f"{out}: exists and is not a fine-tuning run folder; choose another --out")
         if not overwrite:
             raise AbawError(f"{out}: incomplete run folder without {CONFIG_FILE}; use --overwrite")
@@ -156,34 +83,12 @@ def inspect_out(out: Path, cfg: FinetuneConfig, overwrite: bool) -> str:
         saved = from_dict(FinetuneConfig, read_json(cfg_path))
     except (ValueError, TypeError, AbawError) as e:
         raise AbawError(f"{cfg_path}: unreadable run config ({e}); use --overwrite to start again") from None
-    if saved != cfg:
-        a, b = to_dict(saved), to_dict(cfg)
-        diff = [k for k in a if a[k] != b.get(k)]
-        raise AbawError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+    diff = config_diff(recorded(saved), recorded(cfg))
+    if diff:
+        keys = [d.split(":", 1)[0] for d in diff]
+        raise AbawError(f"{out} holds a run with other settings ({', '.join(keys)}); "
                         "use --overwrite to start again or choose another --out")
     return "resume" if (out / STATE_FILE).exists() else "fresh"
-
-
-def clear_run(out: Path) -> None:
-    for name in RUN_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise AbawError(f"{path}: cannot read the training state ({str(e).splitlines()[0][:160]}); "
-                        "use --overwrite to start again") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise AbawError(f"{path}: not an abaw fine-tuning state (version {STATE_VERSION})")
-    return state
 
 
 # ------------------------------------------------------------------ one training step
@@ -209,7 +114,7 @@ class TrainStep:
         return x
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        return autocast(self.device, "bf16" if self.amp else "fp32")
 
     def micro(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
         """One micro-batch; steps the optimiser when `sync`. Returns the (detached) loss."""
@@ -295,16 +200,19 @@ def _reraise_worker(e: AbawError) -> AbawError:
 
 def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None = None, workers: int = 4,
              progress: bool = True, overwrite: bool = False,
-             on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Fine-tune `cfg.backbone` on `cfg.task`; write the run folder `out`; return a summary.
+             on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+    """Fine-tune `cfg.backbone` on `cfg.task`; write the run folder `out`; return its result.
 
     Rerunning with the same config resumes the run (a finished run returns at once);
     `overwrite=True` starts again. `on_epoch_end(record)` is called after each epoch's
     files are written.
     """
-    cfg.check()
-    dev = resolve_device(device)
-    env = DistEnv.setup(dev)
+    cfg.validate()
+    dev = resolve_device(device or "auto")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    env = DistEnv.from_env()
+    env.init_group(dev)
     try:
         return _finetune(cfg, Path(out), dev, env, workers, progress, overwrite, on_epoch_end)
     finally:
@@ -312,17 +220,17 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None 
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, workers: int, progress: bool,
-              overwrite: bool, on_epoch_end: Callable | None) -> dict[str, Any]:
+              overwrite: bool, on_epoch_end: Callable | None) -> FinetuneResult:
     from tqdm.auto import tqdm
 
     status = inspect_out(out, cfg, overwrite)
     env.barrier()  # every process has looked before rank 0 changes anything
     if env.main and status == "fresh":
         out.mkdir(parents=True, exist_ok=True)
-        clear_run(out)
+        FINETUNE_RUN.clear(out)
         write_json(out / CONFIG_FILE, to_dict(cfg))
     env.barrier()
-    state = load_state(out / STATE_FILE) if status == "resume" else None
+    state = load_state(out / STATE_FILE, STATE_VERSION) if status == "resume" else None
     for f in (cfg.train_ann, cfg.val_ann):
         if not os.path.isfile(f):
             raise AbawError(f"{f}: no such file")
@@ -333,7 +241,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
             raise AbawError(f"{out}: {' and '.join(changed)} changed since this run started; "
                             "use --overwrite to start again or choose another --out")
         if state.get("done"):
-            return state["summary"]
+            return FinetuneResult.from_dict(state["summary"])
 
     task = create_task(cfg.task)
     train_ann, val_ann = read_annotations(cfg.train_ann), read_annotations(cfg.val_ann)
@@ -361,9 +269,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
         raw.to(memory_format=torch.channels_last)
     layer_decay = cfg.layer_decay if cfg.layer_decay is not None else (0.75 if is_vit_like(built.model) else 1.0)
 
-    train_ds = FrameDataset(cfg.data, train_ann, tr_rows, tr_targets, pre, train=True, augment=cfg.augment,
+    train_ds = FaceImageDataset(cfg.data, train_ann, tr_rows, tr_targets, pre, train=True, augment=cfg.augment,
                             seed=cfg.seed)
-    val_ds = FrameDataset(cfg.data, val_ann, va_rows, va_targets, pre, train=False)
+    val_ds = FaceImageDataset(cfg.data, val_ann, va_rows, va_targets, pre, train=False)
     tr_sampler = EpochSampler(len(train_ds), seed=cfg.seed, rank=env.rank, world=env.world,
                               samples=cfg.samples_per_epoch)
     va_sampler = EpochSampler(len(val_ds), shuffle=False, rank=env.rank, world=env.world, pad=False)
@@ -384,7 +292,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), **({"fused": True} if cuda else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, warmup, cfg.min_lr_ratio))
     model: torch.nn.Module = raw
-    if env.ddp:
+    if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[dev.index] if cuda else None,
@@ -480,13 +388,18 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
                 "model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad, "done": done, "summary": summary})
             write_json(out / HISTORY_FILE, summary)
-            plot_learning_curve(history, best, task.metric_name, out / CURVE_FILE)
+            learning_curve(out / CURVE_FILE, [h["epoch"] for h in history],
+                           {"training loss (epoch mean)": [h["train_loss"] for h in history]},
+                           {task.metric_name: [h["val_metric"] for h in history]},
+                           best_epoch=best["epoch"] or None, best_score=best["metric"] if best["epoch"] else None,
+                           score_label=f"{task.metric_name} (epoch 0 = untrained)",
+                           step_losses={h["epoch"]: h.get("step_loss") or [] for h in history})
         env.barrier()
         if on_epoch_end is not None:
             on_epoch_end(rec)
         if stopped_early:
             break
-    return _summary(out, info, history, best, untrained, stopped_early, True)
+    return FinetuneResult.from_dict(_summary(out, info, history, best, untrained, stopped_early, True))
 
 
 def _binned(x: np.ndarray, bins: int = 100) -> list[float]:
@@ -517,38 +430,3 @@ def _export(out: Path, raw: FinetuneModel, built: Any, task: Task, cfg: Finetune
                           "details": details},
                "trained_from": built.source, "config": CONFIG_FILE,
                "train_ann": cfg.train_ann, "val_ann": cfg.val_ann})
-
-
-def plot_learning_curve(history: list[dict[str, Any]], best: dict[str, Any], metric_name: str,
-                        path: Path) -> None:
-    """Train loss and validation metric per epoch (epoch 0 = untrained), best epoch marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for h in history:  # per-step losses, spread over (epoch - 1, epoch]
-        sl = h.get("step_loss") or []
-        if sl:
-            xs = h["epoch"] - 1 + (np.arange(len(sl)) + 1) / len(sl)
-            a1.plot(xs, sl, color="tab:blue", alpha=0.35, lw=1)
-    tr = [(h["epoch"], h["train_loss"]) for h in history if h["train_loss"] is not None]
-    if tr:
-        a1.plot(*zip(*tr), "o-", color="tab:blue", label="epoch mean")
-        a1.legend(loc="upper right")
-    a1.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    a2.plot(ep, [h["val_metric"] for h in history], "o-", color="tab:green")
-    if best["epoch"] > 0:
-        a2.axvline(best["epoch"], color="gray", ls="--", lw=1)
-        a2.annotate(f"best {best['metric']:.4f}", (best["epoch"], best["metric"]), textcoords="offset points",
-                    xytext=(5, -12))
-    a2.set(xlabel="epoch (0 = untrained)", ylabel=metric_name, title="validation")
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-        a.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -1,6 +1,6 @@
 """`abaw search`: train many head configurations from one cache and rank them.
 
-Each sampled config (a dict of `TrainConfig` overrides, see `abaw.pipeline.space`) gets a
+Each sampled config (a dict of `TrainConfig` overrides, see `abaw.pipeline.search.space`) gets a
 run folder `OUT/runs/<config id>/` (with `--folds K`: `OUT/runs/<id>/fold<k>/`), so a
 rerun skips finished configs and resumes unfinished ones. Results go to a leaderboard
 (`leaderboard.csv`, `leaderboard.json`, printed table, `leaderboard.png`) sorted by
@@ -12,7 +12,6 @@ task the config that scored best on it, the way the ABAW7 winner assembled its s
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -23,13 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from abaw.config import from_dict, to_dict
+from abaw.config import to_dict
 from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.io import atomic_write, read_json, write_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.space import SearchSpace, config_id, sample_configs
+from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
+from abaw.pipeline.train.config import TrainConfig
+from abaw.results import Result
 
 COMPOSE_MODES = ("best-per-task",)
 
@@ -58,14 +58,14 @@ def _normalise(key: str, value: Any) -> Any:
 
 def config_from_overrides(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """`base` with some fields replaced (names checked, lists turned into tuples)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(TrainConfig.flat_names())
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise AbawError(f"unknown training-config keys {unknown}; known: {', '.join(sorted(names))}")
-    merged = {**to_dict(base), **{k: _normalise(k, v) for k, v in overrides.items()}}
+    merged = {**base.flat(), **{k: _normalise(k, v) for k, v in overrides.items()}}
     if merged.get("tasks"):
         merged["tasks"] = [t for t in TASKS if t in merged["tasks"]] + [t for t in merged["tasks"] if t not in TASKS]
-    return from_dict(TrainConfig, merged).validate()
+    return TrainConfig.from_dict(merged).validate()
 
 
 def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
@@ -113,15 +113,15 @@ def _table(store: str, keys: tuple[str, ...], videos: tuple[str, ...]):
 
 def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[str, ...],
                videos: tuple[str, ...], train_ann: Annotations, val_ann: Annotations) -> dict[str, Any]:
-    from abaw.pipeline.train import train
+    from abaw.pipeline.train.loop import train
 
-    cfg = from_dict(TrainConfig, cfg_dict)
+    cfg = TrainConfig.from_dict(cfg_dict)
     t0 = time.perf_counter()
     try:
         run = train(cfg, _table(store, keys, videos), train_ann, val_ann, run_dir, resume=True, progress=False)
     except AbawError as e:
         return {"run": run_dir, "error": str(e)}
-    return {"run": run_dir, "result": run.result, "seconds": time.perf_counter() - t0}
+    return {"run": run_dir, "result": run.result.record(), "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------ the search
@@ -147,8 +147,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     from tqdm.auto import tqdm
 
     from abaw.cache.store import FeatureStore
-    from abaw.pipeline.run import resolve_device
-    from abaw.pipeline.train import _available_keys, resolve_backbones
+    from abaw.pipeline.train.loop import available_keys, resolve_backbones
+    from abaw.runtime import resolve_device
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
@@ -158,7 +158,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
                                                                                          settings.seed)]
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space),
                                      "base": to_dict(base), "configs": {i: o for i, o, _ in configs}})
-    fs = FeatureStore(store, "r")
+    fstore = FeatureStore(store, "r")
     # splits: the given train/val, or K folds by video over train + val
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
@@ -169,7 +169,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     else:
         splits = [(train_ann, val_ann)]
     videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
-    available = _available_keys(fs, list(videos))
+    available = available_keys(fstore, list(videos))
     keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
     cpus = os.cpu_count() or 1
@@ -213,9 +213,37 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     for i, r in enumerate(rows, 1):
         r["rank"] = i if "val" in r else None
     _write_leaderboard(out, rows)
+    composed = None
     if settings.compose == "best-per-task":
-        write_json(out / "composed.json", compose_best_per_task(rows))
-    return rows
+        composed = compose_best_per_task(rows)
+        write_json(out / "composed.json", composed)
+    return SearchResult(out=str(out), rows=tuple(rows), composed=composed)
+
+
+@dataclass(frozen=True)
+class SearchResult(Result):
+    """The ranked configs of a search (`rows`, as in leaderboard.json) and the composed system."""
+
+    out: str
+    rows: tuple[dict[str, Any], ...]
+    composed: dict[str, Any] | None = None  # composed.json with --compose best-per-task
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if "error" in r]
+
+    def format(self) -> str:
+        lines = [format_leaderboard(list(self.rows)), f"leaderboard: {Path(self.out) / 'leaderboard.csv'}"]
+        if self.composed is not None:
+            c = self.composed
+            parts = ", ".join(f"{t.upper()} {v['score']:.4f} ({v['config']})" for t, v in c["tasks"].items())
+            lines.append(f"composed best-per-task: P {c['total']:.4f} = {parts}  -> {Path(self.out) / 'composed.json'}")
+        return "\n".join(lines)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        n = len(self.failed)
+        return (f"error: {n} configs failed (see the leaderboard)",) if n else ()
 
 
 def compose_best_per_task(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -262,7 +290,7 @@ def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
         f.write(buf.getvalue())
     ok = [r for r in rows if "val" in r]
     if ok:
-        from abaw.pipeline.plots import score_bars
+        from abaw.plots import score_bars
 
         score_bars(out / "leaderboard.png", {f"#{r['rank']} {r['config']}": r["val"] for r in ok[:8]})
 

@@ -1,4 +1,5 @@
-"""Figures users look at: per-frame timelines, per-AU F1, confusion matrices, VA plots.
+"""Figures users look at: learning curves, per-frame timelines, per-AU F1, confusion matrices,
+VA plots.
 
 All functions write a PNG (matplotlib, Agg backend) atomically and return its path.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -33,6 +34,58 @@ def _save(fig, path: str | os.PathLike) -> Path:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
+
+
+def learning_curve(path: str | os.PathLike, epochs: Sequence[int], losses: dict[str, Sequence[float | None]],
+                   scores: dict[str, Sequence[float | None]], *, best_epoch: int | None = None,
+                   best_score: float | None = None, score_label: str = "validation score",
+                   step_losses: dict[int, Sequence[float]] | None = None,
+                   steps: list[dict[str, Any]] | None = None) -> Path:
+    """The learning curve of any trainer: losses per epoch (optionally per-step losses spread
+    over each epoch), validation scores per epoch with the best epoch marked, and optionally
+    the post-processing steps (`{"step", "total", "va", "expr", "au"}` records) as bars."""
+    plt = _plt()
+    ncols = 3 if steps else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
+    ax = axes[0]
+    for ep, sl in (step_losses or {}).items():
+        if len(sl):
+            ax.plot(ep - 1 + (np.arange(len(sl)) + 1) / len(sl), sl, color="tab:blue", alpha=0.35, lw=1)
+    for j, (name, vals) in enumerate(losses.items()):
+        pts = [(e, v) for e, v in zip(epochs, vals) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-" if j < 2 else ":", alpha=1.0 if j < 2 else 0.6, label=name)
+    ax.set(xlabel="epoch", ylabel="loss", title="losses")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for j, (name, vals) in enumerate(scores.items()):
+        if any(v is not None for v in vals):
+            ax.plot(epochs, [np.nan if v is None else v for v in vals], "o-" if j == 0 else ".-", label=name)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+        if best_score is not None:
+            ax.annotate(f"best {best_score:.4f}", (best_epoch, best_score), textcoords="offset points",
+                        xytext=(5, -12))
+    ax.set(xlabel="epoch", ylabel=score_label, title="validation")
+    ax.legend(fontsize=7)
+    if steps:
+        ax = axes[2]
+        x = np.arange(len(steps))
+        tasks = [t for t in ("va", "expr", "au") if any(s.get(t) is not None for s in steps)]
+        wdt = 0.8 / (len(tasks) + 1)
+        for j, t in enumerate(tasks + ["total"]):
+            bars = ax.bar(x + (j - len(tasks) / 2) * wdt, [s.get(t) or 0.0 for s in steps], wdt,
+                          label="P_MTL" if t == "total" else t.upper())
+            if t == "total":
+                ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(x, [s["step"] for s in steps])
+        ax.set(ylabel="validation score", title="post-processing (fitted on validation)")
+        ax.legend(fontsize=7)
+    for a in axes[:2]:
+        a.grid(alpha=0.3)
+        a.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray, expr_prob: np.ndarray,

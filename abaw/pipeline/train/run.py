@@ -27,38 +27,25 @@ from torch import nn
 
 from abaw.cache.store import FeatureTable
 from abaw.config import from_dict, to_dict
+from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import Batcher, FrameSet, eval_windows, frames_for_prediction
-from abaw.pipeline.outputs import FrameOutputs
-from abaw.pipeline.postprocess import PostProcess, apply_postprocess
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import (
+    Batcher,
+    FrameSet,
+    eval_windows,
+    frames_for_prediction,
+)
+from abaw.pipeline.train.outputs import FrameOutputs
+from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
+from abaw.results import Result, fmt_score
+from abaw.rundir import HEADS_RUN, config_diff, is_empty
+from abaw.runtime import autocast, resolve_device
 
 RUN_VERSION = 1
 CKPT_FORMAT = "abaw-heads"
-RUN_FILES = ("config.json", "data.json", "metrics.json", "best.pt", "last.pt", "val_outputs.npz",
-             "postprocess.json", "curves.png", "result.json")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise AbawError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AbawError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU (full fp32: reproducible)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, **meta: Any) -> None:
@@ -126,9 +113,66 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
                         frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
 
 
-@dataclass
+@dataclass(frozen=True)
+class TrainResult(Result):
+    """What `abaw train-heads` reports about a finished run (`result.json` + missing frames)."""
+
+    path: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    steps: tuple[dict[str, Any], ...]  # validation scores after each post-processing step
+    train_seconds_this_call: float = 0.0
+    device: str = "cpu"
+    missing: dict[str, Any] = field(default_factory=dict)  # split -> missing-frame report (or None)
+
+    @property
+    def val_raw(self) -> dict[str, Any]:
+        return self.steps[0]
+
+    @property
+    def val_final(self) -> dict[str, Any]:
+        return self.steps[-1]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key) if key in ("val_raw", "val_final") else super().__getitem__(key)
+
+    def record(self) -> dict[str, Any]:
+        """The `result.json` of the run folder."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+                "val_raw": self.val_raw, "val_final": self.val_final, "steps": list(self.steps),
+                "train_seconds_this_call": self.train_seconds_this_call, "device": self.device}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainResult:
+        """From a finished run folder's result.json and data.json."""
+        path = Path(path)
+        res = read_json(path / "result.json")
+        data = read_json(path / "data.json") if (path / "data.json").exists() else {}
+        return cls(path=str(path), best_epoch=int(res["best_epoch"]), epochs_run=int(res["epochs_run"]),
+                   stopped_early=bool(res.get("stopped_early", False)), steps=tuple(res["steps"]),
+                   train_seconds_this_call=float(res.get("train_seconds_this_call", 0.0)),
+                   device=str(res.get("device", "cpu")),
+                   missing={s: (data.get(s) or {}).get("missing") for s in ("train", "val")})
+
+    def format(self) -> str:
+        lines = []
+        for split, miss in self.missing.items():
+            if miss:
+                lines.append(f"skipped {miss['missing']} of {miss['labelled']} labelled {split} frames without a "
+                             f"cached feature (e.g. {', '.join(miss['examples'][:3])})")
+        lines.append(f"best epoch {self.best_epoch} of {self.epochs_run}; validation P_MTL by post-processing step:")
+        for s in self.steps:
+            extra = f"  windows {s['windows']}" if "windows" in s else ""
+            lines.append(f"  {s['step']:<14} P {s['total']:.4f}   VA {fmt_score(s['va'])}  EXPR {fmt_score(s['expr'])}  "
+                         f"AU {fmt_score(s['au'])}{extra}")
+        lines.append(f"run written to {self.path}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, eq=False)
 class Run:
-    """A finished training run loaded from its directory."""
+    """A finished training run loaded from its directory (`format()`/`to_dict()`: its result)."""
 
     path: Path
     config: TrainConfig
@@ -137,8 +181,14 @@ class Run:
     postprocess: PostProcess
     fingerprints: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: TrainResult | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def format(self) -> str:
+        return self.result.format()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.result.to_dict()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -190,7 +240,29 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     data = read_json(p)
     if data.get("abaw_run") != RUN_VERSION:
         raise AbawError(f"{p}: not an abaw run config")
-    return from_dict(TrainConfig, data["config"])
+    try:
+        return TrainConfig.from_dict(data["config"])
+    except (AbawError, TypeError, KeyError) as e:
+        raise AbawError(f"{p}: cannot read the run config ({e})") from None
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
+    """'new', 'resume' or 'done' (and clear the run files when overwriting)."""
+    if is_empty(out):
+        return "new"
+    if not (out / HEADS_RUN.config).exists():
+        raise AbawError(f"{out}: exists and is not a run directory; choose another --out")
+    if overwrite:
+        HEADS_RUN.clear(out)
+        return "new"
+    if not resume:
+        raise AbawError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
+    diff = config_diff(read_config(out).recorded(), cfg.recorded())
+    if diff:
+        raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
+    if (out / "result.json").exists():
+        return "done"
+    return "resume" if (out / "last.pt").exists() else "new"
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
@@ -209,54 +281,18 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     data = read_json(path / "data.json") if (path / "data.json").exists() else {}
     hist = read_json(path / "metrics.json").get("epochs", []) if (path / "metrics.json").exists() else []
     return Run(path=path, config=cfg, spec=spec, model=model, postprocess=pp,
-               fingerprints=data.get("fingerprints", {}), history=hist, result=read_json(path / "result.json"),
+               fingerprints=data.get("fingerprints", {}), history=hist, result=TrainResult.load(path),
                device=dev)
-
-
 def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None,
                 best_epoch: int | None = None) -> None:
     """Learning curves, per-task validation scores per epoch and the post-processing steps."""
-    import matplotlib
+    from abaw.plots import learning_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    ncols = 3 if steps else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
-    ax = axes[0]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    for t, style in (("va", ":"), ("expr", "--"), ("au", "-.")):
+    losses = {"train": [h["train_loss"] for h in history], "validation": [h["val_loss"] for h in history]}
+    for t in TASKS:
         if history and f"train_loss_{t}" in history[0]:
-            ax.plot(ep, [h[f"train_loss_{t}"] for h in history], style, alpha=0.6, label=f"train {t}")
-    ax.set(xlabel="epoch", ylabel="loss", title="losses")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for t in ("total", "va", "expr", "au"):
-        vals = [h["val"].get(t) for h in history]
-        if any(v is not None for v in vals):
-            ax.plot(ep, [np.nan if v is None else v for v in vals], "o-" if t == "total" else ".-",
-                    label="P_MTL" if t == "total" else f"P_{t.upper()}")
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", ls="--", lw=1)
-    ax.set(xlabel="epoch", ylabel="validation score", title="validation scores (raw)")
-    ax.legend(fontsize=7)
-    if steps:
-        ax = axes[2]
-        names = [s["step"] for s in steps]
-        x = np.arange(len(steps))
-        tasks = [t for t in ("va", "expr", "au") if any(s.get(t) is not None for s in steps)]
-        wdt = 0.8 / (len(tasks) + 1)
-        for j, t in enumerate(tasks + ["total"]):
-            vals = [s.get(t) or 0.0 for s in steps]
-            bars = ax.bar(x + (j - len(tasks) / 2) * wdt, vals, wdt, label="P_MTL" if t == "total" else t.upper())
-            if t == "total":
-                ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(x, names)
-        ax.set(ylabel="validation score", title="post-processing (fitted on validation)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+            losses[f"train {t}"] = [h[f"train_loss_{t}"] for h in history]
+    scores = {("P_MTL" if t == "total" else f"P_{t.upper()}"): [h["val"].get(t) for h in history]
+              for t in ("total",) + TASKS}
+    learning_curve(path, [h["epoch"] for h in history], losses, scores, best_epoch=best_epoch,
+                   score_label="validation score (raw)", steps=steps)

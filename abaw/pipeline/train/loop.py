@@ -1,6 +1,6 @@
 """Joint training of fusion + temporal module + task heads from the feature cache.
 
-    run = train(TrainConfig(backbones=("my_key",), temporal="transformer"),
+    run = train(TrainConfig.create(backbones=("my_key",), temporal="transformer"),
                 "cache.zarr", read_annotations(train_txt), read_annotations(val_txt), "runs/r1")
 
 Features of the chosen backbones for the annotated videos are loaded into RAM once
@@ -33,23 +33,33 @@ from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.losses import MultiTaskLoss, inverse_frequency_weights, positive_weights
 from abaw.heads.model import ModelSpec, build_model
-from abaw.io import atomic_write, read_json, write_json
-from abaw.pipeline.config import TrainConfig
-from abaw.pipeline.dataset import Batcher, FrameSet, align_labels, feature_tensors, train_windows
-from abaw.pipeline.outputs import FrameOutputs, score_outputs
-from abaw.pipeline.postprocess import PostProcess, fit_postprocess
-from abaw.pipeline.run import (
-    RUN_FILES,
+from abaw.io import read_json, write_json
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import (
+    Batcher,
+    FrameSet,
+    align_labels,
+    feature_tensors,
+    train_windows,
+)
+from abaw.pipeline.train.init import feature_stats, init_from_runs
+from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
+from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_summary
+from abaw.pipeline.train.run import (
     RUN_VERSION,
     Run,
+    TrainResult,
     autocast,
     load_checkpoint,
     load_run,
     plot_curves,
     predict_frameset,
+    prepare_run_dir,
     resolve_device,
     save_checkpoint,
 )
+from abaw.rundir import load_state, save_state
+from abaw.schedule import warmup_cosine
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -79,119 +89,19 @@ def resolve_backbones(requested: tuple[str, ...], available: list[str] | tuple[s
     return tuple(out)
 
 
-def _available_keys(fs: FeatureStore, videos: list[str]) -> list[str]:
-    cached = [v for v in videos if fs.has_video(v)]
+def available_keys(fstore: FeatureStore, videos: list[str]) -> list[str]:
+    """Feature keys found in the cache for `videos` (the first few cached ones; AbawError when none is)."""
+    cached = [v for v in videos if fstore.has_video(v)]
     if not cached:
-        raise AbawError(f"{fs.path}: none of the {len(videos)} annotated videos is in the cache "
+        raise AbawError(f"{fstore.path}: none of the {len(videos)} annotated videos is in the cache "
                         f"(e.g. {videos[:3]}); extract them first")
-    keys = set(fs.feature_keys(cached[0]))
+    keys = set(fstore.feature_keys(cached[0]))
     for v in cached[1:4]:
-        keys |= set(fs.feature_keys(v))
+        keys |= set(fstore.feature_keys(v))
     return sorted(keys)
 
 
-# ---------------------------------------------------------------------------- run directory
-
-
-def _compare_configs(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    a, b = to_dict(saved), to_dict(given)
-    runtime = ("device", "threads")  # where it runs, not what it computes
-    return [f"{k}: {a[k]!r} (run) vs {b[k]!r} (now)" for k in a if k not in runtime and a[k] != b[k]]
-
-
-def _prepare_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
-    """'new', 'resume' or 'done' (and clear the run files when overwriting)."""
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
-    if not (out / "config.json").exists():
-        raise AbawError(f"{out}: exists and is not a run directory; choose another --out")
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        return "new"
-    if not resume:
-        raise AbawError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
-    from abaw.pipeline.run import read_config
-
-    diff = _compare_configs(read_config(out), cfg)
-    if diff:
-        raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
-    if (out / "result.json").exists():
-        return "done"
-    return "resume" if (out / "last.pt").exists() else "new"
-
-
-# ---------------------------------------------------------------------------- init from runs
-
-
-def init_from_runs(model: nn.Module, spec: ModelSpec, runs: tuple[str, ...]) -> dict[str, Any]:
-    """Copy matching parameters from finished runs' best checkpoints (progressive learning).
-
-    Projections are matched by backbone key, task heads by task (only from runs that
-    trained that task), fusion/temporal parameters by name; shapes must agree. Runs are
-    used in the given order: the first run providing a parameter wins.
-    """
-    target = model.state_dict()
-    assigned: dict[str, str] = {}
-    report: dict[str, Any] = {"runs": [], "skipped_shape": []}
-    for rd in runs:
-        p = Path(rd)
-        if not (p / "result.json").exists():
-            raise AbawError(f"--init-from {rd}: not a finished run directory")
-        src, sd, _ = load_checkpoint(p / "best.pt")
-        key_map = {i: spec.keys.index(k) for i, k in enumerate(src.keys) if k in spec.keys}
-        n = 0
-        for name, t in sd.items():
-            parts = name.split(".")
-            if parts[0] == "proj":
-                i = int(parts[1])
-                if i not in key_map:
-                    continue
-                name = ".".join(["proj", str(key_map[i])] + parts[2:])
-            elif parts[0] == "heads" and parts[1] not in src.tasks:
-                continue
-            if name not in target or name in assigned:
-                continue
-            if target[name].shape != t.shape:
-                report["skipped_shape"].append(f"{rd}:{name}")
-                continue
-            target[name] = t
-            assigned[name] = str(rd)
-            n += 1
-        report["runs"].append({"run": str(rd), "tasks": list(src.tasks), "backbones": list(src.keys),
-                               "parameters": n})
-        if n == 0:
-            raise AbawError(f"--init-from {rd}: no parameter matches this model "
-                            "(different backbones, d_model or architecture?)")
-    model.load_state_dict(target)
-    report["fresh"] = sorted(k for k in target if k not in assigned)
-    report["loaded"] = len(assigned)
-    return report
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def feature_stats(feats: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std (float64 accumulation) of `feats[rows]`, in chunks."""
-    s = np.zeros(feats.shape[1])
-    s2 = np.zeros(feats.shape[1])
-    for i in range(0, len(rows), chunk):
-        x = feats[rows[i:i + chunk]].astype(np.float64)
-        s += x.sum(0)
-        s2 += np.square(x).sum(0)
-    n = max(len(rows), 1)
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
-    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
-
-
-def _lr_factor(t: float, epochs: int, warmup: float) -> float:
-    """Linear warm-up over `warmup` epochs, then cosine decay to 0 at `epochs` (t in epochs)."""
-    if warmup > 0 and t < warmup:
-        return t / warmup
-    span = max(epochs - warmup, 1e-9)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (t - warmup) / span)))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -200,10 +110,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _scores_dict(s) -> dict[str, Any]:
-    return {"total": s.total, "va": s.va, "valence": s.valence, "arousal": s.arousal, "expr": s.expr, "au": s.au}
 
 
 def _val_losses(outputs: FrameOutputs, labels, loss_fn: MultiTaskLoss) -> dict[str, float]:
@@ -274,10 +180,10 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         available = list(table.keys)
     else:
         fstore = store if isinstance(store, FeatureStore) else FeatureStore(store, "r")
-        available = _available_keys(fstore, videos)
+        available = available_keys(fstore, videos)
     keys = resolve_backbones(cfg.backbones, available)
     cfg = replace(cfg, backbones=keys, init_from=tuple(str(p) for p in cfg.init_from))
-    mode = _prepare_dir(out, cfg, resume, overwrite)
+    mode = prepare_run_dir(out, cfg, resume, overwrite)
     if mode == "done":
         return load_run(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +218,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
     if mode != "resume" and hasattr(model, "set_feature_stats"):
         model.set_feature_stats([feature_stats(table.feats[k], train_fs.rows) for k in keys])
     if mode == "resume":
-        st = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        st = load_state(out / "last.pt", hint="pass --overwrite to start again")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
@@ -365,7 +271,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             sc = score_outputs(_only(val_out, score_tasks), val_fs.labels)
             rec.update(_val_losses(val_out, val_fs.labels, loss_fn))
             rec["time"]["eval_s"] = time.perf_counter() - t0
-            rec["val"] = _scores_dict(sc)
+            rec["val"] = sc.summary()
             improved = sc.total > best["score"] + 1e-12
             rec["best"] = improved
             if improved:
@@ -380,8 +286,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
                   "bad_epochs": bad_epochs, "history_json": json.dumps(history)}
             if device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(device)
-            with atomic_write(out / "last.pt", "wb") as f:
-                torch.save(st, f)
+            save_state(out / "last.pt", st)
             write_json(out / "metrics.json", {"epochs": history, "best_epoch": best["epoch"]})
             if bar is not None:
                 bar.update(1)
@@ -445,7 +350,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
         inner = tqdm(total=nb, desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
     for b in range(nb):
         t0 = time.perf_counter()
-        lr = cfg.lr * _lr_factor(epoch + (b + 1) / nb, cfg.epochs, cfg.warmup_epochs)
+        lr = cfg.lr * warmup_cosine(epoch + (b + 1) / nb, cfg.epochs, cfg.warmup_epochs)
         for g in opt.param_groups:
             g["lr"] = lr
         pos = wins[b * bw:(b + 1) * bw]
@@ -491,20 +396,18 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     if cfg.au_thresholds or cfg.smoothing:
         pp, steps = fit_postprocess(val_out, val_fs.labels, cfg.au_thresholds, cfg.smoothing, cfg.smooth_windows)
     else:
-        from abaw.pipeline.postprocess import _scores
-
-        pp, steps = PostProcess(), [{"step": "raw", **_scores(val_out, val_fs.labels, None)}]
+        pp, steps = PostProcess(), [{"step": "raw", **score_summary(val_out, val_fs.labels)}]
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
-    result = {"best_epoch": best["epoch"], "epochs_run": len(history), "stopped_early": stopped_early,
-              "val_raw": steps[0], "val_final": steps[-1], "steps": steps,
-              "train_seconds_this_call": seconds, "device": str(device)}
-    write_json(out / "result.json", result)
+    data = read_json(out / "data.json")
+    result = TrainResult(path=str(out), best_epoch=best["epoch"], epochs_run=len(history),
+                         stopped_early=stopped_early, steps=tuple(steps), train_seconds_this_call=seconds,
+                         device=str(device), missing={s: data[s].get("missing") for s in ("train", "val")})
+    write_json(out / "result.json", result.record())
     (out / "last.pt").unlink(missing_ok=True)
     model.eval()
-    data = read_json(out / "data.json")
     return Run(path=out, config=cfg, spec=spec, model=model, postprocess=pp,
                fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device)
 
 
-__all__ = ["TrainConfig", "train", "resolve_backbones", "init_from_runs", "feature_stats"]
+__all__ = ["available_keys", "resolve_backbones", "train"]

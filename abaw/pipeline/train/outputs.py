@@ -3,7 +3,8 @@
 `FrameOutputs` is what a run produces for any set of frames: VA values in [-1, 1], the 8
 EXPR probabilities and the 12 AU probabilities (a task the run did not train is None).
 Several runs' outputs for the same frames average into an ensemble (`mean_outputs`).
-Decisions (EXPR class, AU 0/1) come from `abaw.pipeline.postprocess.decide`.
+Decisions (EXPR class, AU 0/1) come from `decide`; fitted post-processing and
+`score_against` live in `abaw.pipeline.train.postprocess`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS, image_name
+from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
 from abaw.metrics import MTLScore, mtl_score
-from abaw.pipeline.dataset import Labels
+from abaw.pipeline.train.dataset import Labels
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,13 +106,23 @@ def align_annotations(outputs: FrameOutputs, ann: Annotations) -> tuple[np.ndarr
     return order[pos], Labels.from_annotations(ann)
 
 
+def decide(outputs: FrameOutputs, au_thresholds=None
+           ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(VA values, EXPR class = argmax, AU 0/1 = probability >= threshold) per frame."""
+    va = None if outputs.va is None else np.clip(outputs.va, -1.0, 1.0)
+    expr = None if outputs.expr is None else outputs.expr.argmax(1).astype(np.int64)
+    au = None
+    if outputs.au is not None:
+        thr = np.full(N_AU, 0.5) if au_thresholds is None else np.asarray(au_thresholds, dtype=np.float64)
+        au = (outputs.au >= thr[None, :]).astype(np.int8)
+    return va, expr, au
+
+
 def score_outputs(outputs: FrameOutputs, labels: Labels, au_thresholds=None) -> MTLScore:
     """The MTL metric of outputs aligned row by row with `labels` (tasks the outputs have).
 
     EXPR: argmax class; AU: probability >= threshold (0.5, or one per AU).
     """
-    from abaw.pipeline.postprocess import decide
-
     if len(outputs) != len(labels):
         raise ValueError(f"score_outputs: {len(outputs)} outputs vs {len(labels)} labels")
     va, expr, au = decide(outputs, au_thresholds)
@@ -120,16 +131,3 @@ def score_outputs(outputs: FrameOutputs, labels: Labels, au_thresholds=None) -> 
         expr, labels.expr if expr is not None else None, labels.expr_valid,
         au, labels.au if au is not None else None, labels.au_valid,
     )
-
-
-def score_against(outputs: FrameOutputs, ann: Annotations, postprocess=None) -> MTLScore:
-    """Score outputs on every frame of `ann` (after `postprocess`'s smoothing and thresholds if given)."""
-    from abaw.pipeline.postprocess import apply_postprocess
-
-    thr = None
-    if postprocess is not None:
-        outputs = apply_postprocess(outputs, postprocess)
-        thr = postprocess.au_thresholds
-    rows, labels = align_annotations(outputs, ann)
-    return score_outputs(outputs.take(rows), labels, thr)
-

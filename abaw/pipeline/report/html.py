@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw import plots
 from abaw.data.labels import AU_NAMES, EXPR_NAMES
 from abaw.io import atomic_write, write_json
 from abaw.metrics import MTLScore, confusion_matrix, mtl_score
-from abaw.pipeline import plots
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,8 @@ import numpy as np
 
 from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
-from abaw.pipeline.fill import fill_rows
+from abaw.pipeline.predict.fill import fill_rows
+from abaw.results import Result
 
 POSTPROCESS_MODES = ("each", "refit", "none")
 
@@ -55,21 +56,67 @@ class System:
         return tuple(sorted({k for r in self.all_runs() for k in r.keys}))
 
     def fingerprints(self) -> dict[str, dict[str, Any]]:
-        fps: dict[str, dict[str, Any]] = {}
+        prints: dict[str, dict[str, Any]] = {}
         for r in self.all_runs():
             for k in r.keys:
                 if r.fingerprints.get(k):
-                    fps.setdefault(k, r.fingerprints[k])
-        return fps
+                    prints.setdefault(k, r.fingerprints[k])
+        return prints
 
     def describe(self) -> str:
         return "; ".join(f"{t.upper()}: {', '.join(str(r.path) for r in self.runs[t])}" for t in self.tasks)
 
 
+@dataclass(frozen=True)
+class SubmissionResult(Result):
+    """A written and validated submission: `report` holds the row and fill counts."""
+
+    out: str
+    test_list: str
+    system: str
+    report: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.report[key] if key in self.report else super().__getitem__(key)
+
+    def format(self) -> str:
+        r = self.report
+        return (f"system: {self.system}\n"
+                f"wrote {self.out}: {r['entries']} rows ({r['unique_frames']} frames: {r['predicted']} predicted, "
+                f"{r['filled_from_neighbours']} without a face filled from temporal neighbours, "
+                f"{r['filled_from_mean']} from the mean); validated against {self.test_list}")
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        missing = self.report.get("missing_tasks") or []
+        if not missing:
+            return ()
+        return (f"warning: no run predicts {', '.join(t.upper() for t in missing)}; those columns are placeholders",)
+
+
+@dataclass(frozen=True)
+class VideoPredictions(Result):
+    """Per-frame CSV + timeline PNG written for each person of each video."""
+
+    system: str
+    videos: tuple[dict[str, Any], ...]  # {"video", "frames", "faces", "csv", "png"}
+
+    def __iter__(self):
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def format(self) -> str:
+        return "\n".join([f"system: {self.system}"] + [
+            f"{r['video']}: {r['frames']} frames ({r['faces']} with a face) -> {r['csv']}, {r['png']}"
+            for r in self.videos])
+
+
 def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.PathLike | None = None,
                 device: str = "cpu") -> System:
     """A system from run folders (every run serves the tasks it trained) or a composed.json."""
-    from abaw.pipeline.run import load_run
+    from abaw.pipeline.train.run import load_run
 
     if bool(run_dirs) == bool(composed):
         raise AbawError("give run folders (--run) or a composed system (--compose), not both or neither")
@@ -83,7 +130,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
 
     runs: dict[str, list[Any]] = {t: [] for t in TASKS}
     if composed:
-        from abaw.pipeline.search import read_composed
+        from abaw.pipeline.search.runner import read_composed
 
         for t, dirs in read_composed(composed).items():
             for d in dirs:
@@ -113,8 +160,11 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
 
     Returns (FrameOutputs with every task the system has, AU thresholds, info).
     """
-    from abaw.pipeline.outputs import FrameOutputs
-    from abaw.pipeline.postprocess import apply_postprocess, fit_postprocess_annotations
+    from abaw.pipeline.train.outputs import FrameOutputs
+    from abaw.pipeline.train.postprocess import (
+        apply_postprocess,
+        fit_postprocess_annotations,
+    )
 
     if postprocess not in POSTPROCESS_MODES:
         raise AbawError(f"postprocess must be one of {', '.join(POSTPROCESS_MODES)}")
@@ -217,8 +267,8 @@ def expand_to_entries(outputs, thresholds: np.ndarray, entries_video: list[str] 
 
 def predict_test_list(system: System, store: str | os.PathLike, test_list_path: str | os.PathLike,
                       out_file: str | os.PathLike, postprocess: str = "each", val_ann=None,
-                      allow_missing_videos: bool = False) -> dict[str, Any]:
-    """Write and validate the submission for a test list; return a report."""
+                      allow_missing_videos: bool = False) -> SubmissionResult:
+    """Write and validate the submission for a test list; return what was written."""
     from abaw.cache.store import load_features
     from abaw.data.submission import validate_submission, write_submission
     from abaw.data.testlist import read_entries
@@ -242,7 +292,7 @@ def predict_test_list(system: System, store: str | os.PathLike, test_list_path: 
     report.update(info)
     report["tasks"] = list(system.tasks)
     report["missing_tasks"] = [t for t in TASKS if t not in system.tasks]
-    return report
+    return SubmissionResult(out=str(out_file), test_list=str(test_list_path), system=system.describe(), report=report)
 
 
 # ------------------------------------------------------------------ any video -> per-frame CSV + timeline
@@ -307,14 +357,14 @@ def frame_table_csv(path: str | os.PathLike, frame: np.ndarray, timestamp: np.nd
 
 
 def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike, cache: str | os.PathLike | None = None,
-                   face: str = "auto", device: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
+                   face: str = "auto", device: str = "auto", progress: bool = True) -> VideoPredictions:
     """Extract what the runs need from each video, then write `<id>.csv` and `<id>.png` per person.
 
     Returns one report per written video id (frames, frames with a face, paths).
     """
+    from abaw import plots
     from abaw.cache.store import FeatureStore, load_features
     from abaw.extract.runner import ExtractConfig, discover, extract
-    from abaw.pipeline import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,14 +376,14 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
     if summary.failed:
         f = summary.failed[0]
         raise AbawError(f"{f['source']}: {f['error']}")
-    fs = FeatureStore(store, "r")
-    have = set(fs.videos())
+    fstore = FeatureStore(store, "r")
+    have = set(fstore.videos())
     reports = []
     for src in sources:
         stem = Path(src.path).stem
         ids = [v for v in (stem, f"{stem}_left", f"{stem}_right") if v in have]  # exact ids, never prefixes
         for vid in ids:
-            table = load_features(fs, system.keys(), videos=[vid])
+            table = load_features(fstore, system.keys(), videos=[vid])
             n_face = int(table.face.sum())
             n = len(table)
             va = expr = au = None
@@ -363,4 +413,4 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
                                      title=f"{vid}: {n_face}/{n} frames with a face")
             reports.append({"video": vid, "source": str(src.path), "frames": n, "faces": n_face,
                             "csv": str(csv_path), "png": None if png is None else str(png)})
-    return reports
+    return VideoPredictions(system=system.describe(), videos=tuple(reports))

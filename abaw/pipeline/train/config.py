@@ -2,43 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from abaw.config import from_dict, runtime_field, runtime_names, to_dict
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
-from abaw.pipeline.dataset import DEFAULT_MAX_GAP
-from abaw.pipeline.postprocess import DEFAULT_WINDOWS
+from abaw.pipeline.train.dataset import DEFAULT_MAX_GAP
+from abaw.pipeline.train.postprocess import DEFAULT_WINDOWS
+
+MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims"))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Joint training of fusion + temporal module + task heads from cached features.
 
-    Field groups: data (backbones, tasks, window, stride, max_gap, allow_missing),
-    model (fusion, temporal, d_model, layers, heads, ff_mult, kernel, causal, dropout),
-    losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
+    Field groups: data (backbones, window, stride, max_gap, allow_missing), the head
+    architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
+    cache), losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
     weight_decay, epochs, batch_frames, warmup_epochs, patience, grad_clip, seed,
-    device, threads, init_from) and post-processing (au_thresholds, smoothing, smooth_windows).
+    init_from), post-processing (au_thresholds, smoothing, smooth_windows) and runtime
+    arguments (device, threads: recorded, never compared when resuming).
+
+    `TrainConfig.create(temporal="tcn", epochs=5)` takes the model's fields flat, as the
+    CLI, search spaces and old run folders spell them.
     """
 
     # data
     backbones: tuple[str, ...] = ()  # cache keys or backbone specs; () = every backbone in the cache
-    tasks: tuple[str, ...] = TASKS  # any non-empty subset of ("va", "expr", "au")
     window: int = 32  # frames per sequence window
     stride: int | None = None  # step between training windows (None = window: non-overlapping)
     max_gap: int | None = DEFAULT_MAX_GAP  # more missing frame numbers than this start a new segment
     allow_missing: bool = False  # skip labelled frames without a cached feature (reported)
-    # model
-    fusion: str = "sum"  # sum | concat | attention
-    temporal: str = "transformer"  # none | transformer | tcn | gru | lstm
-    d_model: int = 256
-    layers: int = 2
-    heads: int = 4
-    ff_mult: int = 2
-    kernel: int = 3
-    causal: bool = False
-    dropout: float = 0.1
+    # model: tasks (any non-empty subset of va, expr, au), fusion, temporal, sizes
+    model: ModelSpec = field(default_factory=ModelSpec)
     # losses
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
     au_pos_weight: str = "none"  # none | auto (negatives/positives per AU, clipped to [1, 20])
@@ -52,13 +51,47 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without a better validation P_MTL
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # CPU threads for torch during this run (0 = leave torch's setting)
     init_from: tuple[str, ...] = ()  # run directories to initialise from (progressive learning)
     # post-processing (fitted on validation)
     au_thresholds: bool = True
     smoothing: bool = True
     smooth_windows: tuple[int, ...] = DEFAULT_WINDOWS
+    # runtime arguments
+    device: str = runtime_field("auto")  # auto | cpu | cuda | cuda:N
+    threads: int = runtime_field(0)  # CPU threads for torch during this run (0 = leave torch's setting)
+
+    @classmethod
+    def create(cls, **settings: Any) -> TrainConfig:
+        """A config from flat settings (model fields such as `temporal` next to `lr`)."""
+        return cls().with_(**settings)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """From `to_dict` output, or the flat layout of run folders written before `model` existed."""
+        data = dict(data)
+        flat = {k: data.pop(k) for k in MODEL_FIELDS if k in data}
+        if flat:
+            data["model"] = {**(data.get("model") or to_dict(ModelSpec())), **flat}
+        return from_dict(cls, data)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (model fields inline), JSON types."""
+        d = to_dict(self)
+        model = d.pop("model")
+        return {**{k: model[k] for k in MODEL_FIELDS}, **d}
+
+    def recorded(self) -> dict[str, Any]:
+        """The flat settings that define what the run computes (runtime arguments left out)."""
+        skip = runtime_names(self)
+        return {k: v for k, v in self.flat().items() if k not in skip}
+
+    @classmethod
+    def flat_names(cls) -> tuple[str, ...]:
+        return tuple(cls().flat())
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
 
     @property
     def train_stride(self) -> int:
@@ -73,25 +106,13 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise AbawError on an inconsistent config; return self."""
-        from abaw.heads.fusion import FUSIONS
-        from abaw.heads.temporal import TEMPORALS
-
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise AbawError(f"tasks must be a non-empty subset of {','.join(TASKS)}; got {self.tasks}")
-        FUSIONS.get(self.fusion)
-        TEMPORALS.get(self.temporal)
+        self.model.validate()
         if len(self.task_weights) != 3 or any(w < 0 for w in self.task_weights):
             raise AbawError("task_weights: three non-negative numbers (va, expr, au)")
         if all(self.weights()[t] == 0 for t in self.tasks):
             raise AbawError("every enabled task has weight 0")
         checks = [(self.window >= 1, "window must be >= 1"), (self.train_stride >= 1, "stride must be >= 1"),
                   (self.max_gap is None or self.max_gap >= 0, "max_gap must be >= 0"),
-                  (self.d_model >= 2 and self.d_model % 2 == 0, "d_model must be even and >= 2"),
-                  (self.layers >= 1, "layers must be >= 1"), (self.heads >= 1, "heads must be >= 1"),
-                  (self.temporal != "transformer" or self.d_model % self.heads == 0,
-                   "d_model must be divisible by heads"),
-                  (self.kernel >= 1, "kernel must be >= 1"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
                   (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
@@ -106,11 +127,13 @@ class TrainConfig:
         return self
 
     def model_spec(self, keys: tuple[str, ...], dims: tuple[int, ...]) -> ModelSpec:
-        return ModelSpec(keys=tuple(keys), dims=tuple(dims), tasks=tuple(t for t in TASKS if t in self.tasks),
-                         fusion=self.fusion, temporal=self.temporal, d_model=self.d_model, layers=self.layers,
-                         heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel, causal=self.causal,
-                         dropout=self.dropout)
+        """The head of this config for the given backbones (tasks in canonical order)."""
+        return replace(self.model, keys=tuple(keys), dims=tuple(dims),
+                       tasks=tuple(t for t in TASKS if t in self.tasks))
 
-    def with_(self, **changes) -> TrainConfig:
-        """A copy with some fields changed (for searches)."""
+    def with_(self, **changes: Any) -> TrainConfig:
+        """A copy with some settings changed; model fields may be given flat (for searches)."""
+        model = {k: changes.pop(k) for k in MODEL_FIELDS if k in changes}
+        if model:
+            changes["model"] = replace(changes.get("model", self.model), **model)
         return replace(self, **changes)

@@ -8,7 +8,7 @@
   grid (0.05 ... 0.95), fitted after smoothing (HSEmotion's trick).
 
 `fit_postprocess` reports the score before and after each step; `apply_postprocess` and
-`decide` apply a fitted `PostProcess` to any outputs (for ensembles: average the runs'
+`abaw.pipeline.train.outputs.decide` apply a fitted `PostProcess` to any outputs (for ensembles: average the runs'
 outputs, refit on validation, apply on test).
 """
 
@@ -20,9 +20,14 @@ from typing import Any
 import numpy as np
 
 from abaw.data.labels import N_AU
-from abaw.metrics import mtl_score
-from abaw.pipeline.dataset import Labels
-from abaw.pipeline.outputs import FrameOutputs, score_outputs
+from abaw.metrics import MTLScore, mtl_score
+from abaw.pipeline.train.dataset import Labels
+from abaw.pipeline.train.outputs import (
+    FrameOutputs,
+    align_annotations,
+    decide,
+    score_outputs,
+)
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41, 65, 101)
 THRESHOLD_GRID = tuple(float(x) for x in np.round(np.arange(0.05, 0.951, 0.05), 2))
@@ -69,18 +74,6 @@ def apply_postprocess(outputs: FrameOutputs, pp: PostProcess) -> FrameOutputs:
     return replace(outputs, **arrays) if arrays else outputs
 
 
-def decide(outputs: FrameOutputs, au_thresholds=None
-           ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """(VA values, EXPR class = argmax, AU 0/1 = probability >= threshold) per frame."""
-    va = None if outputs.va is None else np.clip(outputs.va, -1.0, 1.0)
-    expr = None if outputs.expr is None else outputs.expr.argmax(1).astype(np.int64)
-    au = None
-    if outputs.au is not None:
-        thr = np.full(N_AU, 0.5) if au_thresholds is None else np.asarray(au_thresholds, dtype=np.float64)
-        au = (outputs.au >= thr[None, :]).astype(np.int8)
-    return va, expr, au
-
-
 def to_predictions(outputs: FrameOutputs, pp: PostProcess | None = None):
     """`abaw.data.submission.Predictions` (one row per frame) after post-processing."""
     from abaw.data.submission import Predictions
@@ -115,9 +108,9 @@ def fit_au_thresholds(prob: np.ndarray, true: np.ndarray, valid: np.ndarray | No
     return g[f1.argmax(0)]
 
 
-def _scores(outputs: FrameOutputs, labels: Labels, thr, rows: np.ndarray | None = None) -> dict[str, Any]:
-    s = score_outputs(outputs if rows is None else outputs.take(rows), labels, thr)
-    return {"total": s.total, "va": s.va, "expr": s.expr, "au": s.au, "tasks": list(s.tasks)}
+def score_summary(outputs: FrameOutputs, labels: Labels, thr=None, rows: np.ndarray | None = None) -> dict[str, Any]:
+    """`MTLScore.summary()` of `outputs` (or `outputs.take(rows)`) against `labels`."""
+    return score_outputs(outputs if rows is None else outputs.take(rows), labels, thr).summary()
 
 
 def _task_score(outputs: FrameOutputs, labels: Labels, task: str, thr) -> float:
@@ -153,11 +146,11 @@ def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool =
             return None
         return tuple(float(x) for x in fit_au_thresholds(sel(out).au, labels.au, labels.au_valid))
 
-    steps = [{"step": "raw", **_scores(outputs, labels, None, rows)}]
+    steps = [{"step": "raw", **score_summary(outputs, labels, None, rows)}]
     thr = thresholds(outputs)
     pp = PostProcess(au_thresholds=thr)
     if fit_thr:
-        steps.append({"step": "au_thresholds", "au_thresholds": list(thr), **_scores(outputs, labels, thr, rows)})
+        steps.append({"step": "au_thresholds", "au_thresholds": list(thr), **score_summary(outputs, labels, thr, rows)})
     if smoothing:
         chosen: dict[str, int] = {}
         for task in outputs.tasks:
@@ -177,14 +170,22 @@ def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool =
         sm = apply_postprocess(outputs, pp)
         thr = thresholds(sm)
         pp = replace(pp, au_thresholds=thr)
-        steps.append({"step": "smoothing", "windows": chosen, **_scores(sm, labels, thr, rows)})
+        steps.append({"step": "smoothing", "windows": chosen, **score_summary(sm, labels, thr, rows)})
     return pp, steps
 
 
 def fit_postprocess_annotations(outputs: FrameOutputs, ann, **kwargs: Any) -> tuple[PostProcess, list[dict[str, Any]]]:
     """`fit_postprocess` against an `Annotations` (every annotated frame needs an output);
     e.g. refit on validation for an ensemble: `fit_postprocess_annotations(mean_outputs(outs), val_ann)`."""
-    from abaw.pipeline.outputs import align_annotations
-
     rows, labels = align_annotations(outputs, ann)
     return fit_postprocess(outputs, labels, rows=rows, **kwargs)
+
+
+def score_against(outputs: FrameOutputs, ann, postprocess: PostProcess | None = None) -> MTLScore:
+    """Score outputs on every frame of `ann` (after `postprocess`'s smoothing and thresholds if given)."""
+    thr = None
+    if postprocess is not None:
+        outputs = apply_postprocess(outputs, postprocess)
+        thr = postprocess.au_thresholds
+    rows, labels = align_annotations(outputs, ann)
+    return score_outputs(outputs.take(rows), labels, thr)

@@ -19,8 +19,8 @@ import numpy as np
 from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
 from abaw.io import read_json
-from abaw.pipeline.report import RunEvaluation
-from abaw.pipeline.search import run_path
+from abaw.pipeline.report.html import RunEvaluation
+from abaw.pipeline.search.runner import run_path
 
 
 def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
@@ -42,8 +42,9 @@ def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -
 def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
                  name: str | None = None) -> RunEvaluation:
     """Post-processed validation decisions of one run, aligned with its labels."""
-    from abaw.pipeline.postprocess import apply_postprocess, decide
-    from abaw.pipeline.run import load_run
+    from abaw.pipeline.train.outputs import decide
+    from abaw.pipeline.train.postprocess import apply_postprocess
+    from abaw.pipeline.train.run import load_run
 
     run = load_run(run_dir)
     ann = run_labels(run_dir, val_ann)
@@ -58,8 +59,8 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
     n = int(keep.sum())
     cfg = run.config
     info = {"run": str(run_dir), "tasks": ",".join(run.tasks), "backbones": ", ".join(run.keys),
-            "fusion": cfg.fusion, "temporal": cfg.temporal, "window": cfg.window, "lr": cfg.lr,
-            "best epoch": run.result.get("best_epoch"), "post-processing": str(run.postprocess)}
+            "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
+            "best epoch": run.result.best_epoch, "post-processing": str(run.postprocess)}
     return RunEvaluation(
         name=name or Path(run_dir).name, videos=ann_video[keep], frame=ann.frame[keep],
         va_true=ann.va[keep], va_valid=ann.va_valid[keep] & ("va" in run.tasks),

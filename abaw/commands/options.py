@@ -1,0 +1,65 @@
+"""Option parsing shared by the commands (task lists, loss weights, annotation paths, --set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def echo_result(result) -> None:
+    """Print an entry point's result: `format()` on stdout, its warnings on stderr."""
+    click.echo(result.format())
+    for w in result.warnings:
+        click.echo(w, err=True)
+
+
+def parse_task_weights(text: str) -> tuple[float, float, float]:
+    """`1,1,1` (va,expr,au) or `va=1,expr=0.5,au=2` (unnamed tasks keep weight 1)."""
+    names = ("va", "expr", "au")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if parts and all("=" in p for p in parts):
+            w = dict.fromkeys(names, 1.0)
+            for p in parts:
+                k, v = p.split("=", 1)
+                if k.strip() not in names:
+                    raise click.BadParameter(f"unknown task {k.strip()!r} (va, expr, au)")
+                w[k.strip()] = float(v)
+            return (w["va"], w["expr"], w["au"])
+        if len(parts) == 3:
+            return tuple(float(p) for p in parts)  # type: ignore[return-value]
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{text!r}: give three numbers va,expr,au or va=..,expr=..,au=..")
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    if tasks == ("all",):
+        return ("va", "expr", "au")
+    bad = [t for t in tasks if t not in ("va", "expr", "au")]
+    if bad or not tasks:
+        raise click.BadParameter(f"{text!r}: a comma-separated subset of va, expr, au")
+    return tasks
+
+
+def split_paths(data: str | None, train_ann: str | None, val_ann: str | None) -> tuple[str, str]:
+    if data:
+        train_ann = train_ann or str(Path(data) / "training_set_annotations.txt")
+        val_ann = val_ann or str(Path(data) / "validation_set_annotations.txt")
+    if not train_ann or not val_ann:
+        raise click.UsageError("give --train-ann and --val-ann (or --data DIR)")
+    return train_ann, val_ann
+
+
+def parse_set(items: tuple[str, ...]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.UsageError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out

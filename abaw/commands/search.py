@@ -1,0 +1,65 @@
+"""`abaw search`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from abaw.commands.options import echo_result, parse_set, split_paths
+
+
+@click.command()
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False), help="Feature cache.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="Dataset root holding the annotation files.")
+@click.option("--train-ann", type=click.Path(exists=True, dir_okay=False), help="Training annotation file.")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotation file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Search folder (resumable).")
+@click.option("--space", "space_file", type=click.Path(exists=True, dir_okay=False),
+              help="Search-space file (YAML/JSON with base/grid/random sections).")
+@click.option("--tasks", "tasks_opt", multiple=True,
+              help="Grid over task sets, repeatable: --tasks va,expr,au --tasks au --tasks expr ...")
+@click.option("--backbones", "backbones_opt", multiple=True,
+              help="Grid over backbone sets (cache keys joined by +), repeatable.")
+@click.option("--fusion", "fusion_opt", help="Grid over fusions, comma-separated: sum,concat,attention.")
+@click.option("--temporal", "temporal_opt", help="Grid over temporal modules, comma-separated.")
+@click.option("--window", "window_opt", help="Grid over windows, comma-separated.")
+@click.option("--lr", "lr_opt", help="Grid over learning rates, comma-separated.")
+@click.option("--set", "set_opt", multiple=True, help="Fixed training setting KEY=VALUE for every config "
+              "(e.g. --set epochs=10 --set batch_frames=256).")
+@click.option("--budget", type=int, help="Number of configs to run (sampled from the grid / random part).")
+@click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2).")
+@click.option("--jobs", default=1, show_default=True, help="Configs trained in parallel on CPU (-1: all cores).")
+@click.option("--compose", type=click.Choice(["best-per-task"]), help="Also compose the best run per task.")
+@click.option("--seed", default=0, show_default=True, help="Sampling and fold seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
+           space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
+           temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, set_opt: tuple[str, ...],
+           budget: int | None, folds: int, jobs: int, compose: str | None, seed: int, quiet: bool) -> None:
+    """Train many head configurations from one cache and rank them on validation.
+
+    Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
+    --tasks expr --tasks va --temporal none,transformer --set epochs=10 --jobs 2 --compose best-per-task
+    """
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.search.runner import SearchSettings, run_search
+    from abaw.pipeline.search.space import SearchSpace, load_space, space_from_dict
+
+    tr, va = split_paths(data, train_ann, val_ann)
+    space = load_space(space_file) if space_file else SearchSpace()
+    grid = dict(space.grid)
+    for key, vals in (("tasks", list(tasks_opt)), ("backbones", list(backbones_opt)),
+                      ("fusion", fusion_opt.split(",") if fusion_opt else []),
+                      ("temporal", temporal_opt.split(",") if temporal_opt else []),
+                      ("window", [int(w) for w in window_opt.split(",")] if window_opt else []),
+                      ("lr", [float(x) for x in lr_opt.split(",")] if lr_opt else [])):
+        if vals:
+            grid[key] = vals
+    space = space_from_dict({"base": {**space.base, **parse_set(set_opt)}, "grid": grid, "random": space.random})
+    result = run_search(space, cache, read_annotations(tr), read_annotations(va), out,
+                        SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs, compose=compose),
+                        progress=not quiet, log=click.echo)
+    echo_result(result)
+    if result.failed:
+        sys.exit(1)

@@ -1,0 +1,36 @@
+"""`report(...)`: evaluate runs / search folders on validation and write the HTML report."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from abaw.data.annotations import Annotations
+from abaw.pipeline.report.evaluate import evaluations_from_paths
+from abaw.pipeline.report.html import build_report
+from abaw.results import Result
+
+
+@dataclass(frozen=True)
+class ReportResult(Result):
+    """The report page and each evaluated system's validation score summary."""
+
+    page: str
+    scores: tuple[tuple[str, dict[str, Any]], ...]  # (name, MTLScore.summary())
+
+    def format(self) -> str:
+        def r(x: float | None) -> float | None:
+            return x if x is None else round(x, 4)
+
+        lines = [f"{name:<28} P_MTL {s['total']:.4f}  (VA {r(s['va'])}, EXPR {r(s['expr'])}, AU {r(s['au'])})"
+                 for name, s in self.scores]
+        return "\n".join(lines + [f"report: {self.page}"])
+
+
+def report(paths: list[str], out: str | os.PathLike, val_ann: Annotations | None = None, top: int = 5,
+           title: str = "abaw report") -> ReportResult:
+    """Report on run folders and search folders (their `top` configs and composed system)."""
+    evals = evaluations_from_paths(list(paths), val_ann, top)
+    page = build_report(evals, out, title)
+    return ReportResult(page=str(page), scores=tuple((e.name, e.score().summary()) for e in evals))
