@@ -17,6 +17,7 @@ from abaw.data.labels import TASKS, image_name
 from abaw.errors import AbawError
 from abaw.metrics import MTLScore, mtl_score
 from abaw.pipeline.dataset import Labels
+from abaw.safeload import load_npz
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +61,7 @@ class FrameOutputs:
 
     @classmethod
     def load(cls, path) -> FrameOutputs:
-        with np.load(path, allow_pickle=False) as z:
+        with load_npz(path) as z:
             return cls(videos=tuple(str(v) for v in z["videos"]), video_idx=z["video_idx"], frame=z["frame"],
                        **{t: (z[t] if t in z.files else None) for t in TASKS})
 

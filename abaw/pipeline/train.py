@@ -38,6 +38,7 @@ from abaw.pipeline.config import TrainConfig
 from abaw.pipeline.dataset import Batcher, FrameSet, align_labels, feature_tensors, train_windows
 from abaw.pipeline.outputs import FrameOutputs, score_outputs
 from abaw.pipeline.postprocess import PostProcess, fit_postprocess
+from abaw.safeload import load_torch_state
 from abaw.pipeline.run import (
     RUN_FILES,
     RUN_VERSION,
@@ -312,7 +313,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
     if mode != "resume" and hasattr(model, "set_feature_stats"):
         model.set_feature_stats([feature_stats(table.feats[k], train_fs.rows) for k in keys])
     if mode == "resume":
-        st = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        st = load_torch_state(out / "last.pt")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
