@@ -84,7 +84,9 @@ def load_npz(path: str | os.PathLike) -> NpzArrays:
         with z:
             return NpzArrays({k: z[k] for k in z.files})
     except ValueError as e:
-        if "allow_pickle" in str(e) or "pickled" in str(e):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:2] == b"PK" or magic == b"\x93NUMPY":  # a real npz/npy whose arrays are pickled objects
             raise AbawError(f"{path}: holds Python objects (pickled arrays), which are not loaded") from None
         raise AbawError(f"{path}: not a readable .npz file ({_reason(e)})") from None
     except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, OSError...

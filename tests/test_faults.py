@@ -65,7 +65,7 @@ def ann_text(frame: int = 1, video: str = "v1") -> str:
             f"{video}/{frame:05d}.jpg,0.1,0.2,3,{AU0}\n")
 
 
-def testlist_text(frame: int = 1, video: str = "v1") -> str:
+def mtl_text(frame: int = 1, video: str = "v1") -> str:
     return f"{SUBMISSION_HEADER}\n{video}/00001.jpg,\n{video}/{frame:05d}.jpg,\n"
 
 
@@ -78,7 +78,7 @@ def sub_text(frame: int = 2, va: str = "0.1", video: str = "v1") -> str:
 def files(tmp_path):
     """Good annotation/test-list/submission files, an output folder that must stay untouched."""
     (tmp_path / "ann.txt").write_text(ann_text(2))
-    (tmp_path / "MTL.txt").write_text(testlist_text(2))
+    (tmp_path / "MTL.txt").write_text(mtl_text(2))
     (tmp_path / "sub.txt").write_text(sub_text(2))
     (tmp_path / "score.json").write_text('{"before": true}\n')
     (tmp_path / "videos").mkdir()
@@ -110,7 +110,7 @@ def test_out_of_range_frame_numbers(frames_input, where, what):
     if where in ("annotations", "only-annotations"):
         bad.write_text(ann_text(n))
     elif where in ("test-list", "only-test-list"):
-        bad.write_text(testlist_text(n))
+        bad.write_text(mtl_text(n))
     else:
         bad.write_text(sub_text(n))
     before = tree_digest(d / "score.json", d / "store.zarr")
@@ -134,7 +134,7 @@ def test_frame_numbers_are_int64_up_to_the_max(tmp_path):
     from abaw.data.testlist import read_test_list
 
     (tmp_path / "a.txt").write_text(ann_text(MAX_FRAME))
-    (tmp_path / "t.txt").write_text(testlist_text(MAX_FRAME))
+    (tmp_path / "t.txt").write_text(mtl_text(MAX_FRAME))
     a, t = read_annotations(tmp_path / "a.txt"), read_test_list(tmp_path / "t.txt")
     assert a.frame.dtype == np.int64 and a.frame.tolist() == [1, MAX_FRAME]
     assert t.frame.dtype == np.int64 and t.frame.tolist() == [1, MAX_FRAME]
