@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
 
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file; a missing or binary file is a one-line AbawError naming it."""
-    from abaw.errors import AbawError, FormatError
+    from abaw.errors import AbawError
 
     try:
         return Path(path).read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ with `safe_load` semantics (no `!!python/...` tags).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Self
 
 from abaw.errors import AbawError
 
@@ -61,10 +61,10 @@ class NpzArrays(dict):
     def files(self) -> list[str]:
         return list(self)
 
-    def __enter__(self) -> NpzArrays:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 

@@ -414,10 +414,11 @@ def test_corrupt_safetensors_weights_in_extract(frames_input):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A tiny finished `train-heads` run on synthetic features (one epoch)."""
+    from cache_util import synthetic_split
+
     from abaw.cache.store import FeatureStore
     from abaw.data.annotations import write_annotations
     from abaw.data.labels import image_name
-    from cache_util import synthetic_split
 
     d = tmp_path_factory.mktemp("run")
     rng = np.random.default_rng(0)

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from abaw.data.labels import N_AU, N_EXPR, SUBMISSION_HEADER, frame_problem, parse_image_name
+from abaw.data.labels import (
+    N_AU,
+    N_EXPR,
+    SUBMISSION_HEADER,
+    frame_problem,
+    parse_image_name,
+)
 from abaw.data.testlist import TestList
 from abaw.errors import AbawError, FormatError
 from abaw.io import atomic_write, read_text

@@ -74,7 +74,7 @@ class VideoInfo:
     def expected_frames(self) -> int:
         """The fewest frames the container vouches for (header count, duration x rate); 0
         when it says nothing. Used to detect truncation, with SHORT_TOLERANCE_*."""
-        known = [n for n in (self.header_frames, int(round(self.duration * self.fps))) if n > 0]
+        known = [n for n in (self.header_frames, round(self.duration * self.fps)) if n > 0]
         return min(known) if known else 0
 
     def is_short(self, decoded: int) -> bool:
