@@ -34,7 +34,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
 
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file; a missing or binary file is a one-line AbawError naming it."""
-    from abaw.errors import AbawError, FormatError
+    from abaw.errors import AbawError
 
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -43,7 +43,17 @@ def read_text(path: str | os.PathLike) -> str:
     except IsADirectoryError:
         raise AbawError(f"{os.fspath(path)}: is a folder, expected a file") from None
     except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
+        raise not_utf8(path, e) from None
+
+
+def not_utf8(path: str | os.PathLike, e: UnicodeDecodeError):
+    """The one-line FormatError for a file that is not UTF-8: byte, offset and line."""
+    from abaw.errors import FormatError
+
+    data = e.object if isinstance(e.object, (bytes, bytearray)) else b""
+    line = data.count(b"\n", 0, e.start) + 1 if data else None
+    byte = f"byte 0x{data[e.start]:02x} " if data and e.start < len(data) else ""
+    return FormatError(path, f"not UTF-8 text ({byte}at offset {e.start})", line)
 
 
 def _umask() -> int:
@@ -60,8 +70,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file; a missing, binary or malformed file is a one-line error naming it."""
+    from abaw.errors import FormatError
+
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"not valid JSON ({e.msg}, column {e.colno})", e.lineno) from None
 
 
 def _json_default(o: Any) -> Any:

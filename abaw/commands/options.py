@@ -54,12 +54,12 @@ def split_paths(data: str | None, train_ann: str | None, val_ann: str | None) ->
 
 
 def parse_set(items: tuple[str, ...]) -> dict:
-    import yaml
+    from abaw.safeload import load_yaml
 
     out = {}
     for item in items:
         if "=" not in item:
             raise click.UsageError(f"--set {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        out[k.strip().replace("-", "_")] = load_yaml(v, f"--set {item}")
     return out

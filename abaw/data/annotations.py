@@ -20,6 +20,7 @@ from abaw.data.labels import (
     N_AU,
     N_EXPR,
     VA_INVALID,
+    frame_problem,
     image_name,
     parse_image_name,
 )
@@ -51,7 +52,7 @@ class Annotations:
 
     videos: tuple[str, ...]
     video_idx: np.ndarray  # int32 [N]
-    frame: np.ndarray  # int32 [N], 1-based
+    frame: np.ndarray  # int64 [N], 1-based, at most MAX_FRAME
     va: np.ndarray  # float32 [N, 2] (valence, arousal); -5 where invalid
     expr: np.ndarray  # int64 [N]; -1 where invalid
     au: np.ndarray  # int8 [N, 12]; -1 where invalid
@@ -194,8 +195,9 @@ def _numbers_fast(nums: list[str], n: int) -> np.ndarray | None:
     return flat.reshape(n, N_FIELDS - 1)
 
 
-def _names_fast(names: list[str]) -> tuple[list[str], np.ndarray] | None:
-    """(video per row, frame per row), or None if any name is not `<video>/<frame>.jpg`."""
+def _names_fast(names: list[str]) -> tuple[list[str], list[int]] | None:
+    """(video per row, frame per row as Python ints: no overflow), or None if any name is
+    not `<video>/<frame>.jpg`."""
     found = _NAMES_RE.findall("\n".join(names))
     if len(found) != len(names):
         return None
@@ -203,7 +205,7 @@ def _names_fast(names: list[str]) -> tuple[list[str], np.ndarray] | None:
     for v in set(videos):
         if v in (".", "..") or v != v.strip():
             return None
-    return videos, np.fromiter((int(f) for _, f in found), dtype=np.int64, count=len(found))
+    return videos, [int(f) for _, f in found]
 
 
 def _diagnose(path: str, body: list[tuple[int, str]], lineno: np.ndarray) -> None:
@@ -212,9 +214,13 @@ def _diagnose(path: str, body: list[tuple[int, str]], lineno: np.ndarray) -> Non
         f = ln.rstrip("\r").split(",")
         if len(f) != N_FIELDS:
             raise FormatError(path, f"expected {N_FIELDS} comma-separated fields, got {len(f)}", n)
-        if parse_image_name(f[0]) is None:
+        parsed = parse_image_name(f[0])
+        if parsed is None:
             raise FormatError(
                 path, f"bad image name {f[0]!r} (expected <video>/<frame>.jpg inside the data root)", n)
+        problem = frame_problem(f[0], parsed[1])
+        if problem:
+            raise FormatError(path, problem, n)
         for k, what in ((1, "valence"), (2, "arousal"), (3, "expression")):
             try:
                 float(f[k])
@@ -245,7 +251,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
 
     body = [(i + 2, ln) for i, ln in enumerate(lines[1:]) if ln.strip()]
     if not body:
-        return Annotations((), np.zeros(0, np.int32), np.zeros(0, np.int32),
+        return Annotations((), np.zeros(0, np.int32), np.zeros(0, np.int64),
                            np.zeros((0, 2), np.float32), np.zeros(0, np.int64),
                            np.zeros((0, N_AU), np.int8), (path,), np.zeros(0, np.int64), 0)
     lineno = np.fromiter((n for n, _ in body), dtype=np.int64, count=len(body))
@@ -255,10 +261,12 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     if values is None or parsed is None:
         _diagnose(path, body, lineno)  # raises the precise file:line error
         raise FormatError(path, "malformed file")  # pragma: no cover - _diagnose always raises
-    videos_of, frames = parsed
-    if (frames < 1).any():
-        i = int(np.flatnonzero(frames < 1)[0])
-        raise FormatError(path, f"frame number must be >= 1 in {names[i]!r}", int(lineno[i]))
+    videos_of, frame_list = parsed
+    for i, fr in enumerate(frame_list):
+        problem = frame_problem(names[i], fr)
+        if problem:
+            raise FormatError(path, problem, int(lineno[i]))
+    frames = np.asarray(frame_list, dtype=np.int64)
     va = values[:, 0:2]
     if not np.isfinite(va).all():
         i = int(np.flatnonzero(~np.isfinite(va).all(1))[0])
@@ -272,16 +280,21 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
         i = int(np.flatnonzero(out_of_range.any(1))[0])
         raise FormatError(path, f"valence/arousal {va[i].tolist()} outside [-1, 1] (and not -5)", int(lineno[i]))
     ints = values[:, 2:]
-    frac = ints != np.round(ints)
+    frac = ~np.isfinite(ints) | (ints != np.round(ints))
     if frac.any():
         i, j = (int(x) for x in np.argwhere(frac)[0])
         what = "expression" if j == 0 else "AU label"
         raise FormatError(path, f"{what} {ints[i, j]:g} is not an integer", int(lineno[i]))
-    expr = ints[:, 0].astype(np.int64)
-    bad_e = (expr < EXPR_INVALID) | (expr >= N_EXPR)
+    bad_e = (ints[:, 0] < EXPR_INVALID) | (ints[:, 0] >= N_EXPR)
     if bad_e.any():
         i = int(np.flatnonzero(bad_e)[0])
-        raise FormatError(path, f"expression {expr[i]} not in -1..{N_EXPR - 1}", int(lineno[i]))
+        raise FormatError(path, f"expression {ints[i, 0]:g} not in -1..{N_EXPR - 1}", int(lineno[i]))
+    expr = ints[:, 0].astype(np.int64)
+    bad_a = ((ints[:, 1:] < AU_INVALID) | (ints[:, 1:] > 1)).any(1)
+    if bad_a.any():
+        i = int(np.flatnonzero(bad_a)[0])
+        raise FormatError(path, f"AU labels must be 0, 1 or all -1, got {[f'{x:g}' for x in ints[i, 1:]]}",
+                          int(lineno[i]))
     au = ints[:, 1:].astype(np.int64)
     au_inv = au == AU_INVALID
     all_inv = au_inv.all(1)
@@ -289,10 +302,6 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     if mixed.any():
         i = int(np.flatnonzero(mixed)[0])
         raise FormatError(path, "AU labels: -1 (invalid) must apply to all 12 AUs at once", int(lineno[i]))
-    bad_a = ~all_inv & ((au < 0) | (au > 1)).any(1)
-    if bad_a.any():
-        i = int(np.flatnonzero(bad_a)[0])
-        raise FormatError(path, f"AU labels must be 0, 1 or all -1, got {au[i].tolist()}", int(lineno[i]))
 
     # exact video ids, sorted
     videos = tuple(sorted(set(videos_of)))
@@ -323,7 +332,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     return Annotations(
         videos=videos,
         video_idx=vid,
-        frame=frames.astype(np.int32),
+        frame=frames,
         va=va.astype(np.float32),
         expr=expr,
         au=au.astype(np.int8),

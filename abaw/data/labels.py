@@ -18,6 +18,11 @@ VA_INVALID = -5.0
 EXPR_INVALID = -1
 AU_INVALID = -1
 
+# Frame numbers are 1-based and at most MAX_FRAME (2^31 - 1: two years of video at 30 fps,
+# and what the cache's int32 frame index holds). Parsers keep them as int64 and refuse
+# larger numbers with `file:line`, so nothing wraps (4294967297 never becomes frame 1).
+MAX_FRAME = 2**31 - 1
+
 ANNOTATION_HEADER = "image,valence,arousal,expression," + ",".join(AU_NAMES)
 SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
 
@@ -38,6 +43,15 @@ def parse_image_name(name: str) -> tuple[str, int] | None:
     if video in (".", "..") or video != video.strip():
         return None
     return video, int(m.group(2))
+
+
+def frame_problem(name: str, frame: int) -> str | None:
+    """Why `frame` (parsed from image `name`) is not a usable frame number; None if it is."""
+    if frame < 1:
+        return f"frame number must be >= 1 in {name!r}"
+    if frame > MAX_FRAME:
+        return f"frame number {frame} in {name[:80]!r} is out of range (max {MAX_FRAME})"
+    return None
 
 
 def image_name(video: str, frame: int) -> str:

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from abaw.data.labels import N_AU, N_EXPR, SUBMISSION_HEADER, parse_image_name
+from abaw.data.labels import (
+    N_AU,
+    N_EXPR,
+    SUBMISSION_HEADER,
+    frame_problem,
+    parse_image_name,
+)
 from abaw.data.testlist import TestList
 from abaw.errors import AbawError, FormatError
 from abaw.io import atomic_write, read_text
@@ -65,8 +72,67 @@ def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return lines[0].rstrip("\r").split(","), body
 
 
+# The one rule set of a submission row, shared by `evaluate` (read_predictions) and
+# `validate-submission`: kind -> (validator title, what, rule).
+_RULES: dict[str, tuple[str, str, str]] = {
+    "fields": (f"rows without {N_FIELDS} comma-separated fields", "row has", f"(expected {N_FIELDS} comma-separated)"),
+    "name": ("bad image names", "image name", "is not a usable <video>/<frame>.jpg"),
+    "va-type": ("non-numeric valence/arousal", "valence/arousal", "is not a plain decimal number (no spaces)"),
+    "nan": ("NaN or infinite valence/arousal", "valence/arousal", "is NaN or infinite"),
+    "va-range": ("valence/arousal outside [-1, 1]", "valence/arousal", "outside [-1, 1]"),
+    "expr-type": ("non-integer expression", "expression", "is not a plain integer (no spaces)"),
+    "expr-range": (f"expression outside 0..{N_EXPR - 1}", "expression", f"not in 0..{N_EXPR - 1}"),
+    "au": ("AU values other than 0/1", "AU values", "must each be 0 or 1"),
+}
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+@dataclass(frozen=True)
+class _Row:
+    image: str
+    va: tuple[float, float]
+    expr: int
+    au: tuple[int, ...]
+
+
+def _check_row(f: list[str]) -> tuple[_Row | None, list[tuple[str, str]]]:
+    """A parsed row, or None and its problems as (kind, offending value)."""
+    if len(f) != N_FIELDS:
+        return None, [("fields", f"{len(f)} fields")]
+    problems: list[tuple[str, str]] = []
+    parsed = parse_image_name(f[0])
+    if parsed is None or frame_problem(f[0], parsed[1]):
+        problems.append(("name", repr(f[0][:80])))
+    va = (0.0, 0.0)
+    if all(_NUMBER_RE.fullmatch(x) for x in f[1:3]):
+        va = (float(f[1]), float(f[2]))
+        if not all(math.isfinite(x) for x in va):
+            problems.append(("nan", f"{f[1]}, {f[2]}"))
+        elif not all(-1.0 <= x <= 1.0 for x in va):
+            problems.append(("va-range", f"{f[1]}, {f[2]}"))
+    elif any(x.lower() in _NON_FINITE for x in f[1:3]):
+        problems.append(("nan", f"{f[1]}, {f[2]}"))
+    else:
+        problems.append(("va-type", f"{f[1]!r}, {f[2]!r}"))
+    expr = -1
+    if not _INT_RE.fullmatch(f[3]):
+        problems.append(("expr-type", repr(f[3])))
+    else:
+        expr = int(f[3])
+        if not 0 <= expr < N_EXPR:
+            problems.append(("expr-range", f[3]))
+    if any(x not in ("0", "1") for x in f[4:]):
+        problems.append(("au", ",".join(f[4:])[:80]))
+    if problems:
+        return None, problems
+    return _Row(f[0], va, expr, tuple(int(x) for x in f[4:])), []
+
+
 def read_predictions(path: str | os.PathLike) -> Predictions:
-    """Read a submission-format prediction file (for `abaw evaluate`).
+    """Read a submission-format prediction file (for `abaw evaluate`), with the same rules
+    as `validate_submission`; the first bad row is a one-line `file:line: reason`.
 
     Repeated images must carry identical predictions; they are merged.
     """
@@ -74,46 +140,25 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     header, body = _read_rows(path)
     if not header or header[0].strip().lower() != "image":
         raise FormatError(path, "expected a header line starting with 'image'", 1)
-    seen: dict[str, int] = {}
-    images: list[str] = []
-    va: list[tuple[float, float]] = []
-    expr: list[int] = []
-    au: list[list[int]] = []
-    first_line: list[int] = []
+    rows: dict[str, tuple[int, _Row]] = {}
     for n, f in body:
-        if len(f) != N_FIELDS:
-            raise FormatError(path, f"expected {N_FIELDS} comma-separated fields, got {len(f)}", n)
-        if parse_image_name(f[0]) is None:
-            raise FormatError(path, f"bad image name {f[0]!r}", n)
-        try:
-            v, a = float(f[1]), float(f[2])
-            e = int(f[3])
-            u = [int(x) for x in f[4:]]
-        except ValueError:
-            raise FormatError(path, "non-numeric prediction", n) from None
-        if not (math.isfinite(v) and math.isfinite(a)):
-            raise FormatError(path, "valence/arousal is NaN or infinite", n)
-        if not 0 <= e < N_EXPR:
-            raise FormatError(path, f"expression {e} not in 0..{N_EXPR - 1}", n)
-        if any(x not in (0, 1) for x in u):
-            raise FormatError(path, "AU predictions must be 0 or 1", n)
-        if f[0] in seen:
-            i = seen[f[0]]
-            if (va[i], expr[i], au[i]) != ((v, a), e, u):
-                raise FormatError(
-                    path, f"image {f[0]} predicted differently on lines {first_line[i]} and {n}", n)
+        row, problems = _check_row(f)
+        if row is None:
+            kind, value = problems[0]
+            _, what, rule = _RULES[kind]
+            raise FormatError(path, f"{what} {value} {rule}", n)
+        if row.image in rows:
+            first, old = rows[row.image]
+            if old != row:
+                raise FormatError(path, f"image {row.image} predicted differently on lines {first} and {n}", n)
             continue
-        seen[f[0]] = len(images)
-        images.append(f[0])
-        va.append((v, a))
-        expr.append(e)
-        au.append(u)
-        first_line.append(n)
+        rows[row.image] = (n, row)
+    kept = [r for _, r in rows.values()]
     return Predictions(
-        images=tuple(images),
-        va=np.asarray(va, dtype=np.float32).reshape(-1, 2),
-        expr=np.asarray(expr, dtype=np.int64),
-        au=np.asarray(au, dtype=np.int8).reshape(-1, N_AU),
+        images=tuple(r.image for r in kept),
+        va=np.asarray([r.va for r in kept], dtype=np.float32).reshape(-1, 2),
+        expr=np.asarray([r.expr for r in kept], dtype=np.int64),
+        au=np.asarray([r.au for r in kept], dtype=np.int8).reshape(-1, N_AU),
     )
 
 
@@ -128,45 +173,14 @@ def validate_submission(path: str | os.PathLike, test_list: TestList, max_exampl
     if ",".join(h.strip() for h in header) != SUBMISSION_HEADER:
         problems.append(f"header is {','.join(header)!r}, expected {SUBMISSION_HEADER!r}")
     issues: dict[str, list[str]] = {}
-
-    def add(kind: str, example: str) -> None:
-        issues.setdefault(kind, []).append(example)
-
     if len(body) != len(test_list):
         problems.append(f"{len(body)} rows, but the test list has {len(test_list)} entries")
     for k, (n, f) in enumerate(body):
         if k < len(test_list) and (not f or f[0] != test_list.images[k]):
-            add("order", f"line {n}: {f[0] if f else ''!r}, expected {test_list.images[k]!r}")
-        if len(f) != N_FIELDS:
-            add("fields", f"line {n}: {len(f)} fields, expected {N_FIELDS}")
-            continue
-        try:
-            v, a = float(f[1]), float(f[2])
-        except ValueError:
-            add("va-type", f"line {n}: {f[1]!r},{f[2]!r}")
-            v = a = 0.0
-        if math.isnan(v) or math.isnan(a):
-            add("nan", f"line {n}")
-        elif not (-1.0 <= v <= 1.0 and -1.0 <= a <= 1.0):
-            add("va-range", f"line {n}: {v}, {a}")
-        try:
-            e = int(f[3])
-            if not 0 <= e < N_EXPR:
-                add("expr-range", f"line {n}: {e}")
-        except ValueError:
-            add("expr-type", f"line {n}: {f[3]!r}")
-        if any(x not in ("0", "1") for x in f[4:]):
-            add("au", f"line {n}: {','.join(f[4:])}")
-    titles = {
-        "order": "rows do not follow the test list order",
-        "fields": f"rows without {N_FIELDS} comma-separated fields",
-        "va-type": "non-numeric valence/arousal",
-        "nan": "NaN valence/arousal",
-        "va-range": "valence/arousal outside [-1, 1]",
-        "expr-type": "non-integer expression",
-        "expr-range": f"expression outside 0..{N_EXPR - 1}",
-        "au": "AU values other than 0/1",
-    }
+            issues.setdefault("order", []).append(f"line {n}: {f[0] if f else ''!r}, expected {test_list.images[k]!r}")
+        for kind, value in _check_row(f)[1]:
+            issues.setdefault(kind, []).append(f"line {n}: {value}")
+    titles = {"order": "rows do not follow the test list order", **{k: t for k, (t, _, _) in _RULES.items()}}
     for kind, examples in issues.items():
         shown = "; ".join(examples[:max_examples])
         more = f" (+{len(examples) - max_examples} more)" if len(examples) > max_examples else ""

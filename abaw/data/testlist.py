@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from abaw.data.labels import parse_image_name
+from abaw.data.labels import frame_problem, parse_image_name
 from abaw.errors import FormatError
 from abaw.io import read_text
 
@@ -27,7 +27,7 @@ class TestList:
     path: str
     images: tuple[str, ...]
     video: tuple[str, ...]  # video id per entry
-    frame: np.ndarray  # int32 per entry
+    frame: np.ndarray  # int64 per entry, at most MAX_FRAME
     trailing_comma: bool  # ABAW7 style
 
     def __len__(self) -> int:
@@ -71,8 +71,9 @@ def read_test_list(path: str | os.PathLike) -> TestList:
         parsed = parse_image_name(name)
         if parsed is None:
             raise FormatError(path, f"bad image name {name!r} (expected <video>/<frame>.jpg)", n)
-        if parsed[1] < 1:
-            raise FormatError(path, f"frame number must be >= 1 in {name!r}", n)
+        problem = frame_problem(name, parsed[1])
+        if problem:
+            raise FormatError(path, problem, n)
         images.append(name)
         videos.append(parsed[0])
         frames.append(parsed[1])
@@ -80,7 +81,7 @@ def read_test_list(path: str | os.PathLike) -> TestList:
         path=path,
         images=tuple(images),
         video=tuple(videos),
-        frame=np.asarray(frames, dtype=np.int32),
+        frame=np.asarray(frames, dtype=np.int64),
         trailing_comma=commas == {True},
     )
 
@@ -100,5 +101,5 @@ def read_entries(path: str | os.PathLike) -> TestList:
     videos = ann.video_of_rows()[order]
     frames = ann.frame[order]
     images = tuple(ann.images()[i] for i in order)
-    return TestList(path=path, images=images, video=tuple(videos.tolist()), frame=frames.astype(np.int32),
+    return TestList(path=path, images=images, video=tuple(videos.tolist()), frame=frames.astype(np.int64),
                     trailing_comma=False)

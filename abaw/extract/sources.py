@@ -77,7 +77,7 @@ def read_only_lists(paths: Sequence[str | os.PathLike]) -> dict[str, set[int]]:
     want: dict[str, set[int]] = {}
     for p in paths:
         try:
-            with open(p, encoding="utf-8") as f:
+            with open(p, encoding="utf-8", errors="replace") as f:  # read_text reports bad bytes
                 head = f.readline()
         except OSError as e:
             raise AbawError(f"{p}: cannot read ({e.strerror})") from None

@@ -4,6 +4,11 @@ Frame numbers are the 1-based position in decode (presentation) order, counted f
 the frames actually decoded, never from container metadata (headers often claim a few
 frames more or less than the stream holds). Timestamps are the frames' presentation
 times in seconds. A display-matrix rotation (phone videos) is applied to the pixels.
+
+Damage is never stored as a complete video: a decoder error part-way, frames the decoder
+flags as corrupt (threaded decoding conceals errors that way instead of raising), or fewer
+frames than the container announces (`TruncatedVideoError`, after the frames that did
+decode were yielded; `decoded` says how many, for a caller that keeps partial videos).
 """
 
 from __future__ import annotations
@@ -23,6 +28,26 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
 
 class VideoError(AbawError):
     """A video cannot be opened or decoded."""
+
+
+class DamagedVideoError(VideoError):
+    """Decoding hit damaged data after `decoded` good frames (those were yielded)."""
+
+    def __init__(self, path: str, reason: str, decoded: int, expected: int = 0):
+        self.path = path
+        self.decoded = decoded  # frames decoded (and yielded) before the damage, numbered 1..decoded
+        self.expected = expected  # frames the container announces; 0 when unknown
+        super().__init__(f"{path}: {reason}")
+
+
+class TruncatedVideoError(DamagedVideoError):
+    """The stream ended well before the frame count its container announces."""
+
+
+# Decoded frames may fall short of the container's count by this much before the video is
+# called truncated: headers over-count by a few frames (edit lists, dropped B-frames).
+SHORT_TOLERANCE_FRAMES = 2
+SHORT_TOLERANCE_FRACTION = 0.01
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -46,12 +71,23 @@ class VideoInfo:
             return self.header_frames
         return int(round(self.duration * self.fps)) if self.duration and self.fps else 0
 
+    def expected_frames(self) -> int:
+        """The fewest frames the container vouches for (header count, duration x rate); 0
+        when it says nothing. Used to detect truncation, with SHORT_TOLERANCE_*."""
+        known = [n for n in (self.header_frames, round(self.duration * self.fps)) if n > 0]
+        return min(known) if known else 0
+
+    def is_short(self, decoded: int) -> bool:
+        """Whether `decoded` frames are clearly fewer than the container announces."""
+        exp = self.expected_frames()
+        return exp > 0 and exp - decoded > max(SHORT_TOLERANCE_FRAMES, SHORT_TOLERANCE_FRACTION * exp)
+
 
 @dataclass
 class FrameChunk:
     """Consecutive decoded frames: numbers (1-based), timestamps (s) and RGB pixels."""
 
-    frame: np.ndarray  # int32 [B]
+    frame: np.ndarray  # int64 [B]
     timestamp: np.ndarray  # float64 [B]
     rgb: np.ndarray  # uint8 [B, H, W, 3] (or a pinned torch tensor's numpy view)
 
@@ -60,18 +96,23 @@ def _open(path: str):
     import av
 
     try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise VideoError(f"{path}: empty file (0 bytes), not a video")
         container = av.open(path)
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise VideoError(f"{path}: cannot open video ({_msg(e)})") from None
+        raise VideoError(f"{path}: cannot open video ({_msg(e, path)})") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path}: no video stream")
     return container
 
 
-def _msg(e: BaseException) -> str:
+def _msg(e: BaseException, path: str = "") -> str:
     s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}"[:200]
+    text = s[0] if s else ""
+    if path:
+        text = text.replace(f": {path!r}", "").replace(f": '{path}'", "")
+    return f"{type(e).__name__}: {text}"[:200]
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -79,15 +120,49 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     path = os.fspath(path)
     c = _open(path)
     try:
-        s = c.streams.video[0]
-        rate = s.average_rate or s.guessed_rate or s.base_rate
-        fps = float(rate) if rate else 0.0
-        dur = float(s.duration * s.time_base) if s.duration and s.time_base else (
-            c.duration / 1e6 if c.duration else 0.0)
-        return VideoInfo(path=path, width=int(s.codec_context.width), height=int(s.codec_context.height),
-                         fps=fps, header_frames=int(s.frames or 0), duration=dur, codec=s.codec_context.name)
+        return _info(path, c)
     finally:
         c.close()
+
+
+def _info(path: str, c) -> VideoInfo:
+    s = c.streams.video[0]
+    rate = s.average_rate or s.guessed_rate or s.base_rate
+    fps = float(rate) if rate else 0.0
+    dur = float(s.duration * s.time_base) if s.duration and s.time_base else (
+        c.duration / 1e6 if c.duration else 0.0)
+    return VideoInfo(path=path, width=int(s.codec_context.width), height=int(s.codec_context.height),
+                     fps=fps, header_frames=int(s.frames or 0), duration=dur, codec=s.codec_context.name)
+
+
+def _decode(path: str, c, threads: int = 0) -> Iterator:
+    """Every decoded frame of the first video stream (threaded); raises DamagedVideoError
+    on a decoder error or a corrupt-flagged frame, TruncatedVideoError on a short stream,
+    always after yielding the good frames before the damage."""
+    import av
+
+    info = _info(path, c)
+    s = c.streams.video[0]
+    s.thread_type = "AUTO"
+    if threads:
+        s.thread_count = threads
+    exp = info.expected_frames()
+    of = f" of {exp} announced" if exp else ""
+    n = 0
+    try:
+        for fr in c.decode(s):
+            if getattr(fr, "is_corrupt", False):
+                raise DamagedVideoError(path, f"damaged: frame {n + 1} decodes corrupt ({n} good frames{of})", n, exp)
+            n += 1
+            yield fr
+    except av.error.FFmpegError as e:
+        if n == 0:
+            raise VideoError(f"{path}: no frame could be decoded ({_msg(e)})") from None
+        raise DamagedVideoError(path, f"damaged: decoding failed after {n} frames{of} ({_msg(e)})", n, exp) from None
+    if n == 0:
+        raise VideoError(f"{path}: no frame could be decoded")
+    if info.is_short(n):
+        raise TruncatedVideoError(path, f"truncated: {n} frames decode, the container announces {exp}", n, exp)
 
 
 def _rotate(arr: np.ndarray, rotation: float) -> np.ndarray:
@@ -100,17 +175,14 @@ def iter_frames(path: str | os.PathLike, chunk: int = 16, threads: int = 0,
     """Decode every frame of `path` in chunks of `chunk` frames.
 
     `alloc(n, h, w)` may return a uint8 array to decode into (e.g. a pinned buffer).
-    Raises VideoError if the file cannot be opened or decoding fails part-way.
+    Raises VideoError if the file cannot be opened; DamagedVideoError (after yielding the
+    frames before the damage) if decoding fails part-way, a frame decodes corrupt, or the
+    stream is shorter than its container announces (TruncatedVideoError).
     """
-    import av
-
     path = os.fspath(path)
     c = _open(path)
     try:
         s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        if threads:
-            s.thread_count = threads
         n = 0
         size: tuple[int, int] | None = None
         nums: list[int] = []
@@ -124,12 +196,12 @@ def iter_frames(path: str | os.PathLike, chunk: int = 16, threads: int = 0,
             buf = alloc(len(frames), h, w) if alloc else np.empty((len(frames), h, w, 3), np.uint8)
             for i, f in enumerate(frames):
                 buf[i] = f
-            out = FrameChunk(np.asarray(nums, np.int32), np.asarray(stamps, np.float64), buf)
+            out = FrameChunk(np.asarray(nums, np.int64), np.asarray(stamps, np.float64), buf)
             nums.clear(), stamps.clear(), frames.clear()
             return out
 
         try:
-            for fr in c.decode(s):
+            for fr in _decode(path, c, threads):
                 n += 1
                 if size is None:
                     rot = float(getattr(fr, "rotation", 0) or 0)
@@ -147,28 +219,22 @@ def iter_frames(path: str | os.PathLike, chunk: int = 16, threads: int = 0,
                 frames.append(arr)
                 if len(frames) == chunk:
                     yield emit()
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: decoding failed after {n} frames ({_msg(e)})") from None
+        except DamagedVideoError:
+            if frames:
+                yield emit()  # the good frames before the damage, for a caller keeping partial videos
+            raise
         if frames:
             yield emit()
-        if n == 0:
-            raise VideoError(f"{path}: no frame could be decoded")
     finally:
         c.close()
 
 
 def count_frames(path: str | os.PathLike) -> int:
-    """Number of frames that actually decode (decodes the whole stream, no conversion)."""
-    import av
-
+    """Number of frames that decode (decodes the whole stream, no conversion); a damaged or
+    truncated stream raises like `iter_frames`."""
     path = os.fspath(path)
     c = _open(path)
     try:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        try:
-            return sum(1 for _ in c.decode(s))
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: decoding failed ({_msg(e)})") from None
+        return sum(1 for _ in _decode(path, c))
     finally:
         c.close()

@@ -120,7 +120,7 @@ def load_state_dict_file(path: str | os.PathLike, trust_pickle: bool = False) ->
     if not os.path.exists(path):
         raise AbawError(f"{path}: weights file not found")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from abaw.safeload import load_safetensors as load_file
 
         sd: Any = load_file(path)
     else:

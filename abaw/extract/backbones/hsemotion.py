@@ -251,7 +251,7 @@ def load_weights(path: str | os.PathLike, trust_pickle: bool) -> dict[str, torch
     """A state dict from .safetensors, a plain torch state dict, or (trusted) a whole-model pickle."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from abaw.safeload import load_safetensors as load_file
 
         return load_file(path)
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from abaw.safeload import load_npz
 from abaw.data.annotations import Annotations
 from abaw.data.labels import N_AU, TASKS, image_name
 from abaw.errors import AbawError
@@ -61,7 +62,7 @@ class FrameOutputs:
 
     @classmethod
     def load(cls, path) -> FrameOutputs:
-        with np.load(path, allow_pickle=False) as z:
+        with load_npz(path) as z:
             return cls(videos=tuple(str(v) for v in z["videos"]), video_idx=z["video_idx"], frame=z["frame"],
                        **{t: (z[t] if t in z.files else None) for t in TASKS})
 
