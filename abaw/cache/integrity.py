@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,8 @@ def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]]) -> None:
 def read_marker(unit: Path) -> dict[str, Any] | None:
     """The unit's marker, None when it has none (legacy); Damage when it is unreadable."""
     try:
-        text = (unit / MARKER).read_bytes()
+        with open(os.path.join(os.fspath(unit), MARKER), "rb") as f:
+            text = f.read()
     except FileNotFoundError:
         return None
     try:
@@ -106,18 +108,24 @@ def _owner(rel: str, marker: dict[str, Any]) -> str:
     return "." if "." in marker["arrays"] or len(parts) == 1 else parts[0]
 
 
-def check_files(unit: Path, marker: dict[str, Any]) -> None:
-    """Every file the marker lists exists with its recorded size; metadata unchanged."""
+def check_files(unit: Path, marker: dict[str, Any]) -> dict[str, bytes]:
+    """Every file the marker lists exists with its recorded size; metadata unchanged.
+    Returns the metadata files' bytes (path inside the unit -> bytes)."""
+    base = os.fspath(unit)
     for rel, size in marker["files"].items():
         try:
-            got = os.stat(unit / rel).st_size
+            got = os.stat(os.path.join(base, rel)).st_size
         except FileNotFoundError:
             raise Damage(_owner(rel, marker), f"{rel} is missing") from None
         if got != size:
             raise Damage(_owner(rel, marker), f"{rel} has {got} bytes, expected {size}")
+    meta = {}
     for rel, sha in marker["meta"].items():
-        if _sha_file(unit / rel) != sha:
+        with open(os.path.join(base, rel), "rb") as f:
+            meta[rel] = f.read()
+        if hashlib.sha256(meta[rel]).hexdigest() != sha:
             raise Damage(_owner(rel, marker), f"{rel} was changed")
+    return meta
 
 
 def has_crc(unit: Path) -> bool:
@@ -141,13 +149,14 @@ def read_array(unit: Path, rel: str, info: dict[str, Any], out: np.ndarray | Non
     `out`: a C-contiguous destination of the array's shape and dtype (else one is made)."""
     import google_crc32c
 
+    base = os.fspath(unit)
     shape = tuple(info["shape"])
     dtype = np.dtype(info["dtype"])
     if out is None:
         out = np.empty(shape, dtype)
     n = shape[0] if shape else 0
     rows = max(1, int(info["chunk_rows"]))
-    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
     flat = out.reshape(-1).view(np.uint8)  # a view: readinto fills `out`
     ndim = len(shape)
     for i, lo in enumerate(range(0, n, rows)):
@@ -156,7 +165,7 @@ def read_array(unit: Path, rel: str, info: dict[str, Any], out: np.ndarray | Non
         want = rows * row_bytes  # edge chunks are stored whole (padded)
         dst = flat[lo * row_bytes:hi * row_bytes]
         try:
-            with open(unit / name, "rb", buffering=0) as f:
+            with open(os.path.join(base, name), "rb", buffering=0) as f:
                 got = f.readinto(dst)
                 pad = f.read(want - (hi - lo) * row_bytes) if hi - lo < rows else b""
                 tail = f.read(5)
@@ -199,11 +208,12 @@ class UnitState:
     marker: dict[str, Any] | None = None
     array: str = "."
     reason: str = ""
+    meta: dict[str, bytes] | None = None  # the checked zarr.json files (marked units)
 
 
 def unit_state(unit: Path) -> UnitState:
     """Cheap state of a unit directory (no chunk is read)."""
-    if not (unit / "zarr.json").exists():
+    if not os.path.exists(os.path.join(os.fspath(unit), "zarr.json")):
         if unit.exists() and (unit / MARKER).exists():
             return UnitState("damaged", None, ".", "zarr.json is missing")
         return UnitState("absent")
@@ -213,7 +223,6 @@ def unit_state(unit: Path) -> UnitState:
             if has_crc(unit):
                 return UnitState("damaged", None, ".", "done-marker is missing")
             return UnitState("legacy")
-        check_files(unit, marker)
-        return UnitState("ok", marker)
+        return UnitState("ok", marker, meta=check_files(unit, marker))
     except Damage as d:
         return UnitState("damaged", None, d.array, d.reason)

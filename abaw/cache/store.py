@@ -214,9 +214,10 @@ class FeatureStore:
             msg = str(e).splitlines()[0][:160] if str(e) else ""
             raise self.damaged(video, array, f"unreadable: {type(e).__name__} {msg}".strip()) from None
 
-    def _attrs(self, unit: Path, video: str, array: str) -> dict[str, Any]:
+    def _attrs(self, unit: Path, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
         try:
-            return dict(json.loads((unit / "zarr.json").read_bytes()).get("attributes") or {})
+            raw = st.meta["zarr.json"] if st is not None and st.meta else (unit / "zarr.json").read_bytes()
+            return dict(json.loads(raw).get("attributes") or {})
         except (ValueError, AttributeError, OSError):
             raise self.damaged(video, array, "zarr.json is not valid JSON") from None
 
@@ -244,7 +245,7 @@ class FeatureStore:
         vdir = self._vdir(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
-                          attrs=self._attrs(vdir, video, "zarr.json"))
+                          attrs=self._attrs(vdir, video, "zarr.json", st))
 
     def read_array(self, video: str, name: str) -> np.ndarray | None:
         """An optional per-frame array of the video index (`box`, `landmarks`), or None."""
@@ -272,9 +273,9 @@ class FeatureStore:
         meta = self._legacy(video, f"feat/{key}", lambda: json.loads((self._fdir(video, key) / "zarr.json").read_bytes()))
         return tuple(meta["shape"])
 
-    def fingerprint(self, video: str, key: str) -> dict[str, Any]:
-        self._checked(video, key)
-        return self._attrs(self._fdir(video, key), video, f"feat/{key}").get("fingerprint", {})
+    def fingerprint(self, video: str, key: str, state: UnitState | None = None) -> dict[str, Any]:
+        st = state or self._checked(video, key)
+        return self._attrs(self._fdir(video, key), video, f"feat/{key}", st).get("fingerprint", {})
 
     # ------------------------------------------------------------------ writing
 
@@ -490,7 +491,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         feats: dict[str, np.ndarray] = {}
         fps: dict[str, dict[str, Any]] = {}
         for j, k in enumerate(keys):
-            fp_of = list(pool.map(lambda v: fs.fingerprint(v, k), use))
+            fp_of = [fs.fingerprint(v, k, states[v][j]) for v in use]
             shapes = [fs.feature_shape(v, k, states[v][j]) for v in use]
             for v, fp, shp in zip(use, fp_of, shapes):
                 if k in fps:
