@@ -58,7 +58,7 @@ FEATURE_CHUNK_ROWS = 16384
 _ZARR_ERRORS = (ValueError, KeyError, OSError, RuntimeError, TypeError, json.JSONDecodeError)
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("__") \
             or name.startswith(".") or "\x00" in name:
         raise AbawError(f"{what} {name!r} cannot be stored in the cache")
@@ -151,11 +151,11 @@ class FeatureStore:
     # ------------------------------------------------------------------ listing
 
     def _vdir(self, video: str) -> Path:
-        _check_name(video, "video id")
+        check_name(video, "video id")
         return self.path / "videos" / video
 
     def _fdir(self, video: str, key: str) -> Path:
-        _check_name(key, "backbone key")
+        check_name(key, "backbone key")
         return self._vdir(video) / "feat" / key
 
     def videos(self) -> list[str]:
