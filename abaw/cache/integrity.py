@@ -105,7 +105,7 @@ def _owner(rel: str, marker: dict[str, Any]) -> str:
     for i in range(len(parts), 0, -1):
         if "/".join(parts[:i]) in marker["arrays"]:
             return "/".join(parts[:i])
-    return "." if "." in marker["arrays"] or len(parts) == 1 else parts[0]
+    return "." if "." in marker["arrays"] else rel  # a file of the unit itself (its zarr.json)
 
 
 def check_files(unit: Path, marker: dict[str, Any]) -> dict[str, bytes]:

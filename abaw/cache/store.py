@@ -173,9 +173,19 @@ class FeatureStore:
     def feature_state(self, video: str, key: str) -> UnitState:
         return unit_state(self._fdir(video, key))
 
-    def has_video(self, video: str) -> bool:
-        """The video's index is complete and undamaged (or a legacy unit)."""
-        return self.video_state(video).state in ("ok", "legacy")
+    def _usable(self, unit: Path, st: UnitState, deep: bool) -> bool:
+        if st.state == "ok" and deep:
+            try:  # every chunk's crc32c (reads the unit at GB/s; no content hash)
+                for rel, info in st.marker["arrays"].items():
+                    integrity.read_array(unit, rel, info)
+            except Damage:
+                return False
+        return st.state in ("ok", "legacy")
+
+    def has_video(self, video: str, deep: bool = True) -> bool:
+        """The video's index is complete and undamaged (or a legacy unit). `deep` also
+        checks every chunk's checksum (cheap: the index is small)."""
+        return self._usable(self._vdir(video), self.video_state(video), deep)
 
     def feature_keys(self, video: str) -> list[str]:
         """Backbone keys whose features are complete (undamaged) for `video`."""
@@ -185,9 +195,11 @@ class FeatureStore:
         return sorted(p.name for p in fdir.iterdir() if not p.name.startswith(".")
                       and unit_state(p).state in ("ok", "legacy"))
 
-    def has_features(self, video: str, key: str) -> bool:
-        """The features are complete and undamaged (a damaged unit is redone by `extract`)."""
-        return self.feature_state(video, key).state in ("ok", "legacy")
+    def has_features(self, video: str, key: str, deep: bool = True) -> bool:
+        """The features are complete and undamaged, so `extract` calls them done (and
+        redoes a damaged unit). `deep` also checks every chunk's checksum, i.e. reads the
+        array (about a second per GiB); `deep=False` checks only files and sizes."""
+        return self._usable(self._fdir(video, key), self.feature_state(video, key), deep)
 
     # ------------------------------------------------------------------ reading
 
@@ -362,10 +374,11 @@ class FeatureStore:
         self._writable()
         zarr = _zarr()
         fdir = self._fdir(video, key)
-        if not self.has_video(video):
+        if not self.has_video(video, deep=False):
             raise AbawError(f"{self.path}: write the index of {video!r} before its features")
         n = int(self.video_attrs(video)["n_frames"])
-        feats = np.ascontiguousarray(feats, dtype=np.float16)
+        with np.errstate(over="ignore"):  # beyond float16's range becomes inf: refused below
+            feats = np.ascontiguousarray(feats, dtype=np.float16)
         if feats.ndim != 2 or feats.shape[0] != n:
             raise ValueError(f"{video}/{key}: features {feats.shape} do not match {n} frames")
         if not integrity.all_finite(feats):
