@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abaw.cache.store import FeatureStore, load_features  # noqa: E402
+from abaw.cache.store import FeatureStore, load_features
 
 FP = {"spec": "bench:gelu", "dim": 0, "preprocess": {}, "weights_sha256": "bench"}
 

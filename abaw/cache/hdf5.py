@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def _members(group, what: str) -> dict[str, Any]:
     import h5py
 
     out = {}
-    for name in group.keys():
+    for name in group:
         why = _link_problem(group, name)
         if why is not None:
             raise AbawError(f"{what}: {why}")
@@ -163,7 +164,7 @@ def _generic_entries(f, dataset: str | None, path: str):
     features, how frames were found) or raises AbawError for that video alone."""
     import h5py
 
-    for name in f.keys():
+    for name in f:
         why = _link_problem(f, name)
         if why is not None:
             yield name, (lambda why=why: (_ for _ in ()).throw(AbawError(f"{path}: {why}")))
@@ -251,7 +252,7 @@ def import_hdf5(path: str | os.PathLike, store: str | os.PathLike | FeatureStore
         if f.attrs.get("abaw_export") is not None:
             if key is not None or dataset is not None:
                 raise AbawError(f"{path}: an abaw export keeps its own keys; --key/--dataset do not apply")
-            for v in f.keys():
+            for v in f:
                 report["videos"] += 1
                 try:
                     why = _link_problem(f, v)

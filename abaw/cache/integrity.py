@@ -108,11 +108,12 @@ def _owner(rel: str, marker: dict[str, Any]) -> str:
     return "." if "." in marker["arrays"] else rel  # a file of the unit itself (its zarr.json)
 
 
-def check_files(unit: Path, marker: dict[str, Any]) -> dict[str, bytes]:
+def check_files(unit: Path, marker: dict[str, Any], light: bool = False) -> dict[str, bytes]:
     """Every file the marker lists exists with its recorded size; metadata unchanged.
-    Returns the metadata files' bytes (path inside the unit -> bytes)."""
+    Returns the metadata files' bytes (path inside the unit -> bytes). `light` checks only
+    the unit's own zarr.json (for loading: `read_array` checks the chunks it reads)."""
     base = os.fspath(unit)
-    for rel, size in marker["files"].items():
+    for rel, size in ({} if light else marker["files"]).items():
         try:
             got = os.stat(os.path.join(base, rel)).st_size
         except FileNotFoundError:
@@ -121,6 +122,8 @@ def check_files(unit: Path, marker: dict[str, Any]) -> dict[str, bytes]:
             raise Damage(_owner(rel, marker), f"{rel} has {got} bytes, expected {size}")
     meta = {}
     for rel, sha in marker["meta"].items():
+        if light and rel != "zarr.json":
+            continue
         with open(os.path.join(base, rel), "rb") as f:
             meta[rel] = f.read()
         if hashlib.sha256(meta[rel]).hexdigest() != sha:
@@ -211,8 +214,8 @@ class UnitState:
     meta: dict[str, bytes] | None = None  # the checked zarr.json files (marked units)
 
 
-def unit_state(unit: Path) -> UnitState:
-    """Cheap state of a unit directory (no chunk is read)."""
+def unit_state(unit: Path, light: bool = False) -> UnitState:
+    """Cheap state of a unit directory (no chunk is read; `light`: see `check_files`)."""
     if not os.path.exists(os.path.join(os.fspath(unit), "zarr.json")):
         if unit.exists() and (unit / MARKER).exists():
             return UnitState("damaged", None, ".", "zarr.json is missing")
@@ -223,6 +226,6 @@ def unit_state(unit: Path) -> UnitState:
             if has_crc(unit):
                 return UnitState("damaged", None, ".", "done-marker is missing")
             return UnitState("legacy")
-        return UnitState("ok", marker, meta=check_files(unit, marker))
+        return UnitState("ok", marker, meta=check_files(unit, marker, light))
     except Damage as d:
         return UnitState("damaged", None, d.array, d.reason)

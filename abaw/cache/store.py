@@ -33,14 +33,16 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from abaw.cache import integrity, lock
 from abaw.cache.integrity import Damage, UnitState, unit_state
+from abaw.cache.write import StoreWriter
 from abaw.errors import AbawError
 
 CACHE_VERSION = 1
@@ -54,7 +56,6 @@ def _zarr():
     return zarr
 
 
-FEATURE_CHUNK_ROWS = 16384
 _ZARR_ERRORS = (ValueError, KeyError, OSError, RuntimeError, TypeError, json.JSONDecodeError)
 
 
@@ -75,7 +76,7 @@ class VideoIndex:
     attrs: dict[str, Any]
 
 
-class FeatureStore:
+class FeatureStore(StoreWriter):
     """A Zarr feature cache on local disk. `mode='r'` to read, `'a'` to read and write
     (takes the store's write lock until `close()`, see cache/lock.py)."""
 
@@ -167,11 +168,11 @@ class FeatureStore:
         return sorted(p.name for p in vdir.iterdir() if not p.name.startswith(".")
                       and ((p / "zarr.json").exists() or (p / integrity.MARKER).exists()))
 
-    def video_state(self, video: str) -> UnitState:
-        return unit_state(self._vdir(video))
+    def video_state(self, video: str, light: bool = False) -> UnitState:
+        return unit_state(self._vdir(video), light)
 
-    def feature_state(self, video: str, key: str) -> UnitState:
-        return unit_state(self._fdir(video, key))
+    def feature_state(self, video: str, key: str, light: bool = False) -> UnitState:
+        return unit_state(self._fdir(video, key), light)
 
     def _usable(self, unit: Path, st: UnitState, deep: bool) -> bool:
         if st.state == "ok" and deep:
@@ -208,8 +209,8 @@ class FeatureStore:
         return AbawError(f"{self.path}: video {video!r}, array {array!r} is damaged ({reason}); run "
                          f"`abaw cache verify {self.path} --repair` and rerun `abaw extract` to redo it")
 
-    def _checked(self, video: str, key: str | None = None) -> UnitState:
-        st = self.video_state(video) if key is None else self.feature_state(video, key)
+    def _checked(self, video: str, key: str | None = None, light: bool = False) -> UnitState:
+        st = self.video_state(video, light) if key is None else self.feature_state(video, key, light)
         arr = (lambda a: a) if key is None else (lambda a: f"feat/{key}" if a == "." else f"feat/{key}/{a}")
         if st.state == "absent":
             if key is None:
@@ -252,8 +253,10 @@ class FeatureStore:
         self._checked(video)
         return self._attrs(self._vdir(video), video, "zarr.json")
 
-    def read_index(self, video: str) -> VideoIndex:
-        st = self._checked(video)
+    def read_index(self, video: str, light: bool = False) -> VideoIndex:
+        """The video's index; `light` checks only what it reads (the three arrays' chunks
+        and the group's zarr.json), as loading does."""
+        st = self._checked(video, light=light)
         vdir = self._vdir(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
@@ -288,124 +291,6 @@ class FeatureStore:
     def fingerprint(self, video: str, key: str, state: UnitState | None = None) -> dict[str, Any]:
         st = state or self._checked(video, key)
         return self._attrs(self._fdir(video, key), video, f"feat/{key}", st).get("fingerprint", {})
-
-    # ------------------------------------------------------------------ writing
-
-    def _writable(self) -> None:
-        if self._lock is None:
-            raise AbawError(f"{self.path}: opened read-only (or closed); open it with mode='a' to write")
-
-    def _staging(self, kind: str = "") -> Path:
-        d = self.path / ".staging" / lock.staging_name(kind + uuid.uuid4().hex)
-        d.mkdir(parents=True)
-        return d
-
-    def clear_staging(self) -> int:
-        """Remove leftovers of interrupted writes by dead writers (never a live writer's
-        entries). Returns how many were removed."""
-        s = self.path / ".staging"
-        if not s.exists():
-            return 0
-        n = 0
-        for p in s.iterdir():
-            if lock.writer_alive(p.name):
-                continue
-            shutil.rmtree(p, ignore_errors=True)
-            n += 1
-        return n
-
-    def _trash(self, path: Path) -> None:
-        trash = self._staging("del")
-        os.replace(path, trash / "unit")
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def _install(self, tmp: Path, final: Path, overwrite: bool) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            if not overwrite and unit_state(final).state in ("ok", "legacy"):
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise AbawError(f"{final.relative_to(self.path)} already exists in {self.path} (use overwrite)")
-            trash = self._staging("old")  # a damaged unit is replaced without asking
-            os.replace(final, trash / "unit")
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-
-    def write_video(self, video: str, frame: np.ndarray, timestamp: np.ndarray, face: np.ndarray,
-                    attrs: dict[str, Any], extra: dict[str, np.ndarray] | None = None,
-                    overwrite: bool = False) -> None:
-        """Write one video's index atomically (replacing it drops its features)."""
-        self._writable()
-        zarr = _zarr()
-        vdir = self._vdir(video)
-        frame = np.asarray(frame, dtype=np.int32)
-        n = len(frame)
-        timestamp = np.asarray(timestamp, dtype=np.float64)
-        face = np.asarray(face, dtype=bool)
-        if timestamp.shape != (n,) or face.shape != (n,):
-            raise ValueError("frame, timestamp and face must have the same length")
-        if n and (np.diff(frame) <= 0).any():
-            raise ValueError(f"{video}: frame numbers must be strictly increasing")
-        stage = self._staging()
-        tmp = stage / "unit"
-        g = zarr.open_group(str(tmp), mode="w")
-        arrays = {"frame": frame, "timestamp": timestamp, "face": face, **(extra or {})}
-        written = {}
-        for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
-            if len(arr) != n:
-                raise ValueError(f"{video}: array {name} has {len(arr)} rows, expected {n}")
-            chunks = arr.shape if n else tuple(max(1, d) for d in arr.shape)  # zarr needs chunks >= 1
-            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, **integrity.array_kwargs())
-            if n:
-                a[...] = arr
-            written[name] = (arr, chunks[0])
-        zarr.open_group(str(tmp / "feat"), mode="w")
-        g.attrs.update({**attrs, "n_frames": int(n), "n_faces": int(face.sum())})
-        integrity.write_marker(tmp, written)
-        self._install(tmp, vdir, overwrite)
-        shutil.rmtree(stage, ignore_errors=True)
-
-    def write_features(self, video: str, key: str, feats: np.ndarray, fingerprint: dict[str, Any],
-                       overwrite: bool = False) -> None:
-        """Write one backbone's [N, D] features for a video atomically (stored as float16;
-        non-finite values are refused)."""
-        self._writable()
-        zarr = _zarr()
-        fdir = self._fdir(video, key)
-        if not self.has_video(video, deep=False):
-            raise AbawError(f"{self.path}: write the index of {video!r} before its features")
-        n = int(self.video_attrs(video)["n_frames"])
-        with np.errstate(over="ignore"):  # beyond float16's range becomes inf: refused below
-            feats = np.ascontiguousarray(feats, dtype=np.float16)
-        if feats.ndim != 2 or feats.shape[0] != n:
-            raise ValueError(f"{video}/{key}: features {feats.shape} do not match {n} frames")
-        if not integrity.all_finite(feats):
-            raise AbawError(f"{self.path}: video {video!r}: {key!r} features hold non-finite values (NaN/inf, "
-                            "or beyond float16's range); not stored")
-        stage = self._staging()
-        tmp = stage / "unit"
-        chunks = (max(1, min(n, FEATURE_CHUNK_ROWS)), max(1, feats.shape[1]))
-        a = zarr.create_array(str(tmp), shape=feats.shape, dtype="float16", chunks=chunks, **integrity.array_kwargs())
-        if n:
-            a[...] = feats
-        a.attrs["fingerprint"] = fingerprint
-        integrity.write_marker(tmp, {".": (feats, chunks[0])})
-        self._install(tmp, fdir, overwrite)
-        shutil.rmtree(stage, ignore_errors=True)
-
-    def delete_video(self, video: str) -> None:
-        self._writable()
-        d = self._vdir(video)
-        if d.exists():
-            self._trash(d)
-
-    def delete_features(self, video: str, key: str) -> None:
-        self._writable()
-        d = self._fdir(video, key)
-        if d.exists():
-            self._trash(d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -475,12 +360,12 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     def probe(v: str) -> tuple[UnitState, ...] | None:
         if v not in have:
             return None
-        sts = [fs.feature_state(v, k) for k in keys]
+        sts = [fs.feature_state(v, k, light=True) for k in keys]
         if any(st.state == "absent" for st in sts):
             return None
         for k, st in zip(keys, sts):
             if st.state == "damaged":
-                fs._checked(v, k)  # raises the one-line damage error
+                fs._checked(v, k, light=True)  # raises the one-line damage error
         return tuple(sts)
 
     with ThreadPoolExecutor(_threads(len(wanted))) as pool:
@@ -490,7 +375,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         absent = [v for v, p in zip(wanted, probed) if p is None]
         if absent and missing == "error":
             raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-        indexes = list(pool.map(fs.read_index, use))
+        indexes = list(pool.map(lambda v: fs.read_index(v, light=True), use))
         sel: list[Any] = []
         for v, idx in zip(use, indexes):
             rows: Any = idx.face if faces_only else slice(None)  # a slice reads straight into the table
@@ -523,7 +408,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                 continue
             out = np.empty((n, shapes[0][1]), dtype=np.float16)
 
-            def read(i: int) -> None:
+            def read(i: int, k: str = k, j: int = j, out: np.ndarray = out) -> None:
                 v = use[i]
                 if isinstance(sel[i], slice):
                     fs.read_features(v, k, out[offsets[i]:offsets[i + 1]], states[v][j])
