@@ -91,6 +91,8 @@ def test_damaged_features_are_named_on_load_and_by_verify(store, damage):
     assert not fs.has_features("b", "k") and fs.has_features("a", "k")  # extract redoes it
     t = load_features(store, ["k"], videos=["a", "c"])  # the others still load, unchanged
     np.testing.assert_array_equal(t.feats["k"][t.video_slice("c")], _feats(2, 7))
+    info = _cli("cache", "info", str(store))  # info no longer stays silent
+    assert info.exit_code == 0 and "DAMAGED: 1 units (e.g. b" in info.output, info.output
     res = _cli("cache", "verify", str(store))
     assert res.exit_code == 1 and "DAMAGED video 'b', array 'feat/k'" in res.output, res.output
     assert "'a'" not in res.output and "'c'" not in res.output
