@@ -36,7 +36,7 @@ def cache_info(store: str | os.PathLike | FeatureStore) -> dict[str, Any]:
             continue
         fdir = fs.path / "videos" / v / "feat"
         damaged += [f"{v}/feat/{p.name}" for p in (sorted(fdir.iterdir()) if fdir.exists() else [])
-                    if not p.name.startswith(".") and not fs.has_features(v, p.name)]
+                    if p.is_dir() and not p.name.startswith(".") and not fs.has_features(v, p.name)]
         a = fs.video_attrs(v)
         frames += int(a.get("n_frames", 0))
         faces += int(a.get("n_faces", 0))
