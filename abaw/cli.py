@@ -255,6 +255,27 @@ def cache_import_cmd(src: str, store: str, fmt: str, key: str | None, dataset: s
         sys.exit(2)
 
 
+@cache_group.command("verify")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--repair", is_flag=True, help="Delete the damaged units, so that rerunning `abaw extract` redoes them.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+def cache_verify_cmd(store: str, repair: bool, json_out: str | None) -> None:
+    """Check every array of STORE (files, crc32c checksums, content hashes, finite
+    features); name each damaged video/array and exit 1 if there is any (0 after --repair).
+
+    Example: abaw cache verify cache.zarr --repair
+    """
+    from abaw.cache.verify import verify_store
+    from abaw.io import write_json
+
+    r = verify_store(store, repair=repair)
+    click.echo(r.format())
+    if json_out:
+        write_json(json_out, r.to_dict())
+    if not r.ok and not repair:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- training, search, predict, report, demo
 
 

@@ -29,7 +29,14 @@ def cache_info(store: str | os.PathLike | FeatureStore) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     settings: dict[str, dict] = {}
     keys: dict[str, dict[str, Any]] = {}
-    for v in videos:
+    damaged: list[str] = []
+    for v in list(videos):
+        if not fs.has_video(v):  # checks sizes, metadata and every chunk's crc32c (GB/s)
+            damaged.append(v)
+            continue
+        fdir = fs.path / "videos" / v / "feat"
+        damaged += [f"{v}/feat/{p.name}" for p in (sorted(fdir.iterdir()) if fdir.exists() else [])
+                    if p.is_dir() and not p.name.startswith(".") and not fs.has_features(v, p.name)]
         a = fs.video_attrs(v)
         frames += int(a.get("n_frames", 0))
         faces += int(a.get("n_faces", 0))
@@ -54,7 +61,7 @@ def cache_info(store: str | os.PathLike | FeatureStore) -> dict[str, Any]:
         e["fingerprints"] = list(e["fingerprints"].values())
         e["missing_videos"] = len(videos) - e["videos"]
     return {"path": str(fs.path), "videos": len(videos), "frames": frames, "faces": faces, "kinds": kinds,
-            "backbones": keys, "settings": list(settings.values()), "bytes": _du(fs.path)}
+            "backbones": keys, "settings": list(settings.values()), "bytes": _du(fs.path), "damaged": damaged}
 
 
 def _size(n: float) -> str:
@@ -87,4 +94,7 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"    spec {f['spec']}  (input {f['input_size']})")
     for s in info["settings"]:
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    if info.get("damaged"):
+        lines.append(f"DAMAGED: {len(info['damaged'])} units (e.g. {', '.join(info['damaged'][:3])}); run "
+                     f"`abaw cache verify {info['path']}` (and --repair)")
     return "\n".join(lines)

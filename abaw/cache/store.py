@@ -12,26 +12,37 @@ Layout (a local directory store):
         landmarks  float32 [N, 5, 2]   optional: 5 facial points (NaN if none)
         score      float32 [N]         optional: detector score of the chosen face (NaN if none)
         feat/<key> float16 [N, D]      one array per backbone; attrs {"fingerprint": {...}}
-    STORE/.staging/                    units being written (ignored; cleared on open)
+    STORE/.staging/                    units being written (ignored; stale ones cleared on open)
+    STORE/.lock                        the writers' lock (see cache/lock.py)
+    <unit>/.abaw_done.json             done-marker: shapes, content hashes, file sizes
 
 Every unit (a video's index group, one backbone's feature array) is written completely
 under `.staging/` and then moved into place with one atomic directory rename: a unit
 either exists whole or not at all, so a run killed at any moment (kill -9) and rerun
-gives the same cache. No shared metadata is mutated after creation, so several
-processes (torchrun ranks) can write different videos into one store concurrently.
+gives the same cache. No shared metadata is mutated after creation, so the ranks of one
+torchrun job can write different videos into one store concurrently; other processes
+are kept out by the store's lock. Each unit carries a done-marker and checksummed
+chunks (cache/integrity.py): damage is reported on load as a one-line AbawError naming
+the store, video and array, and `has_video`/`has_features` count damaged units as
+absent (so `extract` redoes them); `abaw cache verify` lists and repairs them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
+from abaw.cache import integrity, lock
+from abaw.cache.integrity import Damage, UnitState, unit_state
+from abaw.cache.write import StoreWriter
 from abaw.errors import AbawError
 
 CACHE_VERSION = 1
@@ -45,13 +56,10 @@ def _zarr():
     return zarr
 
 
-def _compressors():
-    from zarr.codecs import ZstdCodec
-
-    return (ZstdCodec(level=1),)
+_ZARR_ERRORS = (ValueError, KeyError, OSError, RuntimeError, TypeError, json.JSONDecodeError)
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("__") \
             or name.startswith(".") or "\x00" in name:
         raise AbawError(f"{what} {name!r} cannot be stored in the cache")
@@ -68,33 +76,63 @@ class VideoIndex:
     attrs: dict[str, Any]
 
 
-class FeatureStore:
-    """A Zarr feature cache on local disk. `mode='r'` to read, `'a'` to read and write."""
+class FeatureStore(StoreWriter):
+    """A Zarr feature cache on local disk. `mode='r'` to read, `'a'` to read and write
+    (takes the store's write lock until `close()`, see cache/lock.py)."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
         self.path = Path(path)
         self.mode = mode
-        zarr = _zarr()
+        self._lock: str | None = None
         root_meta = self.path / "zarr.json"
         if mode == "r":
             if not root_meta.exists():
                 raise AbawError(f"{self.path}: not an abaw feature cache (no zarr.json)")
         elif mode == "a":
-            # (another process creating the cache right now leaves only a `.staging-root-*` entry)
             if self.path.exists() and not root_meta.exists() and any(
-                    not p.name.startswith(".staging") for p in self.path.iterdir()):
+                    not p.name.startswith(".") for p in self.path.iterdir()):
                 raise AbawError(f"{self.path}: exists and is not a feature cache; choose another path")
             self.path.mkdir(parents=True, exist_ok=True)
-            if not root_meta.exists():
-                self._create_root()
-            (self.path / "videos").mkdir(exist_ok=True)
-            if not (self.path / "videos" / "zarr.json").exists():
-                zarr.open_group(str(self.path / "videos"), mode="a")
+            self._lock = lock.acquire(self.path)
+            try:
+                if lock.owns(self.path):
+                    self.clear_staging()  # only dead writers' entries: we hold the lock
+                if not root_meta.exists():
+                    self._create_root()
+                (self.path / "videos").mkdir(exist_ok=True)
+                if not (self.path / "videos" / "zarr.json").exists():
+                    _zarr().open_group(str(self.path / "videos"), mode="a")
+            except BaseException:
+                self.close()
+                raise
         else:
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
-        attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
+        try:
+            attrs = json.loads(root_meta.read_bytes()).get("attributes", {})
+        except (ValueError, AttributeError, OSError):
+            self.close()
+            raise AbawError(f"{self.path}: the root zarr.json is damaged (not valid JSON)") from None
         if attrs.get("abaw_cache") != CACHE_VERSION:
+            self.close()
             raise AbawError(f"{self.path}: not an abaw feature cache (version {attrs.get('abaw_cache')!r})")
+
+    def close(self) -> None:
+        """Drop this handle's share of the write lock (also done when it is garbage collected)."""
+        if self._lock is not None:
+            lock.release(self._lock)
+            self._lock = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _create_root(self) -> None:
         from abaw import __version__
@@ -102,7 +140,8 @@ class FeatureStore:
         zarr = _zarr()
         tmp = self.path / f".staging-root-{uuid.uuid4().hex}"
         g = zarr.open_group(str(tmp), mode="w")
-        g.attrs.update({"abaw_cache": CACHE_VERSION, "created_by": f"abaw {__version__}", "layout": "videos/<video>"})
+        g.attrs.update({"abaw_cache": CACHE_VERSION, "created_by": f"abaw {__version__}", "layout": "videos/<video>",
+                        "integrity": integrity.MARKER_VERSION})
         try:
             os.link(tmp / "zarr.json", self.path / "zarr.json")  # fails if another process won
         except FileExistsError:
@@ -113,155 +152,145 @@ class FeatureStore:
     # ------------------------------------------------------------------ listing
 
     def _vdir(self, video: str) -> Path:
-        _check_name(video, "video id")
+        check_name(video, "video id")
         return self.path / "videos" / video
 
+    def _fdir(self, video: str, key: str) -> Path:
+        check_name(key, "backbone key")
+        return self._vdir(video) / "feat" / key
+
     def videos(self) -> list[str]:
-        """Ids of videos whose index is complete, sorted."""
+        """Ids of videos present in the cache, sorted (a damaged index counts as present:
+        reading it raises the damage; `has_video` says whether it is usable)."""
         vdir = self.path / "videos"
         if not vdir.exists():
             return []
-        return sorted(p.name for p in vdir.iterdir() if (p / "zarr.json").exists() and not p.name.startswith("."))
+        return sorted(p.name for p in vdir.iterdir() if not p.name.startswith(".")
+                      and ((p / "zarr.json").exists() or (p / integrity.MARKER).exists()))
 
-    def has_video(self, video: str) -> bool:
-        return (self._vdir(video) / "zarr.json").exists()
+    def video_state(self, video: str, light: bool = False) -> UnitState:
+        return unit_state(self._vdir(video), light)
+
+    def feature_state(self, video: str, key: str, light: bool = False) -> UnitState:
+        return unit_state(self._fdir(video, key), light)
+
+    def _usable(self, unit: Path, st: UnitState, deep: bool) -> bool:
+        if st.state == "ok" and deep:
+            try:  # every chunk's crc32c (reads the unit at GB/s; no content hash)
+                for rel, info in st.marker["arrays"].items():
+                    integrity.read_array(unit, rel, info)
+            except Damage:
+                return False
+        return st.state in ("ok", "legacy")
+
+    def has_video(self, video: str, deep: bool = True) -> bool:
+        """The video's index is complete and undamaged (or a legacy unit). `deep` also
+        checks every chunk's checksum (cheap: the index is small)."""
+        return self._usable(self._vdir(video), self.video_state(video), deep)
 
     def feature_keys(self, video: str) -> list[str]:
-        """Backbone keys whose features are complete for `video`."""
+        """Backbone keys whose features are complete (undamaged) for `video`."""
         fdir = self._vdir(video) / "feat"
         if not fdir.exists():
             return []
-        return sorted(p.name for p in fdir.iterdir() if (p / "zarr.json").exists())
+        return sorted(p.name for p in fdir.iterdir() if not p.name.startswith(".")
+                      and unit_state(p).state in ("ok", "legacy"))
 
-    def has_features(self, video: str, key: str) -> bool:
-        return (self._vdir(video) / "feat" / key / "zarr.json").exists()
+    def has_features(self, video: str, key: str, deep: bool = True) -> bool:
+        """The features are complete and undamaged, so `extract` calls them done (and
+        redoes a damaged unit). `deep` also checks every chunk's checksum, i.e. reads the
+        array (about a second per GiB); `deep=False` checks only files and sizes."""
+        return self._usable(self._fdir(video, key), self.feature_state(video, key), deep)
 
     # ------------------------------------------------------------------ reading
 
-    def video_attrs(self, video: str) -> dict[str, Any]:
-        if not self.has_video(video):
-            raise AbawError(f"{self.path}: video {video!r} is not in the cache")
-        return dict(_zarr().open_group(str(self._vdir(video)), mode="r").attrs)
+    def damaged(self, video: str, array: str, reason: str) -> AbawError:
+        """The one-line error for a damaged unit."""
+        return AbawError(f"{self.path}: video {video!r}, array {array!r} is damaged ({reason}); run "
+                         f"`abaw cache verify {self.path} --repair` and rerun `abaw extract` to redo it")
 
-    def read_index(self, video: str) -> VideoIndex:
-        zarr = _zarr()
-        if not self.has_video(video):
-            raise AbawError(f"{self.path}: video {video!r} is not in the cache")
-        g = zarr.open_group(str(self._vdir(video)), mode="r")
-        return VideoIndex(video=video, frame=np.asarray(g["frame"][:]), timestamp=np.asarray(g["timestamp"][:]),
-                          face=np.asarray(g["face"][:]), attrs=dict(g.attrs))
+    def _checked(self, video: str, key: str | None = None, light: bool = False) -> UnitState:
+        st = self.video_state(video, light) if key is None else self.feature_state(video, key, light)
+        arr = (lambda a: a) if key is None else (lambda a: f"feat/{key}" if a == "." else f"feat/{key}/{a}")
+        if st.state == "absent":
+            if key is None:
+                raise AbawError(f"{self.path}: video {video!r} is not in the cache")
+            raise AbawError(f"{self.path}: no {key!r} features for video {video!r}")
+        if st.state == "damaged":
+            raise self.damaged(video, arr(st.array), st.reason)
+        return st
+
+    def _legacy(self, video: str, array: str, read):
+        try:
+            return read()
+        except _ZARR_ERRORS as e:
+            msg = str(e).splitlines()[0][:160] if str(e) else ""
+            raise self.damaged(video, array, f"unreadable: {type(e).__name__} {msg}".strip()) from None
+
+    def _attrs(self, unit: Path, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
+        try:
+            raw = st.meta["zarr.json"] if st is not None and st.meta else (unit / "zarr.json").read_bytes()
+            return dict(json.loads(raw).get("attributes") or {})
+        except (ValueError, AttributeError, OSError):
+            raise self.damaged(video, array, "zarr.json is not valid JSON") from None
+
+    def _read(self, video: str, st: UnitState, unit: Path, rel: str, label: str,
+              out: np.ndarray | None = None) -> np.ndarray:
+        """One array of a checked unit, into `out` when given (marked units only)."""
+        if st.state == "ok":
+            try:
+                return integrity.read_array(unit, rel, st.marker["arrays"][rel], out)
+            except Damage as d:
+                raise self.damaged(video, label, d.reason) from None
+        path = unit if rel == "." else unit / rel
+        a = self._legacy(video, label, lambda: np.asarray(_zarr().open_array(str(path), mode="r")[:]))
+        if out is not None:
+            out[...] = a
+            return out
+        return a
+
+    def video_attrs(self, video: str) -> dict[str, Any]:
+        self._checked(video)
+        return self._attrs(self._vdir(video), video, "zarr.json")
+
+    def read_index(self, video: str, light: bool = False) -> VideoIndex:
+        """The video's index; `light` checks only what it reads (the three arrays' chunks
+        and the group's zarr.json), as loading does."""
+        st = self._checked(video, light=light)
+        vdir = self._vdir(video)
+        a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
+        return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
+                          attrs=self._attrs(vdir, video, "zarr.json", st))
 
     def read_array(self, video: str, name: str) -> np.ndarray | None:
         """An optional per-frame array of the video index (`box`, `landmarks`), or None."""
-        p = self._vdir(video) / name
-        if not (p / "zarr.json").exists():
+        st = self._checked(video)
+        vdir = self._vdir(video)
+        if st.state == "ok" and name not in st.marker["arrays"] or not (vdir / name / "zarr.json").exists():
             return None
-        return np.asarray(_zarr().open_array(str(p), mode="r")[:])
+        return self._read(video, st, vdir, name, name)
 
-    def read_features(self, video: str, key: str) -> np.ndarray:
-        """The whole float16 [N, D] feature array of one backbone for one video."""
-        p = self._vdir(video) / "feat" / key
-        if not (p / "zarr.json").exists():
-            raise AbawError(f"{self.path}: no {key!r} features for video {video!r}")
-        return np.asarray(_zarr().open_array(str(p), mode="r")[:])
+    def read_features(self, video: str, key: str, out: np.ndarray | None = None,
+                      state: UnitState | None = None) -> np.ndarray:
+        """The whole float16 [N, D] feature array of one backbone for one video (checked:
+        damaged or non-finite features raise a one-line AbawError naming the video)."""
+        st = state or self._checked(video, key)
+        f = self._read(video, st, self._fdir(video, key), ".", f"feat/{key}", out)
+        if st.state == "legacy" and not integrity.all_finite(f):  # marked units were checked when written
+            raise AbawError(f"{self.path}: video {video!r}, array 'feat/{key}' holds non-finite features (NaN/inf); "
+                            f"re-extract it (`abaw extract ... --overwrite`)")
+        return f
 
-    def fingerprint(self, video: str, key: str) -> dict[str, Any]:
-        p = self._vdir(video) / "feat" / key
-        if not (p / "zarr.json").exists():
-            raise AbawError(f"{self.path}: no {key!r} features for video {video!r}")
-        return dict(_zarr().open_array(str(p), mode="r").attrs).get("fingerprint", {})
+    def feature_shape(self, video: str, key: str, state: UnitState | None = None) -> tuple[int, ...]:
+        st = state or self._checked(video, key)
+        if st.state == "ok":
+            return tuple(st.marker["arrays"]["."]["shape"])
+        meta = self._legacy(video, f"feat/{key}", lambda: json.loads((self._fdir(video, key) / "zarr.json").read_bytes()))
+        return tuple(meta["shape"])
 
-    # ------------------------------------------------------------------ writing
-
-    def _staging(self) -> Path:
-        d = self.path / ".staging" / f"{os.getpid()}-{uuid.uuid4().hex}"
-        d.mkdir(parents=True)
-        return d
-
-    def clear_staging(self) -> int:
-        """Remove leftovers of interrupted writes (call once before a run; not while other
-        processes write). Returns how many were removed."""
-        s = self.path / ".staging"
-        if not s.exists():
-            return 0
-        n = 0
-        for p in s.iterdir():
-            shutil.rmtree(p, ignore_errors=True)
-            n += 1
-        return n
-
-    def _install(self, tmp: Path, final: Path, overwrite: bool) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            if not overwrite:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise AbawError(f"{final.relative_to(self.path)} already exists in {self.path} (use overwrite)")
-            trash = self.path / ".staging" / f"old-{uuid.uuid4().hex}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-
-    def write_video(self, video: str, frame: np.ndarray, timestamp: np.ndarray, face: np.ndarray,
-                    attrs: dict[str, Any], extra: dict[str, np.ndarray] | None = None,
-                    overwrite: bool = False) -> None:
-        """Write one video's index atomically (replacing it drops its features)."""
-        zarr = _zarr()
-        frame = np.asarray(frame, dtype=np.int32)
-        n = len(frame)
-        timestamp = np.asarray(timestamp, dtype=np.float64)
-        face = np.asarray(face, dtype=bool)
-        if timestamp.shape != (n,) or face.shape != (n,):
-            raise ValueError("frame, timestamp and face must have the same length")
-        if n and (np.diff(frame) <= 0).any():
-            raise ValueError(f"{video}: frame numbers must be strictly increasing")
-        stage = self._staging()
-        tmp = stage / "unit"
-        g = zarr.open_group(str(tmp), mode="w")
-        arrays = {"frame": frame, "timestamp": timestamp, "face": face, **(extra or {})}
-        for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
-            if len(arr) != n:
-                raise ValueError(f"{video}: array {name} has {len(arr)} rows, expected {n}")
-            chunks = arr.shape if n else tuple(max(1, d) for d in arr.shape)  # zarr needs chunks >= 1
-            a = g.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, compressors=_compressors())
-            if n:
-                a[...] = arr
-        zarr.open_group(str(tmp / "feat"), mode="w")
-        g.attrs.update({**attrs, "n_frames": int(n), "n_faces": int(face.sum())})
-        self._install(tmp, self._vdir(video), overwrite)
-        shutil.rmtree(stage, ignore_errors=True)
-
-    def write_features(self, video: str, key: str, feats: np.ndarray, fingerprint: dict[str, Any],
-                       overwrite: bool = False) -> None:
-        """Write one backbone's [N, D] features for a video atomically (stored as float16)."""
-        zarr = _zarr()
-        _check_name(key, "backbone key")
-        if not self.has_video(video):
-            raise AbawError(f"{self.path}: write the index of {video!r} before its features")
-        n = int(self.video_attrs(video)["n_frames"])
-        feats = np.ascontiguousarray(feats, dtype=np.float16)
-        if feats.ndim != 2 or feats.shape[0] != n:
-            raise ValueError(f"{video}/{key}: features {feats.shape} do not match {n} frames")
-        stage = self._staging()
-        tmp = stage / "unit"
-        chunks = (max(1, min(n, 16384)), max(1, feats.shape[1]))
-        a = zarr.create_array(str(tmp), shape=feats.shape, dtype="float16", chunks=chunks,
-                              compressors=_compressors())
-        if n:
-            a[...] = feats
-        a.attrs["fingerprint"] = fingerprint
-        self._install(tmp, self._vdir(video) / "feat" / key, overwrite)
-        shutil.rmtree(stage, ignore_errors=True)
-
-    def delete_video(self, video: str) -> None:
-        d = self._vdir(video)
-        if d.exists():
-            trash = self.path / ".staging" / f"del-{uuid.uuid4().hex}"
-            trash.parent.mkdir(exist_ok=True)
-            os.replace(d, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+    def fingerprint(self, video: str, key: str, state: UnitState | None = None) -> dict[str, Any]:
+        st = state or self._checked(video, key)
+        return self._attrs(self._fdir(video, key), video, f"feat/{key}", st).get("fingerprint", {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,19 +323,30 @@ class FeatureTable:
         return {k: int(v.shape[1]) for k, v in self.feats.items()}
 
 
+def _threads(n_tasks: int) -> int:
+    return max(1, min(LOAD_THREADS or (os.cpu_count() or 1), n_tasks))
+
+
+LOAD_THREADS = 0  # threads reading a cache into RAM (0: one per CPU); reads release the GIL
+
+
 def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                   videos: Iterable[str] | None = None, faces_only: bool = False,
                   missing: str = "error", frames: dict[str, Iterable[int]] | None = None) -> FeatureTable:
     """Load chosen backbones' features for chosen videos into contiguous RAM arrays.
 
     `missing='error'` raises if a requested video or backbone is absent from the cache;
-    `'skip'` leaves such videos out. `faces_only` drops frames without a face. `frames`
-    ({video: frame numbers}) keeps only those frames (the ones the cache has); videos not
-    in it are loaded whole, unless `videos` is None, in which case only its videos load.
-    Each video's arrays are read whole (small Zarr reads are slow); the indexes are read
-    first and the features copied into preallocated arrays, so the peak memory is the
-    table plus one video.
+    `'skip'` leaves such videos out. A damaged unit always raises (naming video and
+    array). `faces_only` drops frames without a face. `frames` ({video: frame numbers})
+    keeps only those frames (the ones the cache has); videos not in it are loaded whole,
+    unless `videos` is None, in which case only its videos load.
+    The indexes are read first, then every (video, backbone) array is read by a pool of
+    threads straight into the preallocated table (checksummed chunks are read with one
+    `readinto` each), so loading runs near the speed of reading the bytes and the peak
+    memory is the table plus one video per thread.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     chosen = frames
     if chosen is not None and videos is None:
         videos = list(chosen)
@@ -316,48 +356,67 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         raise AbawError("load_features: no backbone keys given")
     wanted = fs.videos() if videos is None else list(dict.fromkeys(videos))
     have = set(fs.videos())
-    use: list[str] = []
-    absent: list[str] = []
-    for v in wanted:
-        if v in have and all(fs.has_features(v, k) for k in keys):
-            use.append(v)
-        else:
-            absent.append(v)
-    if absent and missing == "error":
-        raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-    indexes = [fs.read_index(v) for v in use]
-    sel: list[Any] = []
-    for v, idx in zip(use, indexes):
-        rows: Any = idx.face if faces_only else slice(None)  # a slice keeps reads copy-free
-        if chosen is not None and v in chosen:
-            pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
-            rows = pick & idx.face if faces_only else pick
-        sel.append(rows)
-    counts = [len(idx.frame) if isinstance(s, slice) else int(np.count_nonzero(s)) for idx, s in zip(indexes, sel)]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    n = int(offsets[-1])
-    feats: dict[str, np.ndarray] = {}
-    fps: dict[str, dict[str, Any]] = {}
-    for k in keys:
-        out = None
-        for i, v in enumerate(use):
-            f = fs.read_features(v, k)
-            fp = fs.fingerprint(v, k)
-            if k in fps:
-                from abaw.fingerprint import same_features
 
-                if not same_features(fps[k], fp):
-                    raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
-                                    f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
-            else:
-                fps[k] = fp
-            if out is None:
-                out = np.empty((n, f.shape[1]), dtype=np.float16)
-            elif f.shape[1] != out.shape[1]:
-                raise AbawError(f"{fs.path}: backbone {k!r} has {f.shape[1]}-d features in {v!r}, "
-                                f"{out.shape[1]}-d elsewhere")
-            out[offsets[i]:offsets[i + 1]] = f[sel[i]]
-        feats[k] = out if out is not None else np.zeros((0, 0), np.float16)
+    def probe(v: str) -> tuple[UnitState, ...] | None:
+        if v not in have:
+            return None
+        sts = [fs.feature_state(v, k, light=True) for k in keys]
+        if any(st.state == "absent" for st in sts):
+            return None
+        for k, st in zip(keys, sts):
+            if st.state == "damaged":
+                fs._checked(v, k, light=True)  # raises the one-line damage error
+        return tuple(sts)
+
+    with ThreadPoolExecutor(_threads(len(wanted))) as pool:
+        probed = list(pool.map(probe, wanted))
+        use = [v for v, p in zip(wanted, probed) if p is not None]
+        states = {v: p for v, p in zip(wanted, probed) if p is not None}
+        absent = [v for v, p in zip(wanted, probed) if p is None]
+        if absent and missing == "error":
+            raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
+        indexes = list(pool.map(lambda v: fs.read_index(v, light=True), use))
+        sel: list[Any] = []
+        for v, idx in zip(use, indexes):
+            rows: Any = idx.face if faces_only else slice(None)  # a slice reads straight into the table
+            if chosen is not None and v in chosen:
+                pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
+                rows = pick & idx.face if faces_only else pick
+            sel.append(rows)
+        counts = [len(idx.frame) if isinstance(s, slice) else int(np.count_nonzero(s)) for idx, s in zip(indexes, sel)]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        n = int(offsets[-1])
+        feats: dict[str, np.ndarray] = {}
+        fps: dict[str, dict[str, Any]] = {}
+        for j, k in enumerate(keys):
+            fp_of = [fs.fingerprint(v, k, states[v][j]) for v in use]
+            shapes = [fs.feature_shape(v, k, states[v][j]) for v in use]
+            for v, fp, shp in zip(use, fp_of, shapes):
+                if k in fps:
+                    from abaw.fingerprint import same_features
+
+                    if not same_features(fps[k], fp):
+                        raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
+                                        f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
+                    if shp[1] != shapes[0][1]:
+                        raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {v!r}, "
+                                        f"{shapes[0][1]}-d elsewhere")
+                else:
+                    fps[k] = fp
+            if not use:
+                feats[k] = np.zeros((0, 0), np.float16)
+                continue
+            out = np.empty((n, shapes[0][1]), dtype=np.float16)
+
+            def read(i: int, k: str = k, j: int = j, out: np.ndarray = out) -> None:
+                v = use[i]
+                if isinstance(sel[i], slice):
+                    fs.read_features(v, k, out[offsets[i]:offsets[i + 1]], states[v][j])
+                else:
+                    out[offsets[i]:offsets[i + 1]] = fs.read_features(v, k, state=states[v][j])[sel[i]]
+
+            list(pool.map(read, range(len(use))))
+            feats[k] = out
 
     def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
