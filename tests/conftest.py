@@ -48,10 +48,11 @@ def tiny_synth_dense(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_synth_videos(tmp_path_factory) -> Path:
-    """A tiny dataset with mp4 files (includes a `_left`/`_right` two-person clip)."""
+    """A tiny dataset with mp4 files (includes a `_left`/`_right` two-person clip); sparse
+    labels, the crop of every face frame (`all_crops`)."""
     out = tmp_path_factory.mktemp("data") / "tiny_videos"
     generate(out, SynthConfig(seed=2, train_videos=3, val_videos=2, test_videos=1, min_frames=4,
-                              max_frames=12, videos=True), jobs=1, progress=False)
+                              max_frames=12, videos=True, all_crops=True), jobs=1, progress=False)
     return out
 
 
