@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import hashlib
+import os
 
 import av
 import numpy as np
@@ -13,7 +12,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from abaw.data.annotations import read_annotations
-from abaw.data.synth import SynthConfig, generate, label_stats, load_summary, synth_labels
+from abaw.data.synth import (
+    SynthConfig,
+    generate,
+    label_stats,
+    load_summary,
+    synth_labels,
+)
 from abaw.data.synth_profiles import REAL_STATS
 from abaw.data.testlist import read_test_list
 from abaw.errors import AbawError

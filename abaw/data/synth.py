@@ -46,7 +46,7 @@ from abaw.data.synth_profiles import (
 from abaw.errors import AbawError
 from abaw.io import atomic_write, write_json
 
-__all__ = ["SynthConfig", "generate", "label_stats", "latent_track", "load_summary", "format_summary"]
+__all__ = ["SynthConfig", "format_summary", "generate", "label_stats", "latent_track", "load_summary"]
 
 # Ids with the quirks of the real data, assigned first: exact-match traps (`140` vs
 # `140-30-632x360`), `videoN_K`, and two-person clips (`_left` / `_right`).
@@ -76,7 +76,7 @@ class SynthConfig:
     video_height: int = 240
     cue_noise: float = 0.35  # per-frame noise on the rendered label cues
     pixel_noise: float = 4.0
-    missing_rate: float = 0.04  # share of frames where the face is lost
+    missing_rate: float = 0.04  # dense: share of frames where the face is lost (sparse: inside long gaps)
     duplicate_rate: float = 0.01  # duplicated annotation lines (train)
     test_repeat_rate: float = 0.015  # repeated test-list entries
     profile: str = "s-aff-wild2"  # label statistics (abaw.data.synth_profiles.PROFILES)

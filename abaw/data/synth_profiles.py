@@ -17,9 +17,9 @@ Profiles live in a registry (`PROFILES`, `get_profile(name)`), like timm's model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class Durations:
     def draw(self, rng: np.random.Generator) -> int:
         if self.law == "geometric":
             return self.minimum + int(rng.geometric(1.0 / self.scale))
-        return max(self.minimum, int(round(self.scale * math.exp(self.spread * rng.standard_normal()))))
+        return max(self.minimum, round(self.scale * math.exp(self.spread * rng.standard_normal())))
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Validity:
         state, t = rng.random() < self.share, 0
         t = -int(rng.integers(0, int(self.median) + 1))  # start inside a stretch
         while t < T:
-            L = max(1, int(round((self.median if state else bad_median) * math.exp(self.spread * rng.standard_normal()))))
+            L = max(1, round((self.median if state else bad_median) * math.exp(self.spread * rng.standard_normal())))
             if not state:
                 ok[max(0, t):max(0, t + L)] = False
             t += L
