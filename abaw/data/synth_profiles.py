@@ -110,7 +110,7 @@ class Validity:
         if self.share >= 1.0:
             return ok
         bad_median = self.median * (1 - self.share) / self.share
-        state, t = rng.random() < self.share, 0
+        state = rng.random() < self.share
         t = -int(rng.integers(0, int(self.median) + 1))  # start inside a stretch
         while t < T:
             L = max(1, round((self.median if state else bad_median) * math.exp(self.spread * rng.standard_normal())))
