@@ -49,27 +49,30 @@ def main() -> None:
 @click.option("--train-videos", default=24, show_default=True, help="Person tracks in the training split.")
 @click.option("--val-videos", default=8, show_default=True, help="Person tracks in the validation split.")
 @click.option("--test-videos", default=6, show_default=True, help="Person tracks in the test split.")
-@click.option("--min-frames", default=100, show_default=True, help="Shortest clip, in frames.")
-@click.option("--max-frames", default=200, show_default=True, help="Longest clip, in frames.")
+@click.option("--profile", default="s-aff-wild2", show_default=True,
+              help="Label statistics: s-aff-wild2 (the real sparse labelling) or dense (every face frame).")
+@click.option("--min-frames", type=int, help="Fewest labelled frames per track [s-aff-wild2: 2, dense: 100].")
+@click.option("--max-frames", type=int, help="Most labelled frames per track [s-aff-wild2: 100, dense: 200].")
+@click.option("--all-crops", is_flag=True, help="Write the crop of every face frame, not only the labelled ones.")
 @click.option("--cue-noise", default=0.35, show_default=True,
               help="Per-frame noise on the rendered label cues (higher: harder, more to gain from time).")
 @click.option("--videos/--no-videos", default=True, show_default=True, help="Also write the clips as mp4 files.")
 @click.option("--jobs", default=-1, show_default=True, help="Parallel workers (-1: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def synth(out: Path, seed: int, train_videos: int, val_videos: int, test_videos: int, min_frames: int,
-          max_frames: int, cue_noise: float, videos: bool, jobs: int, overwrite: bool) -> None:
+def synth(out: Path, seed: int, train_videos: int, val_videos: int, test_videos: int, profile: str,
+          min_frames: int | None, max_frames: int | None, all_crops: bool, cue_noise: float, videos: bool,
+          jobs: int, overwrite: bool) -> None:
     """Generate a synthetic s-Aff-Wild2 dataset in the challenge layout under OUT.
 
     Example: abaw synth data/synth --train-videos 24 --seed 0
     """
-    from abaw.data.synth import SynthConfig, generate
+    from abaw.data.synth import SynthConfig, format_summary, generate
 
     cfg = SynthConfig(seed=seed, train_videos=train_videos, val_videos=val_videos, test_videos=test_videos,
-                      min_frames=min_frames, max_frames=max_frames, cue_noise=cue_noise, videos=videos)
+                      min_frames=min_frames, max_frames=max_frames, cue_noise=cue_noise, videos=videos,
+                      profile=profile, all_crops=all_crops)
     summary = generate(out, cfg, jobs=jobs, overwrite=overwrite)
-    r = summary["rows"]
-    click.echo(f"wrote {out}: {len(summary['clips'])} clips; annotated frames train {r['train']}, "
-               f"val {r['val']}, test {r['test']} (test list {r['test_list']} entries)")
+    click.echo(f"wrote {out}: {format_summary(summary)}")
 
 
 @main.command()

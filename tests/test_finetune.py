@@ -51,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def ft_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ft") / "synth"
     generate(out, SynthConfig(seed=3, train_videos=10, val_videos=4, test_videos=1, min_frames=50,
-                              max_frames=70, videos=False), jobs=1, progress=False)
+                              max_frames=70, videos=False, profile="dense"), jobs=1, progress=False)
     return out
 
 

@@ -72,8 +72,12 @@ def render_face(
     rng: np.random.Generator,
     pixel_noise: float = 4.0,
     jitter: float = 1.0,
+    fast: bool = False,
 ) -> Image.Image:
-    """Render one 112x112 aligned face. `au` holds 12 intensities in [0, 1]."""
+    """Render one 112x112 aligned face. `au` holds 12 intensities in [0, 1].
+
+    `fast`: halve first (box filter), then rotate and add float32 noise at 112 px, ~1.7x
+    faster than rotating at 224 px and Lanczos-resizing (for clips with many frames)."""
     a = np.clip(np.asarray(au, dtype=np.float64), 0.0, 1.0)
     a1, a2, a4, a6, a7, a10, a12, a15, a23, a24, a25, a26 = a
     v = float(np.clip(valence, -1, 1))
@@ -191,13 +195,21 @@ def render_face(
         d.line([*P(lx - 2, corner_y), *P(rx + 2, corner_y)], fill=_blend(lip_col, (0, 0, 0), 0.7 * a24), width=2 * S)
 
     # nuisance: small rotation / shift, blur, noise
+    scale = 1 if fast else S  # the resolution the rotation runs at
+    if fast:
+        img = img.reduce(S)
     if jitter > 0:
         ang = float(rng.normal(0, 2.0 * jitter))
-        tx, ty = rng.normal(0, 1.0 * jitter, size=2) * S
+        tx, ty = rng.normal(0, 1.0 * jitter, size=2) * scale
         img = img.rotate(ang, resample=Image.BILINEAR, translate=(float(tx), float(ty)), fillcolor=ident.background)
-    img = img.resize((112, 112), Image.LANCZOS).filter(ImageFilter.GaussianBlur(0.4))
+    if not fast:
+        img = img.resize((112, 112), Image.LANCZOS)
+    img = img.filter(ImageFilter.GaussianBlur(0.4))
     if pixel_noise > 0:
         arr = np.asarray(img, dtype=np.float32)
-        arr += rng.normal(0, pixel_noise, size=arr.shape).astype(np.float32)
+        if fast:
+            arr = arr + rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(pixel_noise)
+        else:
+            arr += rng.normal(0, pixel_noise, size=arr.shape).astype(np.float32)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     return img

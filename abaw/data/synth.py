@@ -2,17 +2,20 @@
 
 Layout written under OUT:
 
-    cropped_aligned/<video>/<00001>.jpg   112x112 aligned faces (frames with no face absent)
-    videos/<clip>.mp4                     the same clips as video files (30 fps, H.264);
-                                          `<clip>_left` / `<clip>_right` share one file
+    cropped_aligned/<video>/<00001>.jpg   112x112 aligned faces of the labelled frames (every
+                                          face frame with `all_crops`; no face: absent)
+    videos/<clip>.mp4                     the same clips as video files (30 fps, H.264), every
+                                          frame; `<clip>_left` / `<clip>_right` share one file
     training_set_annotations.txt          ABAW annotation format (invalid codes, duplicates)
     validation_set_annotations.txt
     MTL.txt                               ABAW7-style test list (trailing commas, repeats)
     test_set_annotations.txt              the hidden test labels, for scoring
     synth.json                            the config and a summary
 
-Labels are temporally smooth latent processes (expression runs, AU on/off runs that
-depend on the expression, VA drifting towards expression-dependent targets). Each frame
+Labels are temporally smooth latent processes in video time (expression runs, AU on/off
+runs that depend on the expression, VA drifting towards expression-dependent targets);
+a profile (`abaw.data.synth_profiles`) sets their statistics and which frames carry labels:
+`s-aff-wild2` (default) the real sparse labelling, `dense` every face frame. Each frame
 renders a *noisy* view of that state (cue noise), so single frames are ambiguous and
 temporal models have something to gain. Everything is deterministic for a seed.
 """
@@ -28,29 +31,22 @@ from pathlib import Path
 import numpy as np
 
 from abaw.config import to_dict
-from abaw.data.annotations import write_annotations
+from abaw.data.annotations import Annotations, read_annotations, write_annotations
 from abaw.data.face_render import Identity, render_face
+from abaw.data.label_stats import format_stats, label_stats
 from abaw.data.labels import EXPR_INVALID, N_AU, N_EXPR, VA_INVALID, image_name
+from abaw.data.synth_profiles import (
+    REAL_STATS,
+    Profile,
+    get_profile,
+    labelled_frames,
+    latent_track,
+    track_sizes,
+)
 from abaw.errors import AbawError
 from abaw.io import atomic_write, write_json
 
-# Expression frequencies (roughly those of the real validation set).
-P_EXPR = np.array([0.14, 0.05, 0.05, 0.08, 0.22, 0.12, 0.09, 0.25])
-# P(AU active | expression); AU order AU1 AU2 AU4 AU6 AU7 AU10 AU12 AU15 AU23 AU24 AU25 AU26.
-AU_GIVEN_EXPR = np.array([
-    [.05, .05, .05, .05, .05, .05, .08, .05, .05, .05, .12, .05],  # Neutral
-    [.05, .05, .85, .10, .75, .35, .05, .15, .65, .55, .15, .05],  # Anger
-    [.05, .05, .55, .15, .35, .85, .05, .45, .10, .10, .35, .10],  # Disgust
-    [.80, .65, .60, .05, .35, .10, .05, .20, .10, .05, .70, .35],  # Fear
-    [.05, .05, .03, .85, .25, .35, .92, .03, .03, .03, .60, .25],  # Happiness
-    [.70, .10, .60, .05, .15, .05, .03, .75, .10, .25, .10, .05],  # Sadness
-    [.85, .80, .05, .05, .05, .05, .10, .05, .05, .05, .85, .70],  # Surprise
-    [.20, .20, .20, .20, .20, .20, .20, .20, .20, .20, .25, .15],  # Other
-])
-# (valence, arousal) each expression pulls towards; Other draws its own per segment.
-VA_TARGET = np.array([
-    [0.0, -0.25], [-0.6, 0.6], [-0.5, 0.25], [-0.45, 0.6], [0.7, 0.4], [-0.6, -0.35], [0.3, 0.75], [0.0, 0.0],
-])
+__all__ = ["SynthConfig", "format_summary", "generate", "label_stats", "latent_track", "load_summary"]
 
 # Ids with the quirks of the real data, assigned first: exact-match traps (`140` vs
 # `140-30-632x360`), `videoN_K`, and two-person clips (`_left` / `_right`).
@@ -70,74 +66,41 @@ class SynthConfig:
     train_videos: int = 24  # person tracks (a `_left`/`_right` pair counts two)
     val_videos: int = 8
     test_videos: int = 6
-    min_frames: int = 100
-    max_frames: int = 200
+    # labelled frames per track; dense: clip length, uniform; s-aff-wild2: log-normal with
+    # the real shape between them. None: the profile's default.
+    min_frames: int | None = None
+    max_frames: int | None = None
     fps: int = 30
     videos: bool = True  # also write the clips as mp4 files
     video_width: int = 320
     video_height: int = 240
     cue_noise: float = 0.35  # per-frame noise on the rendered label cues
     pixel_noise: float = 4.0
-    missing_rate: float = 0.04  # share of frames where the face is lost
+    missing_rate: float = 0.04  # dense: share of frames where the face is lost (sparse: inside long gaps)
     duplicate_rate: float = 0.01  # duplicated annotation lines (train)
     test_repeat_rate: float = 0.015  # repeated test-list entries
+    profile: str = "s-aff-wild2"  # label statistics (abaw.data.synth_profiles.PROFILES)
+    all_crops: bool = False  # crops of every face frame, not only the labelled ones
+
+    def frame_range(self) -> tuple[int, int]:
+        """(min_frames, max_frames), the profile's defaults where unset."""
+        lo, hi = get_profile(self.profile).frames
+        return (lo if self.min_frames is None else self.min_frames,
+                hi if self.max_frames is None else self.max_frames)
 
 
 @dataclass
 class _Track:
     video: str  # id with _left/_right suffix when two people share the clip
     split: str
-    present: np.ndarray  # bool [T]
+    present: np.ndarray  # bool [T] face visible
+    labelled: np.ndarray  # bool [T] frame in the annotation file (a subset of present)
     va: np.ndarray  # float32 [T, 2]
     expr: np.ndarray  # int64 [T]
     au: np.ndarray  # int8 [T, 12]
     va_ok: np.ndarray  # bool [T] label validity per task
     expr_ok: np.ndarray
     au_ok: np.ndarray
-
-
-def _runs(rng: np.random.Generator, T: int, mean: float, minimum: int) -> list[tuple[int, int]]:
-    out, t = [], 0
-    while t < T:
-        L = minimum + int(rng.geometric(1.0 / mean))
-        out.append((t, min(T, t + L)))
-        t += L
-    return out
-
-
-def latent_track(rng: np.random.Generator, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smooth ground truth for one person: VA [T,2], EXPR [T], AU [T,12]."""
-    expr = np.empty(T, dtype=np.int64)
-    target = np.empty((T, 2), dtype=np.float64)
-    for s, e in _runs(rng, T, mean=35, minimum=15):
-        c = int(rng.choice(N_EXPR, p=P_EXPR))
-        expr[s:e] = c
-        target[s:e] = VA_TARGET[c] if c != 7 else rng.uniform(-0.35, 0.35, size=2)
-    change = set(np.flatnonzero(np.diff(expr)) + 1)
-    au = np.zeros((T, N_AU), dtype=np.int8)
-    for k in range(N_AU):
-        t = 0
-        while t < T:
-            L = 6 + int(rng.geometric(1.0 / 22))
-            end = min(T, t + L)
-            cut = [c for c in change if t < c < end]
-            if cut:
-                end = min(cut)
-            au[t:end, k] = rng.random() < AU_GIVEN_EXPR[expr[t], k]
-            t = end
-    # VA: exponential approach to the expression target + slow drift + a personal offset
-    va = np.empty((T, 2))
-    state = target[0].copy()
-    for t in range(T):
-        state += 0.08 * (target[t] - state)
-        va[t] = state
-    tt = np.arange(T)
-    for j in range(2):
-        for _ in range(3):
-            period = rng.uniform(60, 300)
-            va[:, j] += 0.12 * np.sin(2 * np.pi * tt / period + rng.uniform(0, 2 * np.pi))
-        va[:, j] += rng.normal(0, 0.08)
-    return np.clip(va, -0.98, 0.98).astype(np.float32), expr, au
 
 
 def _segment_mask(rng: np.random.Generator, T: int, p_whole: float, p_segment: float) -> np.ndarray:
@@ -182,44 +145,45 @@ def _track_ids(cid: str, people: int) -> list[str]:
     return [cid] if people == 1 else [f"{cid}_left", f"{cid}_right"]
 
 
-def _gen_clip(cfg: SynthConfig, out: Path, cid: str, split: str, people: int, index: int,
-              first: bool) -> list[_Track]:
-    """Generate, render and write one clip; return its tracks' labels.
+def _clip_labels(cfg: SynthConfig, cid: str, split: str, people: int, index: int, first: bool,
+                 sizes: list[int] | None) -> tuple[np.random.Generator, list[_Track], list[Identity]]:
+    """The tracks of one clip (labels, presence) and their identities; the clip's generator.
 
-    The first clip of each split is fully labelled, so every task has valid frames.
+    `sizes`: labelled frames of each track (sparse profiles). The first clip of each split
+    is fully labelled, so every task has valid frames.
     """
+    prof = get_profile(cfg.profile)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index]))
-    T = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+    if prof.sparse:
+        layout = [labelled_frames(rng, n, prof) for n in sizes or [1] * people]
+        T = max(int(pos[-1]) for pos, _ in layout) + 1 + int(rng.integers(0, 30))
+    else:
+        lo, hi = cfg.frame_range()
+        T = int(rng.integers(lo, hi + 1))
     idents: list[Identity] = []
     background = None
     tracks: list[_Track] = []
-    for vid in _track_ids(cid, people):
+    for p, vid in enumerate(_track_ids(cid, people)):
         ident = Identity.sample(rng, background)
         background = ident.background
         idents.append(ident)
-        va, expr, au = latent_track(rng, T)
-        present = np.ones(T, bool)
-        n_gaps = rng.poisson(cfg.missing_rate * T / 15)
-        for _ in range(n_gaps):
-            L = int(rng.integers(5, 26))
-            s = int(rng.integers(0, max(1, T - L)))
-            present[s:s + L] = False
-        if not present.any():
-            present[0] = True
-        if split == "train":
-            va_ok = _segment_mask(rng, T, 0.10, 0.2)
-            expr_ok = _segment_mask(rng, T, 0.25, 0.3)
-            au_ok = _segment_mask(rng, T, 0.15, 0.2)
-            if first:
-                va_ok[:] = expr_ok[:] = au_ok[:] = True
-        else:  # like the real validation set: VA and AU complete, EXPR partial
-            va_ok = np.ones(T, bool)
-            au_ok = np.ones(T, bool)
-            expr_ok = _segment_mask(rng, T, 0.35, 0.5)
-            if first:
-                expr_ok[:] = True
-        tracks.append(_Track(vid, split, present, va, expr, au, va_ok, expr_ok, au_ok))
+        va, expr, au = latent_track(rng, T, prof)
+        if prof.sparse:
+            present, labelled, oks = _sparse_track(rng, T, split, first, prof, *layout[p])
+        else:
+            present, oks = _dense_track(rng, T, split, first, cfg.missing_rate)
+            labelled = present
+        tracks.append(_Track(vid, split, present, labelled, va, expr, au, *oks))
+    return rng, tracks, idents
 
+
+def _gen_clip(cfg: SynthConfig, out: Path, cid: str, split: str, people: int, index: int,
+              first: bool, sizes: list[int] | None = None) -> list[_Track]:
+    """Generate, render and write one clip; return its tracks' labels."""
+    sparse = get_profile(cfg.profile).sparse
+    rng, tracks, idents = _clip_labels(cfg, cid, split, people, index, first, sizes)
+    background = idents[-1].background
+    T = len(tracks[0].present)
     # render per frame: a noisy view of the latent state
     W, H = cfg.video_width, cfg.video_height
     crops_dir = out / "cropped_aligned"
@@ -235,12 +199,14 @@ def _gen_clip(cfg: SynthConfig, out: Path, cid: str, split: str, people: int, in
             for p, (tr, ident) in enumerate(zip(tracks, idents)):
                 if not tr.present[t]:
                     continue
-                au_cue = tr.au[t] * rng.uniform(0.75, 1.0, N_AU) + rng.normal(0, cfg.cue_noise, N_AU)
-                v_cue, a_cue = tr.va[t] + rng.normal(0, cfg.cue_noise * 0.6, 2)
-                shown = int(tr.expr[t]) if rng.random() > cfg.cue_noise * 0.5 else int(rng.integers(N_EXPR))
-                img = render_face(ident, au_cue, v_cue, a_cue, shown, float(rng.uniform(0.6, 1.0)), rng,
-                                  pixel_noise=cfg.pixel_noise)
-                img.save(crops_dir / tr.video / f"{t + 1:05d}.jpg", quality=95)
+                crop = bool(tr.labelled[t]) or cfg.all_crops
+                if frame is None and not crop:
+                    continue
+                # sparse: noise of its own per frame, so crops do not depend on what else is drawn
+                frng = np.random.default_rng([cfg.seed, index, p, t]) if sparse else rng
+                img = _render(cfg, ident, tr, t, frng, fast=sparse)
+                if crop:
+                    img.save(crops_dir / tr.video / f"{t + 1:05d}.jpg", quality=95)
                 if frame is not None:
                     _paste_face(frame, img, p, people, t, phase[p], period[p], W, H)
             if writer:
@@ -249,6 +215,57 @@ def _gen_clip(cfg: SynthConfig, out: Path, cid: str, split: str, people: int, in
         if writer:
             writer.close()
     return tracks
+
+
+def _dense_track(rng: np.random.Generator, T: int, split: str, first: bool, missing_rate: float):
+    """Face-lost stretches and per-task validity of a dense track (the original recipe)."""
+    present = np.ones(T, bool)
+    n_gaps = rng.poisson(missing_rate * T / 15)
+    for _ in range(n_gaps):
+        L = int(rng.integers(5, 26))
+        s = int(rng.integers(0, max(1, T - L)))
+        present[s:s + L] = False
+    if not present.any():
+        present[0] = True
+    if split == "train":
+        va_ok = _segment_mask(rng, T, 0.10, 0.2)
+        expr_ok = _segment_mask(rng, T, 0.25, 0.3)
+        au_ok = _segment_mask(rng, T, 0.15, 0.2)
+        if first:
+            va_ok[:] = expr_ok[:] = au_ok[:] = True
+    else:  # like the real validation set: VA and AU complete, EXPR partial
+        va_ok = np.ones(T, bool)
+        au_ok = np.ones(T, bool)
+        expr_ok = _segment_mask(rng, T, 0.35, 0.5)
+        if first:
+            expr_ok[:] = True
+    return present, (va_ok, expr_ok, au_ok)
+
+
+def _sparse_track(rng: np.random.Generator, T: int, split: str, first: bool, prof: Profile,
+                  pos: np.ndarray, lost: np.ndarray):
+    """Face presence, labelled frames and per-task validity of a sparsely labelled track."""
+    present = np.ones(T, bool)
+    for a, b in lost:
+        present[a:b] = False
+    labelled = np.zeros(T, bool)
+    labelled[pos] = True
+    expr_ok = prof.expr_valid.mask(rng, T)
+    if split == "train":  # VA and AU valid on nearly all rows
+        va_ok, au_ok = prof.train_valid.mask(rng, T), prof.train_valid.mask(rng, T)
+    else:
+        va_ok, au_ok = np.ones(T, bool), np.ones(T, bool)
+    if first:
+        va_ok[:] = expr_ok[:] = au_ok[:] = True
+    return present, labelled, (va_ok, expr_ok, au_ok)
+
+
+def _render(cfg: SynthConfig, ident: Identity, tr: _Track, t: int, rng: np.random.Generator, fast: bool):
+    au_cue = tr.au[t] * rng.uniform(0.75, 1.0, N_AU) + rng.normal(0, cfg.cue_noise, N_AU)
+    v_cue, a_cue = tr.va[t] + rng.normal(0, cfg.cue_noise * 0.6, 2)
+    shown = int(tr.expr[t]) if rng.random() > cfg.cue_noise * 0.5 else int(rng.integers(N_EXPR))
+    return render_face(ident, au_cue, v_cue, a_cue, shown, float(rng.uniform(0.6, 1.0)), rng,
+                       pixel_noise=cfg.pixel_noise, fast=fast)
 
 
 def _background(W: int, H: int, colour: tuple[int, int, int]):
@@ -298,16 +315,46 @@ class _VideoWriter:
         os.replace(self.tmp, self.path)
 
 
-def _write_labels(path: Path, tracks: list[_Track], rng: np.random.Generator | None,
-                  duplicate_rate: float) -> int:
-    """Write the annotation file of some tracks; return the number of rows."""
+def _label_rows(tracks: list[_Track]) -> tuple[list[str], list, list, list]:
+    """Image names and labels (invalid codes where not valid) of the labelled frames, by video."""
     images, va, expr, au = [], [], [], []
     for tr in sorted(tracks, key=lambda x: x.video):
-        for t in np.flatnonzero(tr.present):
+        for t in np.flatnonzero(tr.labelled):
             images.append(image_name(tr.video, int(t) + 1))
             va.append(tr.va[t] if tr.va_ok[t] else (VA_INVALID, VA_INVALID))
             expr.append(tr.expr[t] if tr.expr_ok[t] else EXPR_INVALID)
             au.append(tr.au[t] if tr.au_ok[t] else np.full(N_AU, -1, np.int8))
+    return images, va, expr, au
+
+
+def synth_labels(cfg: SynthConfig) -> dict[str, Annotations]:
+    """The labels `generate(out, cfg)` writes (duplicates aside), per split, without rendering
+    anything: fast enough to check the statistics of large configurations."""
+    prof = get_profile(cfg.profile)
+    lo, hi = cfg.frame_range()
+    clips = _make_clips(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 10_000])))
+    firsts = {s: next(i for i, c in enumerate(clips) if c[1] == s) for s in ("train", "val", "test")}
+    sizes = _clip_sizes(cfg, clips, prof, lo, hi)
+    tracks = [tr for i, (cid, split, people) in enumerate(clips)
+              for tr in _clip_labels(cfg, cid, split, people, i, firsts[split] == i, sizes[i])[1]]
+    out = {}
+    for split in ("train", "val", "test"):
+        part = sorted((t for t in tracks if t.split == split), key=lambda x: x.video)
+        _, va, expr, au = _label_rows(part)
+        n = [int(t.labelled.sum()) for t in part]
+        out[split] = Annotations(
+            videos=tuple(t.video for t in part),
+            video_idx=np.repeat(np.arange(len(part), dtype=np.int32), n),
+            frame=np.concatenate([np.flatnonzero(t.labelled) + 1 for t in part]).astype(np.int32),
+            va=np.array(va, np.float32).reshape(-1, 2), expr=np.array(expr, np.int64),
+            au=np.array(au, np.int8).reshape(-1, N_AU))
+    return out
+
+
+def _write_labels(path: Path, tracks: list[_Track], rng: np.random.Generator | None,
+                  duplicate_rate: float) -> int:
+    """Write the annotation file of some tracks; return the number of rows."""
+    images, va, expr, au = _label_rows(tracks)
     order = list(range(len(images)))
     if rng is not None and duplicate_rate > 0 and images:
         n_dup = max(1, int(round(duplicate_rate * len(images))))
@@ -325,7 +372,9 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if cfg.min_frames < 1 or cfg.max_frames < cfg.min_frames:
+    prof = get_profile(cfg.profile)
+    lo, hi = cfg.frame_range()
+    if lo < 1 or hi < lo:
         raise AbawError("synth: need 1 <= min_frames <= max_frames")
     if min(cfg.train_videos, cfg.val_videos, cfg.test_videos) < 1:
         raise AbawError("synth: every split needs at least one video")
@@ -340,7 +389,8 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
     stage.mkdir(parents=True)
     try:
         firsts = {s: next(i for i, c in enumerate(clips) if c[1] == s) for s in ("train", "val", "test")}
-        work = [delayed(_gen_clip)(cfg, stage, cid, split, people, i, firsts[split] == i)
+        sizes = _clip_sizes(cfg, clips, prof, lo, hi)
+        work = [delayed(_gen_clip)(cfg, stage, cid, split, people, i, firsts[split] == i, sizes[i])
                 for i, (cid, split, people) in enumerate(clips)]
         it = Parallel(n_jobs=jobs, return_as="generator")(work) if jobs != 1 else (w[0](*w[1], **w[2]) for w in work)
         tracks: list[_Track] = []
@@ -352,7 +402,7 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
         n_test = _write_labels(stage / "test_set_annotations.txt", by_split["test"], None, 0.0)
         # ABAW7-style test list: trailing commas, some entries repeated in place
         names = [image_name(tr.video, int(t) + 1) for tr in sorted(by_split["test"], key=lambda x: x.video)
-                 for t in np.flatnonzero(tr.present)]
+                 for t in np.flatnonzero(tr.labelled)]
         entries: list[str] = []
         for name in names:
             entries.append(name)
@@ -366,6 +416,9 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
             "splits": {s: sorted(t.video for t in ts) for s, ts in by_split.items()},
             "clips": [{"clip": c, "split": s, "people": p} for c, s, p in clips],
             "rows": {"train": n_train, "val": n_val, "test": n_test, "test_list": len(entries)},
+            "video_frames": int(sum(len(t.present) for t in tracks)),
+            "crops": int(sum(int((t.labelled | (t.present & cfg.all_crops)).sum()) for t in tracks)),
+            "stats": _split_stats(stage),
         }
         write_json(stage / "synth.json", summary)
         if out.exists():
@@ -375,6 +428,44 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return summary
+
+
+def _clip_sizes(cfg: SynthConfig, clips: list[tuple[str, str, int]], prof: Profile, lo: int, hi: int
+                ) -> list[list[int] | None]:
+    """Labelled frames of every track of every clip (sparse profiles; None for dense), drawn
+    per split so that each split has the profile's spread of lengths."""
+    if not prof.sparse:
+        return [None] * len(clips)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 20_000]))
+    out: list[list[int] | None] = [None] * len(clips)
+    for split in ("train", "val", "test"):
+        idx = [i for i, c in enumerate(clips) if c[1] == split]
+        sizes = iter(track_sizes(rng, sum(clips[i][2] for i in idx), lo, hi, prof))
+        for i in idx:
+            out[i] = [next(sizes) for _ in range(clips[i][2])]
+    return out
+
+
+def _split_stats(root: Path) -> dict:
+    """`label_stats` of each annotation file and of all of them together."""
+    parts = {s: read_annotations(root / f"{f}_set_annotations.txt")
+             for s, f in (("train", "training"), ("val", "validation"), ("test", "test"))}
+    stats = {s: label_stats(a) for s, a in parts.items()}
+    stats["all"] = label_stats(Annotations.concat(list(parts.values())))
+    return stats
+
+
+def format_summary(summary: dict) -> str:
+    """What `abaw synth` prints: sizes, then the label statistics (real values in brackets)."""
+    r = summary["rows"]
+    cfg = summary["config"]
+    head = (f"{len(summary['clips'])} clips, profile {cfg['profile']}: labelled frames train {r['train']}, "
+            f"val {r['val']}, test {r['test']} (test list {r['test_list']} entries); "
+            f"{summary['video_frames']} video frames, {summary['crops']} crops")
+    real = REAL_STATS if get_profile(cfg["profile"]).sparse else None
+    body = format_stats(summary["stats"]["all"], real)
+    return head + "\nall splits" + (" (real s-Aff-Wild2 validation in brackets)" if real else "") + ":\n  " + \
+        body.replace("\n", "\n  ")
 
 
 def load_summary(root: str | os.PathLike) -> dict:

@@ -47,7 +47,7 @@ class DemoConfig:
     def quick() -> DemoConfig:
         """A small, fast variant (tests, smoke runs)."""
         return DemoConfig(
-            synth=SynthConfig(train_videos=14, val_videos=5, test_videos=2, min_frames=40, max_frames=60),
+            synth=SynthConfig(train_videos=14, val_videos=5, test_videos=2, min_frames=10, max_frames=60),
             backbones=(ONET,), tasks=("va,expr,au", "au"), temporal=("transformer",),
             backbone_sets=("mtcnn_onet",), budget=None, epochs=6)
 
