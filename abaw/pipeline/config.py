@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
-from abaw.heads.model import ModelSpec
+from abaw.heads.model import MODELS, ModelSpec
 from abaw.pipeline.dataset import DEFAULT_MAX_GAP
 from abaw.pipeline.postprocess import DEFAULT_WINDOWS
 
@@ -30,6 +30,7 @@ class TrainConfig:
     max_gap: int | None = DEFAULT_MAX_GAP  # more missing frame numbers than this start a new segment
     allow_missing: bool = False  # skip labelled frames without a cached feature (reported)
     # model
+    arch: str = "multitask"  # head architecture registered in abaw.heads.MODELS (multitask | linear)
     fusion: str = "sum"  # sum | concat | attention
     temporal: str = "transformer"  # none | transformer | tcn | gru | lstm
     d_model: int = 256
@@ -80,6 +81,7 @@ class TrainConfig:
         if bad or not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise AbawError(f"tasks must be a non-empty subset of {','.join(TASKS)}; got {self.tasks}")
         FUSIONS.get(self.fusion)
+        MODELS.get(self.arch)
         TEMPORALS.get(self.temporal)
         if len(self.task_weights) != 3 or any(w < 0 for w in self.task_weights):
             raise AbawError("task_weights: three non-negative numbers (va, expr, au)")
@@ -109,7 +111,7 @@ class TrainConfig:
         return ModelSpec(keys=tuple(keys), dims=tuple(dims), tasks=tuple(t for t in TASKS if t in self.tasks),
                          fusion=self.fusion, temporal=self.temporal, d_model=self.d_model, layers=self.layers,
                          heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel, causal=self.causal,
-                         dropout=self.dropout)
+                         dropout=self.dropout, arch=self.arch)
 
     def with_(self, **changes) -> TrainConfig:
         """A copy with some fields changed (for searches)."""
