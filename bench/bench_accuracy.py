@@ -171,10 +171,42 @@ def evaluate(val_out, test_out, splits, pp_cfg: CrossfitConfig) -> dict:
             "test": score_test(test_out, splits["test"].labels, cf.fit_all), "postprocess": cf.fit_all.__dict__}
 
 
+def _flag(flags: list[str], name: str, default: str) -> str:
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def step_schedule(train_frames: int, window: int, batch_frames: int, min_steps: int, epochs: int,
+                  patience: int, patience_share: float = 0.25) -> tuple[int, int]:
+    """Prototype of a schedule in optimizer steps (no `train-heads` flag yet): enough epochs for
+    `min_steps` optimizer steps (never fewer than `epochs`), and early-stopping patience scaled to
+    a share of them. Returns (epochs, patience)."""
+    windows = -(-train_frames // window)
+    per_epoch = max(1, -(-windows // max(1, batch_frames // window)))
+    e = max(epochs, -(-min_steps // per_epoch))
+    return e, max(patience, int(round(patience_share * e)))
+
+
+def expand_flags(flags: list[str], train_frames: int) -> list[str]:
+    """`--min-steps N` (bench-only) -> `--epochs E --patience P` from `step_schedule`."""
+    if "--min-steps" not in flags:
+        return flags
+    i = flags.index("--min-steps")
+    rest = flags[:i] + flags[i + 2:]
+    e, p = step_schedule(train_frames, int(_flag(rest, "--window", "32")), int(_flag(rest, "--batch-frames", "1024")),
+                         int(flags[i + 1]), int(_flag(rest, "--epochs", "20")), int(_flag(rest, "--patience", "5")))
+    for name in ("--epochs", "--patience"):
+        if name in rest:
+            j = rest.index(name)
+            del rest[j:j + 2]
+    return rest + ["--epochs", str(e), "--patience", str(p)]
+
+
 def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, log: Path) -> dict:
     from abaw.pipeline.run import load_run
 
     out = d / "runs" / f"{name}-s{seed}"
+    if flags and flags[0] != "@api":
+        flags = expand_flags(flags, len(splits["training"].rows))
     t = time.perf_counter()
     if not (out / "result.json").exists():
         if flags and flags[0] == "@api":  # the python API (knobs without a CLI flag, e.g. arch=linear)
@@ -221,14 +253,15 @@ def f3(x) -> str:
 
 def table_lines(rows: list[dict]) -> list[str]:
     hdr = (f"{'size':6} {'seed':>4} {'system':24} {'val rep':>7} {'honest':>7} {'test':>7} {'gap':>6} "
-           f"{'VA':>6} {'EXPR':>6} {'AU':>6}  {'rVA':>5} {'rEX':>5} {'rAU':>5}")
+           f"{'VA':>6} {'EXPR':>6} {'AU':>6}  {'rVA':>5} {'rEX':>5} {'rAU':>5} {'testT':>6} {'min':>4}")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         t = r["test"]
         lines.append(f"{r['size']:6} {r['seed']:>4} {r['system'][:24]:24} {f3(r['val_reported']['total']):>7} "
                      f"{f3(r['val_honest']['total']):>7} {f3(t['total']):>7} "
                      f"{r['val_honest']['total'] - t['total']:+6.3f} {f3(t['va']):>6} {f3(t['expr']):>6} "
-                     f"{f3(t['au']):>6}  " + " ".join(f"{r['ratio'][k]:5.2f}" for k in TASKS))
+                     f"{f3(t['au']):>6}  " + " ".join(f"{r['ratio'][k]:5.2f}" for k in TASKS)
+                     + f" {f3(r.get('test_tool_pp', {}).get('total')):>6} {r.get('seconds', 0) / 60:4.1f}")
     return lines
 
 
@@ -275,7 +308,9 @@ def main(argv=None) -> int:
                              **ev})
             print("\n".join(table_lines([r for r in rows if r["size"] == size and r["seed"] == seed])), flush=True)
     print("\nval rep: validation as the tool reports it (optimistic); honest: cross-fitted leave-one-video-out; "
-          "gap = honest - test; r*: test ratio vs baseline (box9)")
+          "gap = honest - test; r*: test ratio vs baseline (box9); "
+          "test/r*: post-processing of abaw.pipeline.crossfit fitted on all validation; testT: the run's own "
+          "post-processing; min: training minutes")
     print("\n".join(table_lines(rows)))
     write_json(out_path, {"profile": profile, "requested_profile": a.profile, "sizes": SIZES, "rows": rows,
                           "configs": configs})
