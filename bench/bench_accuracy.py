@@ -43,7 +43,7 @@ from abaw.data.annotations import read_annotations  # noqa: E402
 from abaw.io import write_json  # noqa: E402
 from abaw.pipeline.crossfit import CrossfitConfig, PostFit, apply_to, crossfit, make_series, score_values  # noqa: E402
 
-SIZES = {"small": (16, 8, 8), "large": (90, 24, 20)}  # train / val / test person tracks (~150 frames each)
+SIZES = {"small": (16, 8, 24), "large": (90, 24, 20)}  # train / val / test tracks (~150 frames each); big test: less noise
 BACKBONES = ("mtcnn:onet", "mtcnn:rnet")
 TASKS = ("va", "expr", "au")
 BASELINE_PP = CrossfitConfig(kernels=("box",), windows=(9,))  # fixed box 9 (+ thresholds fitted)
