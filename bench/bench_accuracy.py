@@ -1,0 +1,322 @@
+"""Benchmark: do the cheap heads beat a strong linear baseline, and is validation honest?
+
+    python bench/bench_accuracy.py                               # small, seed 0, dense
+    python bench/bench_accuracy.py --sizes small,large --seeds 0,1 --profile s-aff-wild2
+    python bench/bench_accuracy.py --config default --config 'b256=--batch-frames 256 --epochs 60'
+
+For each size x seed: `abaw synth` (small ~2.4k training frames, large ~14k), `abaw extract`
+of `mtcnn:onet` + `mtcnn:rnet` over `cropped_aligned/`, then on the SAME features, with the
+test split only ever used for scoring:
+
+- heads: `python -m abaw train-heads` with each `--config` (name=flags; `default` = no flag),
+  plus the built-in `linear` head architecture (HSEmotion recipe) unless `--no-linear`;
+- baseline: scikit-learn on standardised features: Ridge for V and A (clipped),
+  `LogisticRegression(class_weight="balanced")` for EXPR and each AU, box-smoothed over 9
+  frames within each video, AU thresholds fitted on validation after smoothing.
+
+Per system: the validation score as the tool reports it (optimistic: post-processing fitted
+and scored on the same frames), the honest leave-one-video-out cross-fitted estimate
+(`abaw.pipeline.crossfit`: box/gaussian/median kernels, window per task, AU thresholds after
+smoothing), and the test score (tool's own post-processing; and the cross-fit module's
+fit-on-all-validation post-processing). Prints per-task ratios heads/baseline and the gap
+honest-estimate vs test; writes JSON to bench/out/. A benchmark, not a test: no assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from abaw.data.annotations import read_annotations  # noqa: E402
+from abaw.io import write_json  # noqa: E402
+from abaw.pipeline.crossfit import CrossfitConfig, PostFit, apply_to, crossfit, make_series, score_values  # noqa: E402
+
+SIZES = {"small": (16, 8, 24), "large": (90, 24, 20)}  # train / val / test tracks (~150 frames each); big test: less noise
+BACKBONES = ("mtcnn:onet", "mtcnn:rnet")
+TASKS = ("va", "expr", "au")
+BASELINE_PP = CrossfitConfig(kernels=("box",), windows=(9,))  # fixed box 9 (+ thresholds fitted)
+FULL_PP = CrossfitConfig()
+
+
+def sh(args: list[str], log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(args) + "\n")
+        f.flush()
+        r = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if r.returncode:
+        raise SystemExit(f"command failed ({r.returncode}), see {log}: {shlex.join(args)}")
+
+
+def synth_profile(requested: str) -> tuple[list[str], str]:
+    """`--profile X` flags for `abaw synth` if it has them, else dense (and say so)."""
+    h = subprocess.run([sys.executable, "-m", "abaw", "synth", "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT).stdout
+    if "--profile" in h:
+        return ["--profile", requested], requested
+    if requested != "dense":
+        print(f"note: `abaw synth` has no --profile yet; using the dense data instead of {requested!r}")
+    return [], "dense"
+
+
+def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Path) -> Path:
+    """Synth data + feature cache under work/<size>-<seed>/ (reused when complete)."""
+    d = work / f"{size}-{seed}"
+    tr, va, te = SIZES[size]
+    if not (d / "data" / "synth.json").exists():
+        sh([sys.executable, "-m", "abaw", "synth", str(d / "data"), "--seed", str(seed), "--train-videos", str(tr),
+            "--val-videos", str(va), "--test-videos", str(te), "--no-videos", "--jobs", "1", "--overwrite",
+            *profile_flags], log)
+    if not (d / "extract.done").exists():
+        sh([sys.executable, "-m", "abaw", "extract", str(d / "data" / "cropped_aligned"), "-o", str(d / "cache.zarr"),
+            *sum((["-b", b] for b in BACKBONES), []), "--device", "cpu"], log)
+        (d / "extract.done").write_text("ok\n")
+    return d
+
+
+@dataclass
+class Split:
+    ann: object
+    rows: np.ndarray  # rows of the feature table
+    labels: object
+
+
+def load_splits(d: Path):
+    from abaw.cache.store import FeatureStore, load_features
+    from abaw.pipeline.train.dataset import align_labels
+
+    fs = FeatureStore(d / "cache.zarr", "r")
+    keys = tuple(sorted({k for v in fs.videos() for k in fs.feature_keys(v)}))
+    table = load_features(fs, keys)
+    splits = {}
+    for name in ("training", "validation", "test"):
+        ann = read_annotations(d / "data" / f"{name}_set_annotations.txt")
+        f = align_labels(table, ann, allow_missing=True)
+        splits[name] = Split(ann, f.rows, f.labels)
+    return table, keys, splits
+
+
+def outputs_for(table, rows, va=None, expr=None, au=None):
+    from abaw.pipeline.train.outputs import FrameOutputs
+
+    f = lambda a: None if a is None else np.asarray(a, np.float32)  # noqa: E731
+    return FrameOutputs(tuple(table.videos), table.video_idx[rows].astype(np.int32), table.frame[rows].astype(np.int32),
+                        f(va), f(expr), f(au))
+
+
+def baseline(table, keys, splits) -> dict:
+    """scikit-learn on the same standardised features; returns val/test outputs."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    X = {s: np.concatenate([table.feats[k][sp.rows].astype(np.float64) for k in keys], 1) for s, sp in splits.items()}
+    sc = StandardScaler().fit(X["training"])
+    X = {s: sc.transform(x) for s, x in X.items()}
+    lb = splits["training"].labels
+    out = {s: {} for s in ("validation", "test")}
+    m = lb.va_valid
+    for j in range(2):
+        r = Ridge(alpha=1.0).fit(X["training"][m], lb.va[m, j])
+        for s in out:
+            out[s].setdefault("va", []).append(np.clip(r.predict(X[s]), -1, 1))
+    m = lb.expr_valid
+    lr = LogisticRegression(class_weight="balanced", max_iter=500).fit(X["training"][m], lb.expr[m])
+    for s in out:
+        p = np.zeros((len(X[s]), 8))
+        p[:, lr.classes_] = lr.predict_proba(X[s])
+        out[s]["expr"] = p
+    m = lb.au_valid
+    for j in range(lb.au.shape[1]):
+        y = lb.au[m, j]
+        for s in out:
+            if len(np.unique(y)) < 2:
+                p = np.full(len(X[s]), float(y.mean()) if len(y) else 0.0)
+            else:
+                p = LogisticRegression(class_weight="balanced", max_iter=500).fit(X["training"][m], y).predict_proba(
+                    X[s])[:, 1]
+            out[s].setdefault("au", []).append(p)
+    return {s: outputs_for(table, splits[s].rows, np.stack(o["va"], 1), o["expr"], np.stack(o["au"], 1))
+            for s, o in out.items()}
+
+
+def score_test(test_out, labels, pf: PostFit) -> dict:
+    s = make_series(test_out, labels, CrossfitConfig(smoothing=False))
+    return score_values(apply_to(test_out, pf), s, pf.au_thresholds)
+
+
+def tool_pp_test(run, test_out, labels) -> dict:
+    """Test score with the run's own fitted post-processing (the tool's numbers)."""
+    from abaw.pipeline.train.outputs import score_outputs
+    from abaw.pipeline.train.postprocess import apply_postprocess
+
+    sc = score_outputs(apply_postprocess(test_out, run.postprocess), labels, run.postprocess.au_thresholds)
+    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total}
+
+
+def evaluate(val_out, test_out, splits, pp_cfg: CrossfitConfig) -> dict:
+    cf = crossfit(make_series(val_out, splits["validation"].labels, pp_cfg), pp_cfg)
+    return {"val_raw": cf.raw, "val_optimistic": cf.optimistic, "val_honest": cf.honest,
+            "test": score_test(test_out, splits["test"].labels, cf.fit_all), "postprocess": cf.fit_all.__dict__}
+
+
+def _flag(flags: list[str], name: str, default: str) -> str:
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def step_schedule(train_frames: int, window: int, batch_frames: int, min_steps: int, epochs: int,
+                  patience: int, patience_share: float = 0.25) -> tuple[int, int]:
+    """Prototype of a schedule in optimizer steps (no `train-heads` flag yet): enough epochs for
+    `min_steps` optimizer steps (never fewer than `epochs`), and early-stopping patience scaled to
+    a share of them. Returns (epochs, patience)."""
+    windows = -(-train_frames // window)
+    per_epoch = max(1, -(-windows // max(1, batch_frames // window)))
+    e = max(epochs, -(-min_steps // per_epoch))
+    return e, max(patience, int(round(patience_share * e)))
+
+
+def expand_flags(flags: list[str], train_frames: int) -> list[str]:
+    """`--min-steps N` (bench-only) -> `--epochs E --patience P` from `step_schedule`."""
+    if "--min-steps" not in flags:
+        return flags
+    i = flags.index("--min-steps")
+    rest = flags[:i] + flags[i + 2:]
+    e, p = step_schedule(train_frames, int(_flag(rest, "--window", "32")), int(_flag(rest, "--batch-frames", "1024")),
+                         int(flags[i + 1]), int(_flag(rest, "--epochs", "20")), int(_flag(rest, "--patience", "5")))
+    for name in ("--epochs", "--patience"):
+        if name in rest:
+            j = rest.index(name)
+            del rest[j:j + 2]
+    return rest + ["--epochs", str(e), "--patience", str(p)]
+
+
+def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, log: Path) -> dict:
+    from abaw.pipeline.train.run import load_run
+
+    out = d / "runs" / f"{name}-s{seed}"
+    if flags and flags[0] != "@api":
+        flags = expand_flags(flags, len(splits["training"].rows))
+    t = time.perf_counter()
+    if not (out / "result.json").exists():
+        if flags and flags[0] == "@api":  # the python API (knobs without a CLI flag, e.g. arch=linear)
+            _train_api(d, out, flags[1:], seed)
+        else:
+            sh([sys.executable, "-m", "abaw", "train-heads", "--cache", str(d / "cache.zarr"), "--data",
+                str(d / "data"), "--out", str(out), "--seed", str(seed), "--device", "cpu", "--threads", "1",
+                "--quiet", "--overwrite", "--allow-missing", *flags], log)
+    secs = time.perf_counter() - t
+    run = load_run(out)
+    val_out = run.val_outputs()
+    from abaw.pipeline.train.outputs import align_annotations
+
+    vr, vl = align_annotations(val_out, splits["validation"].ann)
+    test_out = run.predict(table, rows=splits["test"].rows)
+    tr, tl = align_annotations(test_out, splits["test"].ann)
+    res = json.loads((out / "result.json").read_text())
+    ev = evaluate(val_out.take(vr), test_out.take(tr), {"validation": Split(None, None, vl),
+                                                        "test": Split(None, None, tl)}, FULL_PP)
+    ev["val_reported"] = {k: res["val_final"].get(k) for k in (*TASKS, "total")}
+    ev["test_tool_pp"] = tool_pp_test(run, test_out.take(tr), tl)
+    ev.update(seconds=round(secs, 1), epochs_run=res.get("epochs_run"), best_epoch=res.get("best_epoch"),
+              flags=flags)
+    return ev
+
+
+def _train_api(d: Path, out: Path, sets: list[str], seed: int) -> None:
+    from abaw.pipeline.train.config import TrainConfig
+    from abaw.pipeline.train import train
+
+    kw: dict = {}
+    for s in sets:
+        k, v = s.split("=", 1)
+        f = TrainConfig.__dataclass_fields__[k]
+        kw[k] = v if f.type in ("str", str) else type(getattr(TrainConfig(), k))(v)
+    cfg = TrainConfig(seed=seed, device="cpu", threads=1, allow_missing=True, **kw)
+    train(cfg, d / "cache.zarr", read_annotations(d / "data" / "training_set_annotations.txt"),
+          read_annotations(d / "data" / "validation_set_annotations.txt"), out, overwrite=True, progress=False)
+
+
+def f3(x) -> str:
+    return "  -  " if x is None else f"{x:.3f}"
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    hdr = (f"{'size':6} {'seed':>4} {'system':24} {'val rep':>7} {'honest':>7} {'test':>7} {'gap':>6} "
+           f"{'VA':>6} {'EXPR':>6} {'AU':>6}  {'rVA':>5} {'rEX':>5} {'rAU':>5} {'testT':>6} {'min':>4}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        t = r["test"]
+        lines.append(f"{r['size']:6} {r['seed']:>4} {r['system'][:24]:24} {f3(r['val_reported']['total']):>7} "
+                     f"{f3(r['val_honest']['total']):>7} {f3(t['total']):>7} "
+                     f"{r['val_honest']['total'] - t['total']:+6.3f} {f3(t['va']):>6} {f3(t['expr']):>6} "
+                     f"{f3(t['au']):>6}  " + " ".join(f"{r['ratio'][k]:5.2f}" for k in TASKS)
+                     + f" {f3(r.get('test_tool_pp', {}).get('total')):>6} {r.get('seconds', 0) / 60:4.1f}")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="small")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--profile", default="dense", help="dense | s-aff-wild2 (if `abaw synth` has --profile)")
+    ap.add_argument("--config", action="append", default=[],
+                    help="name=train-heads flags (repeat); 'default' = no flags; '@api k=v ...' = TrainConfig fields")
+    ap.add_argument("--no-linear", action="store_true", help="skip the built-in linear head")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))
+    ap.add_argument("--out", default=None, help="JSON path (default bench/out/accuracy-<profile>.json)")
+    a = ap.parse_args(argv)
+    configs = {}
+    for c in a.config or ["default"]:
+        name, _, flags = c.partition("=")
+        configs[name] = shlex.split(flags)
+    if not a.no_linear:
+        configs.setdefault("linear", ["@api", "arch=linear", "temporal=none", "au_pos_weight=auto",
+                                      "batch_frames=256", "epochs=60", "lr=0.001", "dropout=0.0"])
+    pflags, profile = synth_profile(a.profile)
+    work = Path(a.work) / profile
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    out_path = Path(a.out) if a.out else ROOT / "bench" / "out" / f"accuracy-{profile}.json"
+    rows: list[dict] = []
+    for size in a.sizes.split(","):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            d = prepare(work, size, seed, pflags, log)
+            table, keys, splits = load_splits(d)
+            n_train = len(splits["training"].rows)
+            base = baseline(table, keys, splits)
+            b = evaluate(base["validation"], base["test"], splits, BASELINE_PP)
+            b["val_reported"] = b["val_optimistic"]
+            bf = evaluate(base["validation"], base["test"], splits, FULL_PP)
+            bf["val_reported"] = bf["val_optimistic"]
+            systems = {"baseline (box9)": b, "baseline (crossfit pp)": bf}
+            for name, flags in configs.items():
+                systems[name] = run_heads(d, name, flags, seed, table, splits, log)
+            for name, ev in systems.items():
+                ratio = {k: (ev["test"][k] / b["test"][k]) if b["test"].get(k) else float("nan") for k in TASKS}
+                rows.append({"size": size, "seed": seed, "train_frames": n_train, "system": name, "ratio": ratio,
+                             **ev})
+            print("\n".join(table_lines([r for r in rows if r["size"] == size and r["seed"] == seed])), flush=True)
+    print("\nval rep: validation as the tool reports it (optimistic); honest: cross-fitted leave-one-video-out; "
+          "gap = honest - test; r*: test ratio vs baseline (box9); "
+          "test/r*: post-processing of abaw.pipeline.crossfit fitted on all validation; testT: the run's own "
+          "post-processing; min: training minutes")
+    print("\n".join(table_lines(rows)))
+    write_json(out_path, {"profile": profile, "requested_profile": a.profile, "sizes": SIZES, "rows": rows,
+                          "configs": configs})
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The parts behind bench/bench_accuracy.py: the `linear` head and cross-fitted post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from abaw.cache.store import FeatureStore, load_features
+from abaw.heads.model import ModelSpec, build_model
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.crossfit import (CrossfitConfig, PostFit, apply_to, crossfit, fit_postfit, make_series,
+                                    smooth)
+from abaw.pipeline.train.dataset import Labels
+from abaw.pipeline.train.outputs import FrameOutputs
+from abaw.pipeline.train.postprocess import score_against
+from abaw.pipeline.train.postprocess import smooth_series
+from abaw.pipeline.train.run import load_run
+from abaw.pipeline.train import train
+
+
+
+# ------------------------------------------------------------------ linear head
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_linear_head_outputs_and_standardisation():
+    spec = ModelSpec(keys=("a", "b"), dims=(5, 3), arch="linear", dropout=0.0)
+    model = build_model(spec).eval()
+    mean = [torch.arange(5.0), torch.full((3,), -2.0)]
+    model.set_feature_stats([(mean[0], torch.full((5,), 2.0)), (mean[1], torch.ones(3))])
+    x = [torch.randn(2, 7, 5) * 10, torch.randn(2, 7, 3)]
+    out = model(x, torch.ones(2, 7, dtype=torch.bool))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"va": (2, 7, 2), "expr": (2, 7, 8), "au": (2, 7, 12)}
+    assert out["va"].abs().max() <= 1
+    at_mean = model([m.expand(1, 1, -1) for m in mean], torch.ones(1, 1, dtype=torch.bool))
+    assert torch.allclose(at_mean["expr"][0, 0], model.heads["expr"].bias)  # standardised input is exactly 0
+    assert build_model(ModelSpec(keys=("a",), dims=(4,), tasks=("au",), arch="linear")).heads.keys() == {"au"}
+
+
+@pytest.fixture(scope="module")
+def linear_data(tmp_path_factory, synthetic_split):
+    rng = np.random.default_rng(3)
+    fs = FeatureStore(tmp_path_factory.mktemp("lin") / "c.zarr", "a")
+    proj = rng.standard_normal((22, 40)).astype(np.float32) * 3 + 5  # far from standardised
+    tr = synthetic_split(fs, "t", 6, 120, proj, 1.0, rng)
+    va = synthetic_split(fs, "v", 3, 120, proj, 1.0, rng)
+    return tr, va, load_features(fs, ["synth"])
+
+
+def test_linear_head_trains_predicts_and_reloads(linear_data, tmp_path):
+    tr, va, table = linear_data
+    cfg = TrainConfig.create(arch="linear", temporal="none", epochs=30, batch_frames=128, lr=1e-2, dropout=0.0,
+                      au_pos_weight="auto", smoothing=False, patience=100)
+    run = train(cfg, table, tr, va, tmp_path / "lin", progress=False)
+    final = run.result["val_final"]
+    assert final["va"] > 0.6 and final["expr"] > 0.5 and final["au"] > 0.6, final
+    norm = run.model.norms[0]
+    assert norm.mean.abs().mean() > 1 and norm.std.mean() > 1  # training statistics stored as buffers
+    again = load_run(tmp_path / "lin")
+    assert type(again.model).__name__ == "LinearModel"
+    a, b = run.predict(table), again.predict(table)
+    np.testing.assert_allclose(a.au, b.au, atol=1e-6)
+    assert score_against(b, va, again.postprocess).total == pytest.approx(final["total"], abs=1e-6)
+
+
+# ------------------------------------------------------------------ cross-fitting
+
+def _fake(n_videos=5, length=60, seed=0, signal=0.0):
+    """Outputs (optionally correlated with the labels) for n_videos validation videos."""
+    rng = np.random.default_rng(seed)
+    n = n_videos * length
+    vid = np.repeat(np.arange(n_videos), length).astype(np.int32)
+    fr = np.tile(np.arange(1, length + 1), n_videos).astype(np.int32)
+    va_t = np.clip(rng.standard_normal((n, 2)) * 0.4, -1, 1).astype(np.float32)
+    ex_t = rng.integers(0, 8, n)
+    au_t = (rng.random((n, 12)) < 0.3).astype(np.int8)
+    labels = Labels(va_t, ex_t, au_t, np.ones(n, bool), np.ones(n, bool), np.ones(n, bool))
+    out = FrameOutputs(tuple(f"v{i}" for i in range(n_videos)), vid, fr,
+                       va=(signal * va_t + rng.standard_normal((n, 2)) * 0.3).astype(np.float32),
+                       expr=rng.dirichlet(np.ones(8), n).astype(np.float32) + signal * np.eye(8)[ex_t],
+                       au=(0.5 * rng.random((n, 12)) + signal * 0.5 * au_t).astype(np.float32))
+    return out, labels
+
+
+def test_crossfit_never_fits_on_the_scored_video():
+    out, labels = _fake(n_videos=4, signal=0.5)
+    cfg = CrossfitConfig(windows=(1, 5))
+    seen: list[set[int]] = []
+
+    def recording_fit(s, c):
+        seen.append({int(v) for v in s.videos()})
+        return fit_postfit(s, c)
+
+    res = crossfit(make_series(out, labels, cfg), cfg, fit_fn=recording_fit)
+    assert seen[0] == {0, 1, 2, 3}  # the optimistic fit: every video
+    folds = seen[1:]
+    assert len(folds) == 4 and sorted(res.folds) == [0, 1, 2, 3]
+    for v, fold_videos in zip(range(4), folds):
+        assert fold_videos == {0, 1, 2, 3} - {v}
+
+
+def test_crossfit_honest_below_optimistic_on_noise():
+    out, labels = _fake(n_videos=6, seed=1, signal=0.0)
+    res = crossfit(make_series(out, labels), CrossfitConfig())
+    assert res.optimistic["au"] > res.honest["au"]  # thresholds fitted on noise do not transfer
+    assert res.optimistic["total"] > res.honest["total"]
+    assert set(res.to_dict()) == {"raw", "optimistic", "honest", "fit_all", "folds"}
+
+
+def test_crossfit_finds_the_signal_and_applies_to_new_outputs():
+    out, labels = _fake(n_videos=5, seed=2, signal=1.0)
+    res = crossfit(make_series(out, labels), CrossfitConfig())
+    assert res.honest["total"] > res.raw["total"] - 0.3 and res.honest["au"] > 0.6
+    vals = apply_to(out, res.fit_all)
+    k, w = res.fit_all.smooth["va"]
+    np.testing.assert_allclose(vals["va"], smooth(out.va, out.video_idx, out.frame, k, w))
+
+
+def test_fit_thresholds_after_smoothing_jointly():
+    out, labels = _fake(n_videos=3, seed=4, signal=0.3)
+    pf = fit_postfit(make_series(out, labels, CrossfitConfig(kernels=("box",), windows=(1, 9))),
+                     CrossfitConfig(kernels=("box",), windows=(1, 9)))
+    assert isinstance(pf, PostFit) and len(pf.au_thresholds) == 12 and set(pf.smooth) == {"va", "expr", "au"}
+    pf_none = fit_postfit(make_series(out, labels, CrossfitConfig(thresholds=False)), CrossfitConfig(thresholds=False))
+    assert pf_none.au_thresholds is None
+
+
+def test_smoothing_kernels():
+    rng = np.random.default_rng(0)
+    vid = np.array([0] * 6 + [1] * 4)
+    fr = np.array([1, 2, 3, 4, 5, 50, 1, 2, 3, 4])
+    x = rng.standard_normal((10, 3))
+    # box = the tool's moving average (frame-number distance, never across videos)
+    np.testing.assert_allclose(smooth(x, vid, fr, "box", 5), smooth_series(x, vid, fr, 5))
+    for k in ("box", "gaussian", "median"):
+        y = smooth(x, vid, fr, k, 5)
+        np.testing.assert_allclose(y[5], x[5])  # frame 50 has no neighbour within +-2
+        np.testing.assert_allclose(y[6:], smooth(x[6:], vid[6:], fr[6:], k, 5))  # video 1 on its own
+        np.testing.assert_allclose(smooth(np.ones((10, 1)), vid, fr, k, 9), 1.0)  # constants stay
+        np.testing.assert_allclose(smooth(x, vid, fr, k, 1), x)
+    spike = np.zeros((9, 1))
+    spike[4] = 10.0
+    assert smooth(spike, np.zeros(9, int), np.arange(9), "median", 3)[4, 0] == 0.0  # median removes a spike
+    g = smooth(spike, np.zeros(9, int), np.arange(9), "gaussian", 9)[:, 0]
+    assert g[4] > g[3] > g[2] > 0  # centre-weighted
+    with pytest.raises(ValueError):
+        smooth(x, vid, fr, "mean", 3)
