@@ -412,10 +412,8 @@ def test_corrupt_safetensors_weights_in_extract(frames_input):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, synthetic_split):
     """A tiny finished `train-heads` run on synthetic features (one epoch)."""
-    from cache_util import synthetic_split
-
     from abaw.cache.store import FeatureStore
     from abaw.data.annotations import write_annotations
     from abaw.data.labels import image_name
@@ -460,7 +458,7 @@ def test_resume_with_a_corrupt_last_pt(finished_run, tmp_path, kind):
     out_args = [str(a) for a in args]
     out_args[out_args.index("--out") + 1] = str(run)
     r = invoke(out_args + ["--resume"])
-    assert_one_line(r, f"{run / 'last.pt'}: not a readable torch file")
+    assert_one_line(r, f"{run / 'last.pt'}: cannot read the training state")
     assert tree_digest(run) == before
 
 
@@ -471,7 +469,7 @@ def test_corrupt_checkpoint_in_report(finished_run, tmp_path, name):
     shutil.copytree(d / "run", run)
     _corrupt(run / name, "truncated")
     before = tree_digest(run)
-    from abaw.pipeline.run import load_checkpoint
+    from abaw.pipeline.train.run import load_checkpoint
 
     with pytest.raises(AbawError, match=rf"{name}: cannot read checkpoint"):
         load_checkpoint(run / name)

@@ -150,7 +150,7 @@ def test_model_outputs(tasks):
 def test_registries_hold_the_documented_entries():
     assert FUSIONS.names() == ["attention", "concat", "sum"]
     assert TEMPORALS.names() == ["gru", "lstm", "none", "tcn", "transformer"]
-    assert HEAD_MODELS.names() == ["multitask"]
+    assert HEAD_MODELS.names() == ["linear", "multitask"]
 
 
 @pytest.mark.parametrize("arch", HEAD_MODELS.names())
