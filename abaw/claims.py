@@ -23,18 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from abaw.io import pid_alive
+
 CLAIM_FILE = ".claim"
 DEFAULT_TTL = 120.0  # seconds without a heartbeat before a claim from another host is stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -73,7 +65,7 @@ def is_stale(run_dir: str | os.PathLike, ttl: float = DEFAULT_TTL, now: float | 
     h = read_claim(run_dir)
     now = time.time() if now is None else now
     if h is not None and h.host == socket.gethostname():
-        return not _alive(h.pid)
+        return not pid_alive(h.pid)
     return now - mtime > ttl
 
 

@@ -92,3 +92,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (set, frozenset)):
         return sorted(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (for stale-lock and stale-claim checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from abaw.errors import AbawError
+from abaw.io import pid_alive
 
 LOCK_NAME = ".lock"
 _HELD: dict[str, list] = {}  # real path -> [fd, refcount]
@@ -98,23 +99,13 @@ def staging_name(uid: str) -> str:
     return f"{host()}-{os.getpid()}-{uid}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def writer_alive(name: str) -> bool:
     """Whether the writer that made staging entry `name` may still be running: a live pid
     on this host (also for the older `<pid>-<uuid>` names). Trash entries (`old-`, `del-`)
     and entries of other hosts count as dead: the caller holds the store's lock."""
     parts = name.split("-")
     if len(parts) >= 3 and parts[0] == host() and parts[1].isdigit():
-        return _alive(int(parts[1]))
+        return pid_alive(int(parts[1]))
     if len(parts) == 2 and parts[0].isdigit():
-        return _alive(int(parts[0]))
+        return pid_alive(int(parts[0]))
     return False
