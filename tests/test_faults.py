@@ -90,6 +90,17 @@ def _extract_only(d: Path, only: Path) -> list:
     return ["extract", d / "frames", "-o", d / "store.zarr", "-b", TINY, "-q", "--only", only]
 
 
+def _invoke_reading(d: Path, where: str, bad: Path):
+    """Run the command that reads `bad` as `where` (annotations, submission, test list, --only list)."""
+    if where == "annotations":
+        return invoke(["evaluate", d / "sub.txt", bad, "--json", d / "score.json"])
+    if where == "submission":
+        return invoke(["evaluate", bad, d / "ann.txt", "--json", d / "score.json"])
+    if where == "test-list":
+        return invoke(["validate-submission", d / "sub.txt", "--test-list", bad])
+    return invoke(_extract_only(d, bad))
+
+
 @pytest.fixture
 def frames_input(files):
     """A one-video frame folder (extract is never reached past the --only check)."""
@@ -114,14 +125,7 @@ def test_out_of_range_frame_numbers(frames_input, where, what):
     else:
         bad.write_text(sub_text(n))
     before = tree_digest(d / "score.json", d / "store.zarr")
-    if where == "annotations":
-        r = invoke(["evaluate", d / "sub.txt", bad, "--json", d / "score.json"])
-    elif where == "submission":
-        r = invoke(["evaluate", bad, d / "ann.txt", "--json", d / "score.json"])
-    elif where == "test-list":
-        r = invoke(["validate-submission", d / "sub.txt", "--test-list", bad])
-    else:
-        r = invoke(_extract_only(d, bad))
+    r = _invoke_reading(d, where, bad)
     if where == "submission":
         assert_one_line(r, f"{bad}:3:", "image name", name)
     else:
@@ -158,14 +162,7 @@ def test_non_utf8_text_files(frames_input, where):
         bad.write_bytes(head + BAD_BYTES)
     offset = bad.read_bytes().index(b"\xff")
     before = tree_digest(d / "score.json", d / "store.zarr")
-    if where == "annotations":
-        r = invoke(["evaluate", d / "sub.txt", bad, "--json", d / "score.json"])
-    elif where == "submission":
-        r = invoke(["evaluate", bad, d / "ann.txt", "--json", d / "score.json"])
-    elif where == "test-list":
-        r = invoke(["validate-submission", d / "sub.txt", "--test-list", bad])
-    else:
-        r = invoke(_extract_only(d, bad))
+    r = _invoke_reading(d, where, bad)
     assert_one_line(r, f"{bad}:3: not UTF-8 text (byte 0xff at offset {offset})")
     assert tree_digest(d / "score.json", d / "store.zarr") == before
 

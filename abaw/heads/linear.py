@@ -15,24 +15,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from abaw.heads.model import HEAD_MODELS, TASK_OUTPUTS, FeatureNorm, ModelSpec
+from abaw.heads.model import HEAD_MODELS, FeatureNorm, HeadModel, ModelSpec
 
 
 @HEAD_MODELS.register("linear")
-class LinearModel(nn.Module):
+class LinearModel(HeadModel):
     """Standardised concatenated features -> a linear layer per task."""
 
     def __init__(self, spec: ModelSpec):
-        super().__init__()
-        if len(spec.keys) != len(spec.dims) or not spec.keys:
-            raise ValueError("ModelSpec: one dim per backbone key, at least one backbone")
-        if not spec.tasks or any(t not in TASK_OUTPUTS for t in spec.tasks):
-            raise ValueError(f"ModelSpec: tasks must be a non-empty subset of {tuple(TASK_OUTPUTS)}, got {spec.tasks}")
-        self.spec = spec
+        super().__init__(spec)
         self.norms = nn.ModuleList([FeatureNorm(d) for d in spec.dims])
         self.dropout = nn.Dropout(spec.dropout)
-        width = sum(spec.dims)
-        self.heads = nn.ModuleDict({t: nn.Linear(width, n) for t, n in TASK_OUTPUTS.items() if t in spec.tasks})
+        self.heads = self.make_heads(sum(spec.dims))
 
     def set_feature_stats(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per-backbone (mean, std) of the training features."""
@@ -44,11 +38,3 @@ class LinearModel(nn.Module):
         if len(feats) != len(self.norms):
             raise ValueError(f"expected {len(self.norms)} feature tensors, got {len(feats)}")
         return self.dropout(torch.cat([n(x.float()) for n, x in zip(self.norms, feats)], dim=-1))
-
-    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-frame outputs: `va` in [-1, 1] [B, W, 2], `expr` / `au` logits [B, W, 8 / 12]."""
-        h = self.embed(feats, mask)
-        out = {t: head(h) for t, head in self.heads.items()}
-        if "va" in out:
-            out["va"] = torch.tanh(out["va"])
-        return out

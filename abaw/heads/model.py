@@ -89,9 +89,10 @@ ModelFactory = Callable[[ModelSpec], nn.Module]
 HEAD_MODELS: Registry[ModelFactory] = Registry("head model")
 
 
-@HEAD_MODELS.register("multitask")
-class MultiTaskModel(nn.Module):
-    """Projection + fusion + temporal module + linear task heads."""
+class HeadModel(nn.Module):
+    """Base of the head architectures: checks the spec, owns the linear task heads and the
+    forward pass (`embed` -> one linear layer per task, tanh on VA). Subclasses define
+    `embed` and `set_feature_stats`."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -101,12 +102,34 @@ class MultiTaskModel(nn.Module):
         if unknown or not spec.tasks:
             raise ValueError(f"ModelSpec: tasks must be a non-empty subset of {TASKS}, got {spec.tasks}")
         self.spec = spec
+
+    def make_heads(self, width: int) -> nn.ModuleDict:
+        return nn.ModuleDict({t: nn.Linear(width, TASK_OUTPUTS[t]) for t in TASKS if t in self.spec.tasks})
+
+    def embed(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-frame outputs: `va` in [-1, 1] [B, W, 2], `expr` / `au` logits [B, W, 8 / 12]."""
+        h = self.embed(feats, mask)
+        out = {t: head(h) for t, head in self.heads.items()}
+        if "va" in out:
+            out["va"] = torch.tanh(out["va"])
+        return out
+
+
+@HEAD_MODELS.register("multitask")
+class MultiTaskModel(HeadModel):
+    """Projection + fusion + temporal module + linear task heads."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
         d = spec.d_model
         self.proj = nn.ModuleList(
             [nn.Sequential(FeatureNorm(dim), nn.Linear(dim, d), nn.Dropout(spec.dropout)) for dim in spec.dims])
         self.fusion = create_fusion(spec.fusion, len(spec.dims), d, spec.dropout)
         self.temporal = create_temporal(spec.temporal, d, spec.temporal_options())
-        self.heads = nn.ModuleDict({t: nn.Linear(d, TASK_OUTPUTS[t]) for t in TASKS if t in spec.tasks})
+        self.heads = self.make_heads(d)
 
     def embed(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """The shared per-frame representation [B, W, d] after fusion and temporal context."""
@@ -119,14 +142,6 @@ class MultiTaskModel(nn.Module):
         """Per-backbone (mean, std) of the training features, for the input standardisation."""
         for p, (m, s) in zip(self.proj, stats):
             p[0].set_stats(m, s)
-
-    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-frame outputs: `va` in [-1, 1] [B, W, 2], `expr` / `au` logits [B, W, 8 / 12]."""
-        h = self.embed(feats, mask)
-        out = {t: head(h) for t, head in self.heads.items()}
-        if "va" in out:
-            out["va"] = torch.tanh(out["va"])
-        return out
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
