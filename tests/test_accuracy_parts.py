@@ -51,7 +51,7 @@ def linear_data(tmp_path_factory, synthetic_split):
 
 def test_linear_head_trains_predicts_and_reloads(linear_data, tmp_path):
     tr, va, table = linear_data
-    cfg = TrainConfig.create(arch="linear", temporal="none", epochs=30, batch_frames=128, lr=1e-2, dropout=0.0,
+    cfg = TrainConfig.create(arch="linear", temporal="none", epochs=30, min_steps=0, batch_frames=128, lr=1e-2, dropout=0.0,
                       au_pos_weight="auto", smoothing=False, patience=100)
     run = train(cfg, table, tr, va, tmp_path / "lin", progress=False)
     final = run.result["val_final"]
@@ -147,3 +147,66 @@ def test_smoothing_kernels():
     assert g[4] > g[3] > g[2] > 0  # centre-weighted
     with pytest.raises(ValueError):
         smooth(x, vid, fr, "mean", 3)
+
+
+# ------------------------------------------------------------------ honest estimate and the step schedule
+
+def test_folds_are_whole_videos_and_balanced():
+    from abaw.pipeline.train.honest import assign_folds
+
+    vid = np.repeat(np.arange(7), [50, 40, 30, 30, 20, 10, 10])
+    fold = assign_folds(vid, 3)
+    for v in range(7):
+        assert len(set(fold[vid == v])) == 1  # a video never straddles folds
+    sizes = np.bincount(fold)
+    assert len(sizes) == 3 and sizes.max() - sizes.min() <= 20
+    assert assign_folds(vid[:50], 5).max() == 0  # one video: one fold (no honest estimate)
+
+
+def test_fold_tracker_chooses_each_folds_epoch_without_it():
+    """Epoch 1 is good on videos 0-2 only, epoch 2 on video 3 only: the fold holding video 3
+    must take its epoch from the others (1), and then scores badly on video 3."""
+    from abaw.pipeline.train.honest import FoldTracker
+
+    out, labels = _fake(n_videos=4, signal=1.0)
+    good_va = labels.va.copy()
+    bad_va = -labels.va
+    vid = out.video_idx
+    e1 = out.with_values(va=np.where((vid < 3)[:, None], good_va, bad_va).astype(np.float32), expr=None, au=None)
+    e2 = out.with_values(va=np.where((vid == 3)[:, None], good_va, bad_va).astype(np.float32), expr=None, au=None)
+    tr = FoldTracker(vid, labels, 4)
+    tr.update(1, e1, ("va",))
+    tr.update(2, e2, ("va",))
+    assert tr.best_epoch == [1, 1, 1, 1]  # on every fold's complement epoch 1 is better
+    h = tr.estimate(e1, CrossfitConfig(smoothing=False, thresholds=False))
+    assert h["folds"] == 4 and h["va"] < 0.6  # video 3 is scored with epoch 1's (bad) outputs
+    st = tr.state()
+    again = FoldTracker(vid, labels, 4)
+    again.load(st)
+    assert again.best_epoch == tr.best_epoch and np.array_equal(again.outputs[3]["va"], tr.outputs[3]["va"])
+
+
+def test_min_steps_spread_over_epochs_and_honest_reported(linear_data, tmp_path):
+    import json
+
+    tr, va, table = linear_data
+    cfg = TrainConfig.create(arch="linear", temporal="none", epochs=4, min_steps=40, batch_frames=128, lr=1e-2,
+                             patience=100, honest_folds=3, smooth_windows=(1, 5))
+    run = train(cfg, table, tr, va, tmp_path / "steps", progress=False)
+    hist = json.loads((tmp_path / "steps" / "metrics.json").read_text())["epochs"]
+    passes = -(-720 // 128)  # one pass over 6 x 120 training frames
+    assert passes < 10 and all(h["batches"] == 10 for h in hist)  # ceil(40 / 4) steps per epoch
+    h = run.result.honest
+    assert h["folds"] == 3 and len(h["fold_epochs"]) == 3 and set(h) >= {"va", "expr", "au", "total"}
+    assert "honest" in run.result.format()
+    res = json.loads((tmp_path / "steps" / "result.json").read_text())
+    assert res["honest"]["total"] == pytest.approx(h["total"])
+
+
+def test_old_run_configs_keep_their_schedule(tmp_path):
+    from abaw.io import write_json
+    from abaw.pipeline.train.run import RUN_VERSION, read_config
+
+    write_json(tmp_path / "config.json", {"abaw_run": RUN_VERSION, "config": {"epochs": 7, "batch_frames": 1024}})
+    cfg = read_config(tmp_path)
+    assert (cfg.epochs, cfg.batch_frames, cfg.min_steps, cfg.smooth_kernels, cfg.honest_folds) == (7, 1024, 0, ("box",), 0)

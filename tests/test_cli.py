@@ -122,9 +122,10 @@ def test_train_heads_options_default_to_train_config(tmp_path):
 
     opts, cfg = _option_defaults(train_heads, ["--cache", str(tmp_path), "--out", str(tmp_path)]), TrainConfig()
     convert = {"tasks": parse_tasks, "task_weights": parse_task_weights, "backbones": tuple, "init_from": tuple,
-               "max_gap": lambda v: None if v == "none" else int(v), "stride": lambda v: v}
+               "max_gap": lambda v: None if v == "none" else int(v), "stride": lambda v: v,
+               "smooth_kernels": lambda v: tuple(v.split(","))}
     flat = cfg.flat()
-    assert set(flat) - set(opts) == {"smooth_windows", "arch"}  # a new field needs an option (or a place here)
+    assert set(flat) - set(opts) == {"smooth_windows"}  # a new field needs an option (or a place here)
     for name in sorted(set(flat) & set(opts)):
         got = convert.get(name, lambda v: v)(opts[name])
         want = flat[name] if not isinstance(flat[name], list) else tuple(flat[name])

@@ -424,7 +424,7 @@ def finished_run(tmp_path_factory, synthetic_split):
         names = [image_name(ann.videos[v], int(f)) for v, f in zip(ann.video_idx, ann.frame)]
         write_annotations(d / f"{split}_set_annotations.txt", names, ann.va, ann.expr, ann.au)
     args = ["train-heads", "--cache", d / "cache.zarr", "--data", d, "--out", d / "run", "--backbone", "synth",
-            "--d-model", "16", "--window", "8", "--epochs", "1", "--quiet", "--no-smoothing", "--no-thresholds"]
+            "--d-model", "16", "--window", "8", "--epochs", "1", "--min-steps", "0", "--quiet", "--no-smoothing", "--no-thresholds"]
     r = invoke(args)
     assert r.exit_code == 0, r.output
     return d, args

@@ -97,3 +97,37 @@ def test_timeline_png(tmp_path):
     p = plots.timeline(tmp_path / "t.png", t, np.zeros((60, 2)), np.full((60, 8), 1 / 8), np.full((60, 12), 0.5),
                        face, title="clip")
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- the leaderboard's honest ranking and nested estimate
+
+def _row(cid, folds):
+    """A finished leaderboard row whose honest scores per fold are `folds` (list of {task: score})."""
+    from abaw.pipeline.search.leaderboard import make_row
+
+    results = [{"run": f"r/{cid}/{i}", "result": {
+        "val_final": {t: (v + 0.2 if v is not None else None) for t, v in f.items()},
+        "val_raw": f, "honest": f}} for i, f in enumerate(folds)]
+    return make_row(cid, {"config": cid}, ("va", "expr", "au"), results, [r["run"] for r in results])
+
+
+def _f(va, expr, au):
+    return {"va": va, "expr": expr, "au": au, "total": va + expr + au}
+
+
+def test_rank_by_honest_and_nested_selection_never_scores_its_choice_folds():
+    from abaw.pipeline.search.leaderboard import compose_best_per_task, nested_estimate, rank
+
+    # "lucky" is best on fold 0 only (by far), "steady" is good everywhere.
+    lucky = _row("lucky", [_f(0.9, 0.9, 0.9), _f(0.1, 0.1, 0.1), _f(0.1, 0.1, 0.1)])
+    steady = _row("steady", [_f(0.4, 0.4, 0.4), _f(0.4, 0.4, 0.4), _f(0.4, 0.4, 0.4)])
+    rows = rank([lucky, steady])
+    assert [r["config"] for r in rows] == ["steady", "lucky"]  # honest means 1.2 vs 1.1
+    n = nested_estimate(rows)
+    # fold 0: chosen on folds 1-2 -> steady (1.2); folds 1, 2: chosen on 0 + the other -> lucky (1.5 vs 1.2)
+    assert [p["best"] for p in n["picks"]] == ["steady", "lucky", "lucky"]
+    assert n["best"] == pytest.approx((1.2 + 0.3 + 0.3) / 3)
+    c = compose_best_per_task(rows)
+    assert c["chosen_by"] == "honest" and c["honest"] == pytest.approx(1.2)
+    assert c["total"] == pytest.approx(1.2 + 0.6)  # the optimistic val scores of the chosen configs
+    assert nested_estimate([_row("a", [_f(0.1, 0.1, 0.1)] * 2)]) is None  # two folds: no nested estimate

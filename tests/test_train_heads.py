@@ -25,7 +25,7 @@ from abaw.pipeline.train.run import load_checkpoint, load_run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = "timm:test_efficientnet_gn?size=112&pretrained=0"
-SMALL = dict(d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256, smoothing=False, patience=100)
+SMALL = dict(min_steps=0, d_model=32, heads=2, layers=2, lr=3e-3, window=16, batch_frames=256, smoothing=False, patience=100)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_cli_train_heads_on_synth_is_above_chance(synth_cache, tmp_path):
     root, store, key = synth_cache
     out = tmp_path / "run"
     args = ["train-heads", "--cache", str(store), "--data", str(root), "--out", str(out), "--backbone", SPEC,
-            "--d-model", "64", "--window", "16", "--batch-frames", "128", "--epochs", "8", "--lr", "3e-3",
+            "--d-model", "64", "--window", "16", "--batch-frames", "128", "--epochs", "8", "--min-steps", "0", "--lr", "3e-3",
             "--quiet"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
@@ -211,7 +211,7 @@ def test_old_flat_run_configs_still_load(tmp_path):
     from abaw.io import write_json
     from abaw.pipeline.train import read_config
 
-    cfg = TrainConfig.create(temporal="tcn", d_model=64, tasks=("au",), epochs=3)
+    cfg = TrainConfig.create(temporal="tcn", d_model=64, tasks=("au",), epochs=3, min_steps=0)
     write_json(tmp_path / "config.json", {"abaw_run": 1, "config": cfg.flat()})  # the old layout
     assert read_config(tmp_path) == cfg
     write_json(tmp_path / "config.json", {"abaw_run": 1, "config": {**cfg.flat(), "colour": 1}})

@@ -20,6 +20,9 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
 @click.option("--backbone", "backbones", multiple=True,
               help="Backbone features to use, by cache key or spec (repeat). Default: all in the cache.")
 @click.option("--tasks", default="va,expr,au", show_default=True, help="Tasks trained jointly (subset of va,expr,au).")
+@click.option("--arch", default="multitask", show_default=True,
+              help="Head architecture: multitask (fusion + temporal module + heads) | linear (HSEmotion's recipe: "
+                   "standardised features, a linear layer per task, no temporal context).")
 @click.option("--fusion", default="sum", show_default=True, help="Feature Fusion Module: sum | concat | attention.")
 @click.option("--temporal", default="transformer", show_default=True,
               help="Temporal Convergence Module: none | transformer | tcn | gru | lstm.")
@@ -42,8 +45,11 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
               help="EXPR cross-entropy class weights.")
 @click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--weight-decay", default=0.05, show_default=True)
-@click.option("--epochs", default=20, show_default=True, help="Maximum epochs.")
-@click.option("--batch-frames", default=1024, show_default=True, help="Frames per batch.")
+@click.option("--epochs", default=20, show_default=True,
+              help="Maximum epochs (evaluation rounds; a short pass over the data is repeated to reach --min-steps).")
+@click.option("--min-steps", default=1000, show_default=True,
+              help="Optimizer steps at least, spread evenly over the epochs (0: one pass per epoch).")
+@click.option("--batch-frames", default=256, show_default=True, help="Frames per batch.")
 @click.option("--warmup", "warmup_epochs", default=1.0, show_default=True, help="Linear warm-up, in epochs.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without a better val P_MTL.")
 @click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0: off).")
@@ -56,6 +62,10 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
               help="Fit per-AU decision thresholds on validation.")
 @click.option("--smoothing/--no-smoothing", default=True, show_default=True,
               help="Fit per-task temporal smoothing windows on validation.")
+@click.option("--kernels", "smooth_kernels", default="box,gaussian,median", show_default=True,
+              help="Smoothing kernels the fit may choose per task (comma-separated).")
+@click.option("--honest-folds", default=5, show_default=True,
+              help="Validation videos in this many folds for the honest (cross-fitted) estimate (0: off).")
 @click.option("--allow-missing", is_flag=True, help="Skip (and report) labelled frames without a cached feature.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same config).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
@@ -66,7 +76,8 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
     """Train fusion + temporal module + AU/EXPR/VA heads jointly from cached features.
 
     Selects the best epoch on validation P_MTL, then fits per-AU thresholds and temporal
-    smoothing on validation and reports P_MTL before and after each step.
+    smoothing on validation and reports P_MTL before and after each step, and the honest
+    estimate (epoch and post-processing fitted on other validation videos than those scored).
 
     Example: abaw train-heads --cache cache.zarr --data data/synth --out runs/joint
     """
@@ -78,6 +89,7 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
         gap = None if max_gap.lower() == "none" else int(max_gap)
     except ValueError:
         raise click.BadParameter(f"{max_gap!r}: a number of frames or 'none'", param_hint="--max-gap") from None
+    opts["smooth_kernels"] = tuple(k.strip() for k in opts["smooth_kernels"].split(",") if k.strip())
     cfg = TrainConfig.create(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
                       task_weights=parse_task_weights(task_weights), init_from=init_from, **opts)
     run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,

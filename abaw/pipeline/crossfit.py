@@ -58,6 +58,8 @@ def smooth(values: np.ndarray, video_idx: np.ndarray, frame: np.ndarray, kernel:
     x = np.asarray(values, dtype=np.float64)
     if window <= 1 or len(x) == 0:
         return x.copy()
+    if kernel == "box":
+        return _box(x, np.asarray(video_idx), np.asarray(frame).astype(np.int64), window // 2)
     h = window // 2
     out = np.empty_like(x)
     vid, fr = np.asarray(video_idx), np.asarray(frame).astype(np.int64)
@@ -69,17 +71,37 @@ def smooth(values: np.ndarray, video_idx: np.ndarray, frame: np.ndarray, kernel:
         if kernel == "median":
             from numpy.lib.stride_tricks import sliding_window_view
 
-            for c in range(x.shape[1]):  # one column at a time: rows x window floats
-                win = sliding_window_view(grid[:, c], 2 * h + 1)[f]
-                out[rows, c] = np.nanmedian(win, axis=1)
+            n = sliding_window_view(~np.isnan(grid[:, 0]), 2 * h + 1)[f].sum(1)  # frames present per window
+            lo, hi = (n - 1) // 2, n // 2
+            r = np.arange(len(f))
+            for c in range(x.shape[1]):  # one column at a time: rows x window floats; NaN sorts last
+                win = np.sort(sliding_window_view(grid[:, c], 2 * h + 1)[f], axis=1)
+                out[rows, c] = 0.5 * (win[r, lo] + win[r, hi])
             continue
         d = np.arange(-h, h + 1, dtype=np.float64)
-        k = np.ones_like(d) if kernel == "box" else np.exp(-0.5 * (d / max(window / 4.0, 1e-6)) ** 2)
+        k = np.exp(-0.5 * (d / max(window / 4.0, 1e-6)) ** 2)
         present = ~np.isnan(grid[:, 0])
         num = np.stack([np.convolve(np.nan_to_num(grid[:, c]), k, "same") for c in range(x.shape[1])], 1)
         den = np.convolve(present.astype(np.float64), k, "same")
         out[rows] = num[f + h] / den[f + h, None]
     return out
+
+
+def _box(x: np.ndarray, vid: np.ndarray, fr: np.ndarray, h: int) -> np.ndarray:
+    """Moving average over frames within +-h of the same video (cumulative sums: O(N))."""
+    order = np.lexsort((fr, vid))
+    vi, f_all, xs = vid[order], fr[order], x[order]
+    out = np.empty_like(xs)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(vi)) + 1, [len(vi)]])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        f = f_all[a:b]
+        lo = np.searchsorted(f, f - h, "left")
+        hi = np.searchsorted(f, f + h, "right")
+        cs = np.concatenate([np.zeros((1,) + xs.shape[1:]), np.cumsum(xs[a:b], axis=0)])
+        out[a:b] = (cs[hi] - cs[lo]) / (hi - lo).reshape((-1,) + (1,) * (xs.ndim - 1))
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,10 +133,13 @@ class Series:
         return self.outputs[task] if window <= 1 else self.smoothed[(task, kernel, window)]
 
 
-def make_series(outputs: Any, labels: Any, cfg: CrossfitConfig = CrossfitConfig()) -> Series:
-    """A Series from FrameOutputs-like outputs and Labels-like labels aligned row by row."""
-    if len(outputs.frame) != len(labels.expr):
-        raise ValueError(f"make_series: {len(outputs.frame)} outputs vs {len(labels.expr)} labels")
+def make_series(outputs: Any, labels: Any, cfg: CrossfitConfig = CrossfitConfig(),
+                rows: np.ndarray | None = None) -> Series:
+    """A Series from FrameOutputs-like outputs and Labels-like labels aligned row by row, or
+    with the `rows` of the outputs (then every output frame is smoothing context)."""
+    n = len(outputs.frame) if rows is None else len(rows)
+    if n != len(labels.expr):
+        raise ValueError(f"make_series: {n} outputs vs {len(labels.expr)} labels")
     outs = {t: np.asarray(getattr(outputs, t), np.float64) for t in TASK_NAMES if getattr(outputs, t) is not None}
     labs: dict[str, np.ndarray] = {}
     for t in TASK_NAMES:
@@ -125,6 +150,10 @@ def make_series(outputs: Any, labels: Any, cfg: CrossfitConfig = CrossfitConfig(
     if cfg.smoothing:
         sm = {(t, k, w): smooth(a, vid, fr, k, w) for t, a in outs.items() for k in cfg.kernels
               for w in cfg.windows if w > 1}
+    if rows is not None:
+        vid, fr = vid[rows], fr[rows]
+        outs = {t: a[rows] for t, a in outs.items()}
+        sm = {k: a[rows] for k, a in sm.items()}
     return Series(vid, fr, outs, labs, sm)
 
 

@@ -4,16 +4,16 @@ Each sampled config (a dict of `TrainConfig` overrides, see `abaw.pipeline.searc
 run folder `OUT/runs/<config id>/` (with `--folds K`: `OUT/runs/<id>/fold<k>/`), so a
 rerun skips finished configs and resumes unfinished ones. Results go to a leaderboard
 (`leaderboard.csv`, `leaderboard.json`, printed table, `leaderboard.png`) sorted by
-validation P_MTL (after post-processing; the mean over folds with `--folds`), with the
-per-task scores alongside. `compose="best-per-task"` writes `composed.json`: for each
-task the config that scored best on it, the way the ABAW7 winner assembled its system.
+the honest (cross-fitted) validation estimate (the mean over folds with `--folds`), with
+the optimistic and raw scores and the per-task scores alongside (see
+`abaw.pipeline.search.leaderboard`). The `linear` head is always one of the configs
+(`baseline=False` to leave it out). `compose="best-per-task"` writes `composed.json`: for
+each task the config that scored best on it, the way the ABAW7 winner assembled its
+system. With `folds >= 3`, `nested.json` holds the nested estimate of the selection.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -26,12 +26,22 @@ from abaw.config import to_dict
 from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
-from abaw.io import atomic_write, read_json, write_json
+from abaw.io import read_json, write_json
+from abaw.pipeline.search.leaderboard import (
+    compose_best_per_task,
+    format_leaderboard,
+    make_row,
+    nested_estimate,
+    rank,
+    write_leaderboard,
+)
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
 from abaw.results import Result
 
 COMPOSE_MODES = ("best-per-task",)
+# The baseline config: the `linear` head with the settings that suit it (measured in bench/bench_accuracy.py).
+BASELINE = {"arch": "linear", "temporal": "none", "au_pos_weight": "auto", "lr": 1e-3, "dropout": 0.0}
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class SearchSettings:
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
     jobs: int = 1  # parallel configs on CPU (forced to 1 on a GPU)
     compose: str | None = None  # "best-per-task"
+    baseline: bool = True  # add the `linear` head (HSEmotion's recipe) as one more config unless the space has it
 
 
 def _normalise(key: str, value: Any) -> Any:
@@ -127,14 +138,6 @@ def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[s
 # ------------------------------------------------------------------ the search
 
 
-def _scores_of(results: list[dict[str, Any]], step: str) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for t in (*TASKS, "total"):
-        vals = [r["result"][step].get(t) for r in results]
-        out[t] = None if any(v is None for v in vals) else float(np.mean(vals))
-    return out
-
-
 def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotations, val_ann: Annotations,
                out: str | os.PathLike, settings: SearchSettings = SearchSettings(),
                base: TrainConfig = TrainConfig(), progress: bool = True,
@@ -154,8 +157,10 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = [(config_id(o), o, config_from_overrides(base, o)) for o in sample_configs(space, settings.budget,
-                                                                                         settings.seed)]
+    sampled = sample_configs(space, settings.budget, settings.seed)
+    if settings.baseline and not any(o.get("arch", base.model.arch) == "linear" for o in sampled):
+        sampled.append(dict(BASELINE))  # the linear probe on the same features, so the search never loses to it unseen
+    configs = [(config_id(o), o, config_from_overrides(base, o)) for o in sampled]
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space),
                                      "base": to_dict(base), "configs": {i: o for i, o, _ in configs}})
     fstore = FeatureStore(store, "r")
@@ -196,28 +201,17 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     for (cid, _, _), r in zip(work, results):
         by_cfg.setdefault(cid, []).append(r)
 
-    rows = []
-    for cid, overrides, cfg in configs:
-        rs = by_cfg[cid]
-        errors = [r["error"] for r in rs if "error" in r]
-        row: dict[str, Any] = {"config": cid, "overrides": overrides, "tasks": ",".join(cfg.tasks),
-                               "runs": [os.path.relpath(r["run"], out) for r in rs]}  # relative to OUT
-        if errors:
-            row["error"] = errors[0]
-        else:
-            row["val"] = _scores_of(rs, "val_final")
-            row["val_raw"] = _scores_of(rs, "val_raw")
-            row["seconds"] = float(sum(r.get("seconds", 0.0) for r in rs))
-        rows.append(row)
-    rows.sort(key=lambda r: (-r["val"]["total"]) if "val" in r else np.inf)
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i if "val" in r else None
-    _write_leaderboard(out, rows)
+    rows = rank([make_row(cid, overrides, cfg.tasks, by_cfg[cid], [os.path.relpath(r["run"], out) for r in by_cfg[cid]])
+                 for cid, overrides, cfg in configs])  # run folders relative to OUT
+    write_leaderboard(out, rows)
+    nested = nested_estimate(rows)
+    if nested is not None:
+        write_json(out / "nested.json", nested)
     composed = None
     if settings.compose == "best-per-task":
         composed = compose_best_per_task(rows)
         write_json(out / "composed.json", composed)
-    return SearchResult(out=str(out), rows=tuple(rows), composed=composed)
+    return SearchResult(out=str(out), rows=tuple(rows), composed=composed, nested=nested)
 
 
 @dataclass(frozen=True)
@@ -227,6 +221,7 @@ class SearchResult(Result):
     out: str
     rows: tuple[dict[str, Any], ...]
     composed: dict[str, Any] | None = None  # composed.json with --compose best-per-task
+    nested: dict[str, Any] | None = None  # nested.json with --folds K >= 3 (selection scored on unseen folds)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -237,86 +232,19 @@ class SearchResult(Result):
         if self.composed is not None:
             c = self.composed
             parts = ", ".join(f"{t.upper()} {v['score']:.4f} ({v['config']})" for t, v in c["tasks"].items())
-            lines.append(f"composed best-per-task: P {c['total']:.4f} = {parts}  -> {Path(self.out) / 'composed.json'}")
+            honest = f" (honest {c['honest']:.4f})" if "honest" in c else ""
+            lines.append(f"composed best-per-task: P {c['total']:.4f}{honest} = {parts}  "
+                         f"-> {Path(self.out) / 'composed.json'}")
+        if self.nested is not None:
+            n = self.nested
+            lines.append(f"nested estimate over {n['folds']} folds (configs chosen on the other folds): best config "
+                         f"P {n['best']:.4f}, composed best-per-task P {n['composed']:.4f}")
         return "\n".join(lines)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         n = len(self.failed)
         return (f"error: {n} configs failed (see the leaderboard)",) if n else ()
-
-
-def compose_best_per_task(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """For each task, the config (and its run folders) with the best validation score on it."""
-    chosen: dict[str, Any] = {}
-    for t in TASKS:
-        cands = [r for r in rows if "val" in r and r["val"].get(t) is not None]
-        if not cands:
-            continue
-        best = max(cands, key=lambda r: r["val"][t])
-        chosen[t] = {"config": best["config"], "score": best["val"][t], "runs": best["runs"]}
-    if not chosen:
-        raise AbawError("compose: no finished config scored any task")
-    return {"mode": "best-per-task", "tasks": chosen,
-            "total": float(sum(c["score"] for c in chosen.values()))}
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.4f}"
-
-
-def _describe(overrides: dict[str, Any]) -> str:
-    def show(v: Any) -> str:
-        if isinstance(v, (list, tuple)):
-            return ",".join(show(x) for x in v)
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    return " ".join(f"{k}={show(v)}" for k, v in sorted(overrides.items()) if k not in ("tasks",))
-
-
-def _write_leaderboard(out: Path, rows: list[dict[str, Any]]) -> None:
-    write_json(out / "leaderboard.json", rows)
-    cols = ["rank", "config", "tasks", "P_VA", "P_EXPR", "P_AU", "P_MTL", "P_MTL_raw", "seconds", "settings",
-            "error"]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(cols)
-    for r in rows:
-        v, raw = r.get("val", {}), r.get("val_raw", {})
-        w.writerow([r["rank"] or "", r["config"], r["tasks"], _fmt(v.get("va")), _fmt(v.get("expr")),
-                    _fmt(v.get("au")), _fmt(v.get("total")), _fmt(raw.get("total")),
-                    f"{r['seconds']:.1f}" if "seconds" in r else "", _describe(r["overrides"]), r.get("error", "")])
-    with atomic_write(out / "leaderboard.csv", "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-    ok = [r for r in rows if "val" in r]
-    if ok:
-        from abaw.plots import score_bars
-
-        score_bars(out / "leaderboard.png", {f"#{r['rank']} {r['config']}": r["val"] for r in ok[:8]})
-
-
-def format_leaderboard(rows: list[dict[str, Any]], top: int | None = None) -> str:
-    """The leaderboard as a fixed-width table (validation scores after post-processing).
-
-    The settings column shows only what differs between configs (the rest is in search.json).
-    """
-    varying = _varying_keys(rows)
-    lines = [f"{'#':>3} {'config':<10} {'tasks':<11} {'P_VA':>7} {'P_EXPR':>7} {'P_AU':>7} {'P_MTL':>7} "
-             f"{'raw':>7}  settings"]
-    for r in rows[:top]:
-        shown = _describe({k: v for k, v in r["overrides"].items() if k in varying})
-        if "val" not in r:
-            lines.append(f"{'-':>3} {r['config']:<10} {r['tasks']:<11} failed: {r['error']}")
-            continue
-        v, raw = r["val"], r["val_raw"]
-        lines.append(f"{r['rank']:>3} {r['config']:<10} {r['tasks']:<11} {_fmt(v['va']):>7} {_fmt(v['expr']):>7} "
-                     f"{_fmt(v['au']):>7} {_fmt(v['total']):>7} {_fmt(raw['total']):>7}  {shown}")
-    return "\n".join(lines)
-
-
-def _varying_keys(rows: list[dict[str, Any]]) -> set[str]:
-    keys = {k for r in rows for k in r["overrides"]}
-    return {k for k in keys if len({json.dumps(r["overrides"].get(k), sort_keys=True) for r in rows}) > 1}
 
 
 def run_path(search_dir: str | os.PathLike, run: str) -> Path:

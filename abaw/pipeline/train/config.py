@@ -10,8 +10,10 @@ from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
 from abaw.pipeline.train.dataset import DEFAULT_MAX_GAP
-from abaw.pipeline.train.postprocess import DEFAULT_WINDOWS
+from abaw.pipeline.train.postprocess import DEFAULT_KERNELS, DEFAULT_WINDOWS
 
+# Fields added later, with the value that reproduces run folders saved before them (`run.read_config`).
+OLD_DEFAULTS: dict[str, Any] = {"min_steps": 0, "smooth_kernels": ["box"], "honest_folds": 0}
 MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims"))
 
 
@@ -22,8 +24,9 @@ class TrainConfig:
     Field groups: data (backbones, window, stride, max_gap, allow_missing), the head
     architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
     cache), losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
-    weight_decay, epochs, batch_frames, warmup_epochs, patience, grad_clip, seed,
-    init_from), post-processing (au_thresholds, smoothing, smooth_windows) and runtime
+    weight_decay, epochs, min_steps, batch_frames, warmup_epochs, patience, grad_clip, seed,
+    init_from), post-processing (au_thresholds, smoothing, smooth_windows, smooth_kernels,
+    honest_folds) and runtime
     arguments (device, threads: recorded, never compared when resuming).
 
     `TrainConfig.create(temporal="tcn", epochs=5)` takes the model's fields flat, as the
@@ -45,8 +48,9 @@ class TrainConfig:
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 0.05
-    epochs: int = 20
-    batch_frames: int = 1024  # frames per batch (windows per batch = batch_frames // window)
+    epochs: int = 20  # evaluation rounds (an epoch: one pass, or more passes when a pass is short of min_steps/epochs)
+    min_steps: int = 1000  # optimizer steps at least, spread over the epochs (small data: several passes per epoch)
+    batch_frames: int = 256  # frames per batch (windows per batch = batch_frames // window)
     warmup_epochs: float = 1.0
     patience: int = 5  # early stopping: epochs without a better validation P_MTL
     grad_clip: float = 1.0  # max gradient norm (0 = off)
@@ -56,6 +60,8 @@ class TrainConfig:
     au_thresholds: bool = True
     smoothing: bool = True
     smooth_windows: tuple[int, ...] = DEFAULT_WINDOWS
+    smooth_kernels: tuple[str, ...] = DEFAULT_KERNELS  # box | gaussian | median (chosen per task)
+    honest_folds: int = 5  # validation videos in this many folds for the cross-fitted estimate (0: off)
     # runtime arguments
     device: str = runtime_field("auto")  # auto | cpu | cuda | cuda:N
     threads: int = runtime_field(0)  # CPU threads for torch during this run (0 = leave torch's setting)
@@ -116,6 +122,9 @@ class TrainConfig:
                   (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
+                  (self.min_steps >= 0, "min_steps must be >= 0"), (self.honest_folds >= 0, "honest_folds >= 0"),
+                  (len(self.smooth_kernels) > 0 and all(k in DEFAULT_KERNELS for k in self.smooth_kernels),
+                   f"smooth_kernels: some of {', '.join(DEFAULT_KERNELS)}"),
                   (self.batch_frames >= 1, "batch_frames must be >= 1"),
                   (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.patience >= 1, "patience >= 1"),
                   (self.grad_clip >= 0, "grad_clip must be >= 0"), (self.threads >= 0, "threads must be >= 0"),

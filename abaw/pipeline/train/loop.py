@@ -42,6 +42,7 @@ from abaw.pipeline.train.dataset import (
     feature_tensors,
     train_windows,
 )
+from abaw.pipeline.train.honest import FoldTracker, crossfit_config
 from abaw.pipeline.train.init import feature_stats, init_from_runs
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_summary
@@ -211,6 +212,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
 
     history: list[dict[str, Any]] = []
+    tracker = FoldTracker(val_fs.video_idx, val_fs.labels, cfg.honest_folds)
     best = {"score": -math.inf, "epoch": 0}
     bad_epochs = 0
     start_epoch = 0
@@ -228,6 +230,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         best = {"score": float(st["best_score"]), "epoch": int(st["best_epoch"])}
         bad_epochs = int(st["bad_epochs"])
         history = json.loads(st["history_json"])
+        tracker.load(st.get("honest"))
     else:
         if cfg.init_from:
             init_report = init_from_runs(model, spec, cfg.init_from)
@@ -274,6 +277,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             rec["val"] = sc.summary()
             improved = sc.total > best["score"] + 1e-12
             rec["best"] = improved
+            tracker.update(epoch + 1, val_out, score_tasks)
             if improved:
                 best = {"score": sc.total, "epoch": epoch + 1}
                 bad_epochs = 0
@@ -283,7 +287,8 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             history.append(rec)
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                   "epoch": epoch + 1, "best_score": best["score"], "best_epoch": best["epoch"],
-                  "bad_epochs": bad_epochs, "history_json": json.dumps(history)}
+                  "bad_epochs": bad_epochs, "history_json": json.dumps(history),
+                  "honest": tracker.state()}
             if device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(device)
             save_state(out / "last.pt", st)
@@ -298,7 +303,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         if bar is not None:
             bar.close()
     return _finish(out, cfg, spec, model, val_fs, keys, device, val_b, history, best,
-                   len(history) < cfg.epochs, time.perf_counter() - t_run, table)
+                   len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker)
 
 
 def _only(outputs: FrameOutputs, tasks: tuple[str, ...]) -> FrameOutputs:
@@ -338,7 +343,10 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
     rng = np.random.default_rng([cfg.seed, epoch])
     wins = train_windows(fs.segments, cfg.window, stride, rng)
     wins = wins[rng.permutation(len(wins))]
-    nb = max(1, -(-len(wins) // bw))
+    nb = max(1, -(-len(wins) // bw), -(-cfg.min_steps // cfg.epochs))
+    while len(wins) < nb * bw and len(wins):  # a short pass: more shuffled passes (new offsets) in this epoch
+        more = train_windows(fs.segments, cfg.window, stride, rng)
+        wins = np.concatenate([wins, more[rng.permutation(len(more))]])
     sums = torch.zeros(1 + len(loss_fn.tasks), device=device)
     t_data = t_fb = t_opt = 0.0
     frames = 0
@@ -380,28 +388,32 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
     mean = (sums.double().cpu() / nb).tolist()
     rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": mean[0],
                            **{f"train_loss_{t}": v for t, v in zip(loss_fn.tasks, mean[1:])},
-                           "batches": nb, "windows": int(len(wins)), "frames": frames}
+                           "batches": nb, "windows": int(min(len(wins), nb * bw)), "frames": frames}
     rec["time"] = {"train_s": time.perf_counter() - t_start, "data_s": t_data, "fwd_bwd_s": t_fb, "opt_s": t_opt}
     return rec
 
 
 def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_fs: FrameSet,
             keys: tuple[str, ...], device: torch.device, val_b: Batcher, history: list[dict[str, Any]],
-            best: dict[str, Any], stopped_early: bool, seconds: float, table: FeatureTable) -> Run:
+            best: dict[str, Any], stopped_early: bool, seconds: float, table: FeatureTable,
+            tracker: FoldTracker) -> Run:
     """Reload the best checkpoint, fit post-processing on validation, write the summary."""
     _, sd, _ = load_checkpoint(out / "best.pt")
     model.load_state_dict(sd)
     val_out = predict_frameset(model, val_fs, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
     val_out.save(out / "val_outputs.npz")
     if cfg.au_thresholds or cfg.smoothing:
-        pp, steps = fit_postprocess(val_out, val_fs.labels, cfg.au_thresholds, cfg.smoothing, cfg.smooth_windows)
+        pp, steps = fit_postprocess(val_out, val_fs.labels, cfg.au_thresholds, cfg.smoothing, cfg.smooth_windows,
+                                    kernels=cfg.smooth_kernels)
     else:
         pp, steps = PostProcess(), [{"step": "raw", **score_summary(val_out, val_fs.labels)}]
-    write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps})
+    honest = tracker.estimate(val_out, crossfit_config(cfg))
+    write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps, "honest": honest})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
     data = read_json(out / "data.json")
     result = TrainResult(path=str(out), best_epoch=best["epoch"], epochs_run=len(history),
-                         stopped_early=stopped_early, steps=tuple(steps), train_seconds_this_call=seconds,
+                         stopped_early=stopped_early, steps=tuple(steps), honest=honest,
+                         train_seconds_this_call=seconds,
                          device=str(device), missing={s: data[s].get("missing") for s in ("train", "val")})
     write_json(out / "result.json", result.record())
     (out / "last.pt").unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json
-from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.config import OLD_DEFAULTS, TrainConfig
 from abaw.pipeline.train.dataset import (
     Batcher,
     FrameSet,
@@ -121,7 +121,8 @@ class TrainResult(Result):
     best_epoch: int
     epochs_run: int
     stopped_early: bool
-    steps: tuple[dict[str, Any], ...]  # validation scores after each post-processing step
+    steps: tuple[dict[str, Any], ...]  # validation scores after each post-processing step (optimistic)
+    honest: dict[str, Any] | None = None  # cross-fitted estimate (abaw.pipeline.train.honest)
     train_seconds_this_call: float = 0.0
     device: str = "cpu"
     missing: dict[str, Any] = field(default_factory=dict)  # split -> missing-frame report (or None)
@@ -141,6 +142,7 @@ class TrainResult(Result):
         """The `result.json` of the run folder."""
         return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
                 "val_raw": self.val_raw, "val_final": self.val_final, "steps": list(self.steps),
+                "honest": self.honest,
                 "train_seconds_this_call": self.train_seconds_this_call, "device": self.device}
 
     @classmethod
@@ -151,6 +153,7 @@ class TrainResult(Result):
         data = read_json(path / "data.json") if (path / "data.json").exists() else {}
         return cls(path=str(path), best_epoch=int(res["best_epoch"]), epochs_run=int(res["epochs_run"]),
                    stopped_early=bool(res.get("stopped_early", False)), steps=tuple(res["steps"]),
+                   honest=res.get("honest"),
                    train_seconds_this_call=float(res.get("train_seconds_this_call", 0.0)),
                    device=str(res.get("device", "cpu")),
                    missing={s: (data.get(s) or {}).get("missing") for s in ("train", "val")})
@@ -163,9 +166,19 @@ class TrainResult(Result):
                              f"cached feature (e.g. {', '.join(miss['examples'][:3])})")
         lines.append(f"best epoch {self.best_epoch} of {self.epochs_run}; validation P_MTL by post-processing step:")
         for s in self.steps:
-            extra = f"  windows {s['windows']}" if "windows" in s else ""
+            extra = ""
+            if "windows" in s:
+                extra = "  smoothing " + ", ".join(f"{t} {s.get('kernels', {}).get(t, 'box')} {w}"
+                                                   for t, w in s["windows"].items())
             lines.append(f"  {s['step']:<14} P {s['total']:.4f}   VA {fmt_score(s['va'])}  EXPR {fmt_score(s['expr'])}  "
                          f"AU {fmt_score(s['au'])}{extra}")
+        h = self.honest
+        if h:
+            lines.append(f"  {'honest':<14} P {h['total']:.4f}   VA {fmt_score(h['va'])}  EXPR {fmt_score(h['expr'])}  "
+                         f"AU {fmt_score(h['au'])}  ({h['folds']} folds of validation videos: epoch and "
+                         "post-processing fitted on the other folds)")
+        else:
+            lines.append("  honest         n/a (needs at least 2 validation videos and honest_folds >= 2)")
         lines.append(f"run written to {self.path}")
         return "\n".join(lines)
 
@@ -241,7 +254,7 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     if data.get("abaw_run") != RUN_VERSION:
         raise AbawError(f"{p}: not an abaw run config")
     try:
-        return TrainConfig.from_dict(data["config"])
+        return TrainConfig.from_dict({**OLD_DEFAULTS, **data["config"]})
     except (AbawError, TypeError, KeyError) as e:
         raise AbawError(f"{p}: cannot read the run config ({e})") from None
 

@@ -1,0 +1,114 @@
+"""The honest validation estimate of a run: nothing is scored on frames that fitted it.
+
+A run's reported validation score is optimistic: the best epoch (early stopping), the
+smoothing kernels and windows and the AU thresholds are all chosen on the very frames
+they are scored on. Here the validation videos are split into K folds (whole videos,
+balanced by labelled frames); for each fold the *other* folds choose the epoch (best raw
+P_MTL on them, tracked during training by `FoldTracker`) and fit the post-processing
+(`abaw.pipeline.crossfit.fit_postfit`, the same search as the run's own), which is then
+applied to the fold's videos. The pooled predictions of all folds give the estimate.
+
+What it does not cover: the stopping time (patience on all of validation) and choices
+made outside the run (a search's choice among configs: `abaw search` reports the honest
+score of every config, and the winner's honest score is itself slightly optimistic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from abaw.pipeline.crossfit import CrossfitConfig, apply_postfit, fit_postfit, make_series, score_values
+from abaw.pipeline.train.dataset import Labels
+from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
+
+TASKS = ("va", "expr", "au")
+
+
+def assign_folds(video_idx: np.ndarray, k: int) -> np.ndarray:
+    """Fold id per row: whole videos, largest first onto the lightest fold (deterministic)."""
+    vids, counts = np.unique(np.asarray(video_idx), return_counts=True)
+    k = max(1, min(int(k), len(vids)))
+    load = np.zeros(k, np.int64)
+    fold_of = {}
+    for i in np.lexsort((vids, -counts)):
+        f = int(np.argmin(load))
+        fold_of[int(vids[i])] = f
+        load[f] += counts[i]
+    return np.array([fold_of[int(v)] for v in video_idx], np.int64)
+
+
+def crossfit_config(cfg: Any) -> CrossfitConfig:
+    """The post-processing search of a TrainConfig, as the cross-fit module spells it."""
+    return CrossfitConfig(kernels=tuple(cfg.smooth_kernels), windows=tuple(cfg.smooth_windows),
+                          smoothing=bool(cfg.smoothing), thresholds=bool(cfg.au_thresholds))
+
+
+class FoldTracker:
+    """Per fold: the best epoch by raw P_MTL on the OTHER folds, and that epoch's outputs."""
+
+    def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int):
+        self.fold = assign_folds(video_idx, folds)
+        self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
+        self.labels = labels
+        self.best_score = [-np.inf] * self.k
+        self.best_epoch = [0] * self.k
+        self.outputs: list[dict[str, np.ndarray] | None] = [None] * self.k
+
+    @property
+    def usable(self) -> bool:
+        return self.k >= 2
+
+    def update(self, epoch: int, outputs: FrameOutputs, tasks: tuple[str, ...]) -> None:
+        """Consider one epoch's raw validation outputs (rows aligned with the labels)."""
+        if not self.usable:
+            return
+        for f in range(self.k):
+            rows = np.flatnonzero(self.fold != f)
+            sc = score_outputs(_only(outputs, tasks).take(rows), self.labels.take(rows)).total
+            if sc > self.best_score[f] + 1e-12:
+                self.best_score[f], self.best_epoch[f] = float(sc), int(epoch)
+                self.outputs[f] = {t: getattr(outputs, t).copy() for t in tasks if getattr(outputs, t) is not None}
+
+    def state(self) -> dict[str, Any]:
+        """For the resume state (tensors and JSON types)."""
+        return {"score": list(self.best_score), "epoch": list(self.best_epoch),
+                "outputs": [None if o is None else {t: torch.from_numpy(a) for t, a in o.items()}
+                            for o in self.outputs]}
+
+    def load(self, st: dict[str, Any] | None) -> None:
+        if not st or len(st.get("score", [])) != self.k:
+            return
+        self.best_score = [float(x) for x in st["score"]]
+        self.best_epoch = [int(x) for x in st["epoch"]]
+        self.outputs = [None if o is None else {t: a.numpy() for t, a in o.items()} for o in st["outputs"]]
+
+    def estimate(self, template: FrameOutputs, cfg: CrossfitConfig) -> dict[str, Any] | None:
+        """The pooled honest scores (None when fewer than two folds or no epoch was seen)."""
+        if not self.usable or any(o is None for o in self.outputs):
+            return None
+        tasks = tuple(self.outputs[0])
+        values = {t: np.zeros_like(self.outputs[0][t], dtype=np.float64) for t in tasks}
+        thr = np.full((len(self.fold), self.outputs[0]["au"].shape[1]), 0.5) if "au" in tasks else None
+        for f in range(self.k):
+            out = template.with_values(**{t: self.outputs[f].get(t) for t in TASKS})
+            s = make_series(out, self.labels, cfg)
+            inside = self.fold == f
+            pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
+            for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
+                values[t][inside] = a
+            if thr is not None and pf.au_thresholds is not None:
+                thr[inside] = np.asarray(pf.au_thresholds)
+        whole = make_series(template.with_values(**{t: values.get(t) for t in TASKS}), self.labels,
+                            CrossfitConfig(smoothing=False))
+        scores = {t: None for t in TASKS} | score_values(values, whole, thr)
+        return {"step": "honest", **scores, "folds": self.k, "fold_epochs": list(self.best_epoch)}
+
+
+def _only(outputs: FrameOutputs, tasks: tuple[str, ...]) -> FrameOutputs:
+    return outputs.with_values(**{t: None for t in TASKS if t not in tasks})
+
+
+__all__ = ["FoldTracker", "assign_folds", "crossfit_config"]
