@@ -47,7 +47,6 @@ from abaw.pipeline.train.dataset import (
 from abaw.pipeline.train.init import feature_stats, init_from_runs
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_summary
-from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
 from abaw.pipeline.train.run import (
     RUN_VERSION,
     Run,
@@ -61,6 +60,7 @@ from abaw.pipeline.train.run import (
     resolve_device,
     save_checkpoint,
 )
+from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
 from abaw.rundir import load_state, save_state
 from abaw.schedule import warmup_cosine
 
