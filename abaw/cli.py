@@ -133,7 +133,8 @@ def validate_submission_cmd(file: str, test_list: str) -> None:
                                       "people as <id>_left/<id>_right (auto: left-right where --only lists them).")
 @click.option("--only", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="Annotation file or test list (repeatable): extract only the videos and frames it lists.")
-@click.option("--all-frames", is_flag=True, help="With --only: keep every frame of the listed videos.")
+@click.option("--all-frames", is_flag=True,
+              help="With --only: keep every frame of the listed videos (for train-heads --context dense).")
 @click.option("--crop-size", default=112, show_default=True, help="Aligned crop side in pixels (0: the largest "
                                                                    "backbone input size).")
 @click.option("--detector", type=click.Choice(["batched", "facenet"]), default="batched", show_default=True,

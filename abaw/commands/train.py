@@ -38,6 +38,9 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
 @click.option("--stride", type=int, default=None, help="Step between training windows [default: window].")
 @click.option("--max-gap", default="30", show_default=True,
               help="More missing frame numbers than this between two frames start a new sequence ('none': never).")
+@click.option("--context", type=click.Choice(["labelled", "dense"]), default="labelled", show_default=True,
+              help="Windows over the labelled frames, or over every cached frame of their videos (dense: "
+                   "extract every frame first; losses use the labelled ones only).")
 @click.option("--task-weights", default="1,1,1", show_default=True, help="Loss weights va,expr,au (or va=1,au=2).")
 @click.option("--au-pos-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True,
               help="BCE positive weights per AU (auto: negatives/positives).")

@@ -24,6 +24,23 @@ def _summary(x: np.ndarray, keys: tuple[str, ...]) -> dict[str, float]:
     return {k: round(float(f[k](x)), 4) for k in keys}
 
 
+def gap_stats(video_idx: np.ndarray, frame: np.ndarray) -> dict[str, Any]:
+    """Gaps between consecutive frame numbers of a video and frames per video.
+
+    Rows must be grouped by video and sorted by frame within each video (as in
+    `Annotations` and feature tables). Returns {"frames", "videos", "gap": median, mean,
+    p90, max, share_1, "frames_per_video": min, median, max}.
+    """
+    video_idx = np.asarray(video_idx)
+    frame = np.asarray(frame, dtype=np.int64)
+    same = np.diff(video_idx) == 0 if len(frame) else np.zeros(0, bool)
+    gaps = np.diff(frame)[same]
+    _, lengths = np.unique(video_idx, return_counts=True)
+    return {"frames": int(len(frame)), "videos": int(len(lengths)),
+            "gap": _summary(gaps, ("median", "mean", "p90", "max", "share_1")),
+            "frames_per_video": _summary(lengths, ("min", "median", "max"))}
+
+
 def label_stats(ann: Annotations | str | os.PathLike) -> dict[str, Any]:
     """Gap, frames-per-video, expression-run, validity, AU-rate and EXPR-count statistics.
 

@@ -84,7 +84,8 @@ class SubmissionResult(Result):
         return (f"system: {self.system}\n"
                 f"wrote {self.out}: {r['entries']} rows ({r['unique_frames']} frames: {r['predicted']} predicted, "
                 f"{r['filled_from_neighbours']} without a face filled from temporal neighbours, "
-                f"{r['filled_from_mean']} from the mean); validated against {self.test_list}")
+                f"{r['filled_from_mean']} from the mean); validated against {self.test_list}"
+                + "".join(f"\n{line}" for line in time_scale_lines(r.get("time_scale"))))
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -110,7 +111,15 @@ class VideoPredictions(Result):
     def format(self) -> str:
         return "\n".join([f"system: {self.system}"] + [
             f"{r['video']}: {r['frames']} frames ({r['faces']} with a face) -> {r['csv']}, {r['png']}"
-            for r in self.videos])
+            for r in self.videos] + time_scale_lines(self.videos[0].get("time_scale") if self.videos else None))
+
+
+def time_scale_lines(scales: dict[str, dict[str, Any]] | None) -> list[str]:
+    """One line per run predicted at another spacing than consecutive frames (`Run.time_scale`)."""
+    from abaw.pipeline.train.timescale import TimeScale
+
+    return [f"{path}: {TimeScale(**d).describe()}" for path, d in (scales or {}).items()
+            if d["mode"] in ("subsampled", "sparser")]
 
 
 def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.PathLike | None = None,
@@ -191,7 +200,8 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
         if len(o) != len(first) or not np.array_equal(o.frame, first.frame):
             raise AbawError(f"run {r.path} predicts different frames than {system.runs[system.tasks[0]][0].path}")
     info: dict[str, Any] = {"postprocess": postprocess, "runs": {t: [str(r.path) for r in system.runs[t]]
-                                                                  for t in system.tasks}}
+                                                                  for t in system.tasks},
+                            "time_scale": {str(r.path): r.time_scale(table, rows).to_dict() for r in system.all_runs()}}
     smooth = postprocess == "each"
     arrays = {t: task_mean(t, table, "test", smooth) for t in system.tasks}
     out = replace(first, **{t: arrays.get(t) for t in TASKS})
@@ -388,8 +398,10 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
             n = len(table)
             va = expr = au = None
             thr = np.full(N_AU, 0.5)
+            scale: dict[str, Any] = {}
             if n_face:
-                outs, thr, _ = system_outputs(system, table, "each")
+                outs, thr, info = system_outputs(system, table, "each")
+                scale = info["time_scale"]
                 rows = np.full(n, -1, np.int64)
                 pos = {int(f): i for i, f in enumerate(outs.frame)}
                 rows[table.face] = [pos[int(f)] for f in table.frame[table.face]]
@@ -412,5 +424,5 @@ def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike
                                      au if au is not None else np.zeros((n, N_AU)), table.face,
                                      title=f"{vid}: {n_face}/{n} frames with a face")
             reports.append({"video": vid, "source": str(src.path), "frames": n, "faces": n_face,
-                            "csv": str(csv_path), "png": None if png is None else str(png)})
+                            "csv": str(csv_path), "png": None if png is None else str(png), "time_scale": scale})
     return VideoPredictions(system=system.describe(), videos=tuple(reports))

@@ -9,7 +9,7 @@ from abaw.config import from_dict, runtime_field, runtime_names, to_dict
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
-from abaw.pipeline.train.dataset import DEFAULT_MAX_GAP
+from abaw.pipeline.train.dataset import CONTEXTS, DEFAULT_MAX_GAP
 from abaw.pipeline.train.postprocess import DEFAULT_KERNELS, DEFAULT_WINDOWS
 
 # Fields added later, with the value that reproduces run folders saved before them (`run.read_config`).
@@ -21,7 +21,7 @@ MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys",
 class TrainConfig:
     """Joint training of fusion + temporal module + task heads from cached features.
 
-    Field groups: data (backbones, window, stride, max_gap, allow_missing), the head
+    Field groups: data (backbones, window, stride, max_gap, allow_missing, context), the head
     architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
     cache), losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
     weight_decay, epochs, min_steps, batch_frames, warmup_epochs, patience, grad_clip, seed,
@@ -39,6 +39,7 @@ class TrainConfig:
     stride: int | None = None  # step between training windows (None = window: non-overlapping)
     max_gap: int | None = DEFAULT_MAX_GAP  # more missing frame numbers than this start a new segment
     allow_missing: bool = False  # skip labelled frames without a cached feature (reported)
+    context: str = "labelled"  # labelled: windows over labelled frames | dense: every cached frame, loss on labelled
     # model: tasks (any non-empty subset of va, expr, au), fusion, temporal, sizes
     model: ModelSpec = field(default_factory=ModelSpec)
     # losses
@@ -119,6 +120,7 @@ class TrainConfig:
             raise AbawError("every enabled task has weight 0")
         checks = [(self.window >= 1, "window must be >= 1"), (self.train_stride >= 1, "stride must be >= 1"),
                   (self.max_gap is None or self.max_gap >= 0, "max_gap must be >= 0"),
+                  (self.context in CONTEXTS, f"context: one of {', '.join(CONTEXTS)}"),
                   (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),

@@ -14,9 +14,18 @@ gap; inside a segment a window may skip up to `max_gap` missing frame numbers (f
 lost for a moment, unlabelled frames), and positions inside a window are the order of
 the available frames, not their frame numbers.
 
+Context (`context_frames`): windows are built over the labelled frames themselves
+(`labelled`, the default), or over every cached face frame of the labelled videos
+(`dense`: positions are consecutive cached frames, unlabelled ones carry invalid labels,
+so losses and scores only use the labelled ones). A FrameSet's `targets` are the
+positions whose outputs are wanted (the labelled ones of a dense context; None: all).
+
 - Evaluation windows (`eval_windows`) tile every segment with non-overlapping windows,
   so every frame is predicted exactly once; the last window of a segment is padded
   (position -1, mask False), never filled by repeating frames or labels.
+  `strided_windows(segments, window, step)` does the same over every `step`-th frame of
+  each segment, in `step` phase-shifted passes (the training time scale on denser frames,
+  see `abaw.pipeline.train.timescale`).
 - Training windows (`train_windows`) start at a random phase each epoch and step by
   `stride`; the first and last windows of a segment are aligned to its ends (they may
   overlap their neighbours); segments shorter than the window give one padded window.
@@ -105,6 +114,7 @@ class FrameSet:
     labels: Labels | None = None
     missing: MissingReport | None = None
     max_gap: int | None = DEFAULT_MAX_GAP
+    targets: np.ndarray | None = None  # positions whose outputs are wanted (None: all)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -193,6 +203,37 @@ def frames_for_prediction(table: FeatureTable, rows: np.ndarray | None = None,
     return FrameSet(table=table, rows=rows, segments=segs, max_gap=max_gap)
 
 
+CONTEXTS = ("labelled", "dense")
+
+
+def context_frames(fs: FrameSet, context: str = "labelled") -> FrameSet:
+    """The frames windows are built over for the labelled FrameSet `fs` (module docstring).
+
+    `dense`: every face frame of `fs`'s videos in its table, segments split at `fs.max_gap`,
+    labels invalid except at `targets` (the positions of `fs`'s frames, in `fs`'s order).
+    """
+    if context == "labelled":
+        return fs
+    if context != "dense":
+        raise AbawError(f"context {context!r}: expected one of {', '.join(CONTEXTS)}")
+    if fs.labels is None:
+        raise AbawError("context_frames: a labelled FrameSet is needed")
+    t = fs.table
+    rows = np.flatnonzero(t.face & np.isin(t.video_idx, np.unique(fs.video_idx)))
+    targets = np.searchsorted(rows, fs.rows)
+    lb, n = fs.labels, len(rows)
+    va, expr = np.full((n, 2), -5.0, np.float32), np.full(n, -1, np.int64)
+    au = np.full((n,) + lb.au.shape[1:], -1, np.int8)
+    va[targets], expr[targets], au[targets] = lb.va, lb.expr, lb.au
+    valid = {}
+    for name in ("va_valid", "expr_valid", "au_valid"):
+        valid[name] = np.zeros(n, bool)
+        valid[name][targets] = getattr(lb, name)
+    segs = split_segments(t.video_idx[rows], t.frame[rows], fs.max_gap)
+    return FrameSet(table=t, rows=rows.astype(np.int64), segments=segs, labels=Labels(va, expr, au, **valid),
+                    missing=fs.missing, max_gap=fs.max_gap, targets=targets.astype(np.int64))
+
+
 def eval_windows(segments: np.ndarray, window: int) -> np.ndarray:
     """Non-overlapping windows [n, window] of positions covering every frame once (-1 = padding)."""
     if window < 1:
@@ -206,6 +247,33 @@ def eval_windows(segments: np.ndarray, window: int) -> np.ndarray:
     pos = (s[seg_of] + k * window)[:, None] + np.arange(window)[None, :]
     pos[pos >= e[seg_of][:, None]] = -1
     return pos.astype(np.int64)
+
+
+def strided_windows(segments: np.ndarray, window: int, step: int = 1) -> np.ndarray:
+    """`eval_windows` over every `step`-th position of each segment, one pass per phase.
+
+    Pass p of a segment [s, e) holds positions s+p, s+p+step, ...; every position is in
+    exactly one window, and window neighbours are `step` positions apart.
+    """
+    if step <= 1:
+        return eval_windows(segments, window)
+    parts = [np.arange(s + p, e, step) for s, e in segments.tolist() for p in range(min(step, e - s))]
+    if not parts:
+        return np.zeros((0, window), np.int64)
+    perm = np.concatenate(parts).astype(np.int64)
+    lens = np.array([len(x) for x in parts], np.int64)
+    ends = np.cumsum(lens)
+    win = eval_windows(np.stack([ends - lens, ends], axis=1), window)
+    return np.where(win >= 0, perm[np.maximum(win, 0)], -1).astype(np.int64)
+
+
+def labelled_windows(wins: np.ndarray, fs: FrameSet) -> np.ndarray:
+    """The windows holding at least one of `fs.targets` (all windows when targets is None)."""
+    if fs.targets is None or not len(wins):
+        return wins
+    wanted = np.zeros(len(fs) + 1, bool)
+    wanted[fs.targets] = True
+    return wins[wanted[wins].any(1)]  # -1 (padding) indexes the trailing False
 
 
 def train_windows(segments: np.ndarray, window: int, stride: int, rng: np.random.Generator) -> np.ndarray:

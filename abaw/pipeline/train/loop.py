@@ -39,7 +39,9 @@ from abaw.pipeline.train.dataset import (
     Batcher,
     FrameSet,
     align_labels,
+    context_frames,
     feature_tensors,
+    labelled_windows,
     train_windows,
 )
 from abaw.pipeline.train.honest import FoldTracker, crossfit_config
@@ -59,6 +61,7 @@ from abaw.pipeline.train.run import (
     resolve_device,
     save_checkpoint,
 )
+from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
 from abaw.rundir import load_state, save_state
 from abaw.schedule import warmup_cosine
 
@@ -198,6 +201,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         raise AbawError("no labelled training frame has a cached feature")
     if len(val_fs) == 0:
         raise AbawError("no labelled validation frame has a cached feature")
+    train_ctx, val_ctx = context_frames(train_fs, cfg.context), context_frames(val_fs, cfg.context)
     dims = tuple(int(table.feats[k].shape[1]) for k in keys)
     spec = cfg.model_spec(keys, dims)
     device = resolve_device(cfg.device)
@@ -238,9 +242,12 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
                                          "abaw_version": _version(), "torch_version": torch.__version__})
         write_json(out / "data.json", {
             "train": {**train_fs.labels.counts(), "segments": len(train_fs.segments), "videos": len(train_ann.videos),
-                      "missing": None if train_fs.missing is None else train_fs.missing.to_dict()},
+                      "missing": None if train_fs.missing is None else train_fs.missing.to_dict(),
+                      **gap_record(train_fs, train_ctx)},
             "val": {**val_fs.labels.counts(), "segments": len(val_fs.segments), "videos": len(val_ann.videos),
-                    "missing": None if val_fs.missing is None else val_fs.missing.to_dict()},
+                    "missing": None if val_fs.missing is None else val_fs.missing.to_dict(),
+                    **gap_record(val_fs, val_ctx)},
+            "time_scale": training_time_scale(cfg.context, train_ctx),
             "sources": {"store": table.store or (str(store) if isinstance(store, (str, os.PathLike)) else ""),
                         "train_ann": list(train_ann.sources), "val_ann": list(val_ann.sources)},
             "train_videos": list(train_ann.videos), "val_videos": list(val_ann.videos),
@@ -252,8 +259,8 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         })
 
     shared = feature_tensors(table, keys, device) if _features_fit(table, keys, device) else None
-    train_b = Batcher(train_fs, keys, device, shared)
-    val_b = Batcher(val_fs, keys, device, shared, with_labels=False)
+    train_b = Batcher(train_ctx, keys, device, shared)
+    val_b = Batcher(val_ctx, keys, device, shared, with_labels=False)
     bw = cfg.windows_per_batch
     stride = cfg.train_stride
     score_tasks = loss_fn.tasks
@@ -268,9 +275,9 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         for epoch in range(start_epoch, cfg.epochs):
             if bad_epochs >= cfg.patience:
                 break
-            rec = _train_epoch(model, opt, loss_fn, train_fs, train_b, cfg, epoch, bw, stride, device, bar)
+            rec = _train_epoch(model, opt, loss_fn, train_ctx, train_b, cfg, epoch, bw, stride, device, bar)
             t0 = time.perf_counter()
-            val_out = predict_frameset(model, val_fs, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
+            val_out = predict_frameset(model, val_ctx, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
             sc = score_outputs(_only(val_out, score_tasks), val_fs.labels)
             rec.update(_val_losses(val_out, val_fs.labels, loss_fn))
             rec["time"]["eval_s"] = time.perf_counter() - t0
@@ -302,7 +309,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
     finally:
         if bar is not None:
             bar.close()
-    return _finish(out, cfg, spec, model, val_fs, keys, device, val_b, history, best,
+    return _finish(out, cfg, spec, model, val_fs, val_ctx, keys, device, val_b, history, best,
                    len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker)
 
 
@@ -341,7 +348,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
     model.train()
     t_start = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, epoch])
-    wins = train_windows(fs.segments, cfg.window, stride, rng)
+    wins = labelled_windows(train_windows(fs.segments, cfg.window, stride, rng), fs)
     wins = wins[rng.permutation(len(wins))]
     nb = max(1, -(-len(wins) // bw), -(-cfg.min_steps // cfg.epochs))
     while len(wins) < nb * bw and len(wins):  # a short pass: more shuffled passes (new offsets) in this epoch
@@ -393,14 +400,14 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
     return rec
 
 
-def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_fs: FrameSet,
+def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_fs: FrameSet, val_ctx: FrameSet,
             keys: tuple[str, ...], device: torch.device, val_b: Batcher, history: list[dict[str, Any]],
             best: dict[str, Any], stopped_early: bool, seconds: float, table: FeatureTable,
             tracker: FoldTracker) -> Run:
     """Reload the best checkpoint, fit post-processing on validation, write the summary."""
     _, sd, _ = load_checkpoint(out / "best.pt")
     model.load_state_dict(sd)
-    val_out = predict_frameset(model, val_fs, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
+    val_out = predict_frameset(model, val_ctx, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
     val_out.save(out / "val_outputs.npz")
     if cfg.au_thresholds or cfg.smoothing:
         pp, steps = fit_postprocess(val_out, val_fs.labels, cfg.au_thresholds, cfg.smoothing, cfg.smooth_windows,
@@ -419,7 +426,8 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     (out / "last.pt").unlink(missing_ok=True)
     model.eval()
     return Run(path=out, config=cfg, spec=spec, model=model, postprocess=pp,
-               fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device)
+               fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device,
+               train_gap=train_gap_of(data))
 
 
 __all__ = ["available_keys", "resolve_backbones", "train"]

@@ -3,7 +3,8 @@
 A run directory holds:
 
     config.json        {"abaw_run": 1, "config": TrainConfig, "abaw_version": ...}
-    data.json          frame counts, missing-frame reports, backbone fingerprints, init-from report
+    data.json          frame counts, labelled-frame gaps, training time scale, missing-frame
+                       reports, backbone fingerprints, init-from report
     metrics.json       one record per epoch (losses, per-task validation scores, timings)
     best.pt            best checkpoint: {"format", "spec": ModelSpec, "state_dict", "epoch", "val"}
                        (plain tensors and JSON types: torch.load(weights_only=True) reads it)
@@ -35,11 +36,12 @@ from abaw.pipeline.train.config import OLD_DEFAULTS, TrainConfig
 from abaw.pipeline.train.dataset import (
     Batcher,
     FrameSet,
-    eval_windows,
     frames_for_prediction,
+    strided_windows,
 )
 from abaw.pipeline.train.outputs import FrameOutputs
 from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
+from abaw.pipeline.train.timescale import TimeScale, plan_time_scale, train_gap_of
 from abaw.results import Result, fmt_score
 from abaw.rundir import HEADS_RUN, config_diff, is_empty
 from abaw.runtime import autocast, resolve_device
@@ -75,8 +77,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch
 @torch.inference_mode()
 def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], window: int,
                      batch_frames: int = 4096, device: torch.device | str = "cpu",
-                     batcher: Batcher | None = None) -> FrameOutputs:
-    """Raw per-frame outputs for every frame of `fs` (evaluation windows: each frame once).
+                     batcher: Batcher | None = None, step: int = 1) -> FrameOutputs:
+    """Raw per-frame outputs for every frame of `fs` (evaluation windows: each frame once),
+    or of its `targets` only; `step` > 1: windows over every step-th frame (`strided_windows`).
 
     VA values after tanh, EXPR softmax probabilities, AU sigmoid probabilities.
     """
@@ -87,7 +90,7 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
     sizes = {t: model.heads[t].out_features for t in tasks}
     n = len(fs)
     arrays = {t: np.zeros((n, sizes[t]), np.float32) for t in tasks}
-    wins = eval_windows(fs.segments, window)
+    wins = strided_windows(fs.segments, window, step)
     bw = max(1, batch_frames // window)
     if batcher is None:
         batcher = Batcher(fs, keys, device, with_labels=False)
@@ -109,8 +112,9 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
                 arrays[t][idx] = y[vm].cpu().numpy()
     finally:
         model.train(was_training)
-    return FrameOutputs(videos=fs.table.videos, video_idx=fs.video_idx.astype(np.int32),
-                        frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
+    out = FrameOutputs(videos=fs.table.videos, video_idx=fs.video_idx.astype(np.int32),
+                       frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
+    return out if fs.targets is None else out.take(fs.targets)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     result: TrainResult | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    train_gap: float | None = None  # median frame gap of the training windows (None: not recorded)
 
     def format(self) -> str:
         return self.result.format()
@@ -228,16 +233,28 @@ class Run:
                 raise AbawError(f"run {self.path}: backbone {k!r} features differ from those it was trained on "
                                 "(different weights or preprocessing)")
 
+    def frames(self, features: FeatureTable | FrameSet, rows: np.ndarray | None = None) -> FrameSet:
+        """The FrameSet `predict` uses: a FeatureTable's face frames (or `rows`), or `features`."""
+        return features if isinstance(features, FrameSet) else \
+            frames_for_prediction(features, rows, self.config.max_gap)
+
+    def time_scale(self, features: FeatureTable | FrameSet, rows: np.ndarray | None = None,
+                   mode: str = "auto") -> TimeScale:
+        """How `predict` lays the temporal windows over these frames (`abaw.pipeline.train.timescale`)."""
+        return plan_time_scale(self.train_gap, self.frames(features, rows), mode)
+
     def predict(self, features: FeatureTable | FrameSet, rows: np.ndarray | None = None,
-                postprocess: bool = False, batch_frames: int = 4096) -> FrameOutputs:
+                postprocess: bool = False, batch_frames: int = 4096, time_scale: str = "auto") -> FrameOutputs:
         """Per-frame outputs for a FeatureTable (its face frames, or `rows`) or a FrameSet.
 
-        `postprocess=True` applies the run's fitted smoothing (thresholds: `decide`).
+        Frames denser than the training windows are predicted at the training time scale
+        (`time_scale="off"`: windows over consecutive frames, as before). `postprocess=True`
+        applies the run's fitted smoothing (thresholds: `decide`).
         """
-        fs = features if isinstance(features, FrameSet) else \
-            frames_for_prediction(features, rows, self.config.max_gap)
+        fs = self.frames(features, rows)
         self.check_features(fs.table)
-        out = predict_frameset(self.model, fs, self.keys, self.config.window, batch_frames, self.device)
+        step = plan_time_scale(self.train_gap, fs, time_scale).step
+        out = predict_frameset(self.model, fs, self.keys, self.config.window, batch_frames, self.device, step=step)
         return apply_postprocess(out, self.postprocess) if postprocess else out
 
     def val_outputs(self) -> FrameOutputs:
@@ -295,7 +312,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run
     hist = read_json(path / "metrics.json").get("epochs", []) if (path / "metrics.json").exists() else []
     return Run(path=path, config=cfg, spec=spec, model=model, postprocess=pp,
                fingerprints=data.get("fingerprints", {}), history=hist, result=TrainResult.load(path),
-               device=dev)
+               device=dev, train_gap=train_gap_of(data))
 def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None,
                 best_epoch: int | None = None) -> None:
     """Learning curves, per-task validation scores per epoch and the post-processing steps."""
