@@ -30,6 +30,7 @@ from abaw.io import atomic_write, read_json, write_json
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
 from abaw.results import Result
+from abaw.rundir import check_identity, data_identity, feature_fingerprints
 
 COMPOSE_MODES = ("best-per-task",)
 
@@ -156,9 +157,16 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     out.mkdir(parents=True, exist_ok=True)
     configs = [(config_id(o), o, config_from_overrides(base, o)) for o in sample_configs(space, settings.budget,
                                                                                          settings.seed)]
-    write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space),
-                                     "base": to_dict(base), "configs": {i: o for i, o, _ in configs}})
     fstore = FeatureStore(store, "r")
+    videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
+    available = available_keys(fstore, list(videos))
+    keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
+    identity = data_identity({"train": train_ann, "val": val_ann}, feature_fingerprints(fstore, keys, videos))
+    if (out / "search.json").exists():  # a rerun: the runs here were trained on this data
+        check_identity(out, read_json(out / "search.json").get("data"), identity, "rerun the search here",
+                       "choose another --out")
+    write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space), "base": to_dict(base),
+                                     "configs": {i: o for i, o, _ in configs}, "data": identity})
     # splits: the given train/val, or K folds by video over train + val
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
@@ -168,9 +176,6 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         write_json(out / "folds.json", {f"fold{i}": f for i, f in enumerate(folds)})
     else:
         splits = [(train_ann, val_ann)]
-    videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
-    available = available_keys(fstore, list(videos))
-    keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
     cpus = os.cpu_count() or 1
     jobs = 1 if gpu else (cpus if settings.jobs == -1 else max(1, settings.jobs))
