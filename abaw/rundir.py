@@ -95,11 +95,16 @@ def feature_fingerprints(source: Any, keys: tuple[str, ...] | list[str], videos:
 def data_identity(annotations: dict[str, Any], fingerprints: dict[str, dict[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """What a run was trained on: per annotation set (e.g. {"train": ann, "val": ann}) the
-    SHA-256 of its labels, row count and source files; per feature key the fingerprint
-    fields that define the features (spec, dim, preprocessing, weights hash)."""
-    anns = {name: {"sha256": labels_sha256(a), "rows": len(a.frame),
-                   "files": [os.path.basename(s) for s in getattr(a, "sources", ())]}
-            for name, a in annotations.items()}
+    SHA-256 of its labels (their content: a subset selected in memory differs from its
+    file), row count, and the names and SHA-256 of its source files; per feature key the
+    fingerprint fields that define the features (spec, dim, preprocessing, weights hash)."""
+    from abaw.fingerprint import file_sha256
+
+    anns = {}
+    for name, a in annotations.items():
+        srcs = [s for s in getattr(a, "sources", ()) if os.path.isfile(s)]
+        anns[name] = {"sha256": labels_sha256(a), "rows": len(a.frame), "files": [os.path.basename(s) for s in srcs],
+                      "file_sha256": [file_sha256(s) for s in srcs]}
     feats = {k: {f: fp.get(f) for f in SAME_FEATURE_FIELDS} for k, fp in (fingerprints or {}).items()}
     return json.loads(json.dumps({"annotations": anns, "features": feats}))  # JSON form: compares with a file
 
@@ -125,6 +130,10 @@ def identity_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             where = f" ({names})" if names else ""
             rows = f", {a.get('rows')} != {b.get('rows')} rows" if a.get("rows") != b.get("rows") else ""
             out.append(f"{name} annotations sha256 {_short(a.get('sha256'))} != {_short(b.get('sha256'))}{rows}{where}")
+        elif a.get("file_sha256") is not None and a.get("file_sha256") != b.get("file_sha256"):
+            h0, h1 = a.get("file_sha256") or [""], b.get("file_sha256") or [""]
+            names = ", ".join(b.get("files") or a.get("files") or [])
+            out.append(f"{name} annotation file sha256 {_short(h0[0])} != {_short(h1[0])} ({names}; same labels)")
     sf, nf = saved.get("features", {}), now.get("features", {})
     for k in list(sf) + [k for k in nf if k not in sf]:
         a, b = sf.get(k), nf.get(k)
