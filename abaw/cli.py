@@ -155,19 +155,21 @@ def validate_submission_cmd(file: str, test_list: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace cached videos made with other settings or weights.")
 @click.option("--preview", type=click.Path(file_okay=False, path_type=Path),
               help="Write a contact sheet PNG of sample aligned crops per video into this folder.")
+@click.option("--allow-partial", is_flag=True, help="Keep the frames of a damaged or truncated video decoded "
+                                                    "before the damage (marked partial; exit status 2).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(inputs: tuple[Path, ...], store: Path, backbones: tuple[str, ...], face: str, only: tuple[str, ...],
                 all_frames: bool, crop_size: int, detector: str, detect_size: int, min_face: int, min_score: float,
                 batch_size: int, detect_batch: int, workers: int, device: str, precision: str, kind: str, overwrite: bool,
-                preview: Path | None, json_out: str | None, quiet: bool) -> None:
+                preview: Path | None, allow_partial: bool, json_out: str | None, quiet: bool) -> None:
     """Run frozen backbones over videos or aligned frame folders into a feature cache.
 
     INPUTS: video files, folders of videos, or Aff-Wild2-style cropped_aligned/ folders
     (one sub-folder of 00001.jpg... per video). Videos are decoded frame by frame, the face
     detected (MTCNN) and aligned to the 5-point template; frame folders are read as they are.
     Rerunning skips finished videos and resumes interrupted ones. Exit status 2 if some
-    input failed (the others are complete).
+    input failed (the others are complete) or was kept partial (--allow-partial).
 
     \b
     Examples:
@@ -182,7 +184,7 @@ def extract_cmd(inputs: tuple[Path, ...], store: Path, backbones: tuple[str, ...
     cfg = ExtractConfig(face=face, crop_size=crop_size, detector=detector, detect_size=detect_size, min_face=min_face,
                         min_score=min_score, batch_size=batch_size, detect_batch=detect_batch, workers=workers, device=device,
                         precision=precision, only=tuple(only), all_frames=all_frames, overwrite=overwrite,
-                        preview=str(preview) if preview else None, kind=kind)
+                        preview=str(preview) if preview else None, kind=kind, allow_partial=allow_partial)
     rank, world, _ = dist_env()
     summary = run_extract(list(inputs), store, list(backbones), cfg, progress=not quiet)
     merged = summary.world > 1  # ranks met and merged their summaries: rank 0 reports

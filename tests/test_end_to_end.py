@@ -220,9 +220,21 @@ def test_demo_quick(tmp_path):
     assert Path(res["submission"]).exists() and Path(res["report"]).exists()
     assert res["video"] and all(Path(v["csv"]).exists() for v in res["video"])
     assert "[7/7] done" in "\n".join(lines)
+    verified = [ln for ln in lines if ln.startswith("  cache verify: ")]
+    assert len(verified) == 1 and verified[0].endswith(" verified, 0 legacy (unverifiable), 0 damaged"), verified
     # resumable: a second run reuses everything
     t = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     assert t["test_score"] == res["test_score"]
+    # a damaged unit the demo does not rewrite (a stray video) makes it fail loudly, named
+    from abaw.cache.store import FeatureStore
+    from abaw.errors import AbawError
+
+    cache = tmp_path / "demo" / "cache.zarr"
+    with FeatureStore(cache, "a") as fs:
+        fs.write_video("stray", np.arange(1, 4), np.zeros(3), np.ones(3, bool), {})
+    (cache / "videos" / "stray" / "face" / "c" / "0").write_bytes(b"\0")
+    with pytest.raises(AbawError, match=r"the demo's cache is damaged: .* 1 damaged; DAMAGED video 'stray'"):
+        run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     shutil.rmtree(tmp_path / "demo")
 
 

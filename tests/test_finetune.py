@@ -202,7 +202,8 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(runs, ft_data,
     (out / "finetune_config.json").write_text(json.dumps(to_dict(moved)))
     with ann.open("a") as f:
         f.write("\n")  # same labels, different bytes
-    with pytest.raises(AbawError, match="val_ann changed since this run started"):
+    with pytest.raises(AbawError, match=r"cannot resume, the data differs: val annotation file sha256 .* "
+                                        r"\(val.txt; same labels\)"):
         finetune(moved, out, workers=0, progress=False)
     shutil.copy(tmp_path / "cfg.json", out / "finetune_config.json")
     assert (out / "state.pt").read_bytes() == before

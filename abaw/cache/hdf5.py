@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from abaw.cache.store import INDEX_ARRAYS, OPTIONAL_ARRAYS, FeatureStore, check_name
+from abaw.data.labels import MAX_FRAME
 from abaw.errors import AbawError
 
 FRAME_NAMES = ("frame", "frames", "frame_id", "frame_ids", "frame_idx", "frame_index", "index")
@@ -101,7 +102,6 @@ def _decode(x: Any) -> str:
 
 
 MAX_READ_BYTES = 8 << 30  # one video's dataset larger than this is refused (declared sizes can be absurd)
-MAX_FRAME = 2**31 - 1  # frame numbers are stored as int32
 
 
 def _link_problem(parent, name: str) -> str | None:

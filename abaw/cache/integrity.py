@@ -64,9 +64,11 @@ def _sha_file(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]]) -> None:
+def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]],
+                 partial: dict[str, Any] | None = None) -> None:
     """Write the done-marker of a staged unit. `arrays`: path inside the unit ('.' for an
-    array unit) -> (the array as written, chunk rows)."""
+    array unit) -> (the array as written, chunk rows). `partial`: the unit is complete but
+    holds only the frames before a source's damage (`extract --allow-partial`)."""
     files: dict[str, int] = {}
     meta: dict[str, str] = {}
     for root, _, names in os.walk(unit):
@@ -80,7 +82,8 @@ def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]]) -> None:
                 meta[rel] = _sha_file(p)
     info = {name: {"shape": list(a.shape), "dtype": a.dtype.newbyteorder("<").str, "chunk_rows": int(rows),
                    "sha256": content_hash(a)} for name, (a, rows) in arrays.items()}
-    doc = {"abaw_done": MARKER_VERSION, "arrays": info, "files": dict(sorted(files.items())), "meta": meta}
+    doc = {"abaw_done": MARKER_VERSION, "arrays": info, "files": dict(sorted(files.items())), "meta": meta,
+           **({"partial": partial} if partial else {})}
     (unit / MARKER).write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 

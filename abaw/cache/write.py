@@ -13,6 +13,7 @@ import numpy as np
 
 from abaw.cache import integrity, lock
 from abaw.cache.integrity import unit_state
+from abaw.data.labels import MAX_FRAME
 from abaw.errors import AbawError
 
 FEATURE_CHUNK_ROWS = 16384
@@ -74,12 +75,18 @@ class StoreWriter:
 
     def write_video(self, video: str, frame: np.ndarray, timestamp: np.ndarray, face: np.ndarray,
                     attrs: dict[str, Any], extra: dict[str, np.ndarray] | None = None,
-                    overwrite: bool = False) -> None:
-        """Write one video's index atomically (replacing it drops its features)."""
+                    overwrite: bool = False, partial: dict[str, Any] | None = None) -> None:
+        """Write one video's index atomically (replacing it drops its features). `partial`
+        ({source, decoded, expected, reason}) marks a video kept short of its damage: it is
+        recorded in the attrs and the done-marker."""
         self._writable()
         zarr = zarr_module()
         vdir = self._vdir(video)
-        frame = np.asarray(frame, dtype=np.int32)
+        frame = np.asarray(frame)
+        if frame.size and (frame.min() < 1 or frame.max() > MAX_FRAME):  # int32 below: never wrap
+            raise AbawError(f"{self.path}: video {video!r}: frame numbers must lie in 1..{MAX_FRAME} "
+                            f"(found {frame.min()}..{frame.max()})")
+        frame = frame.astype(np.int32)
         n = len(frame)
         timestamp = np.asarray(timestamp, dtype=np.float64)
         face = np.asarray(face, dtype=bool)
@@ -102,8 +109,9 @@ class StoreWriter:
                 a[...] = arr
             written[name] = (arr, chunks[0])
         zarr.open_group(str(tmp / "feat"), mode="w")
-        g.attrs.update({**attrs, "n_frames": int(n), "n_faces": int(face.sum())})
-        integrity.write_marker(tmp, written)
+        g.attrs.update({**attrs, "n_frames": int(n), "n_faces": int(face.sum()),
+                        **({"partial": partial} if partial else {})})
+        integrity.write_marker(tmp, written, partial)
         self._install(tmp, vdir, overwrite)
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -40,6 +40,7 @@ class ExtractConfig:
     overwrite: bool = False
     preview: str | None = None  # folder for one contact-sheet PNG per video
     kind: str = "auto"  # auto | videos | frames
+    allow_partial: bool = False  # keep the frames decoded before a video's damage (marked partial; exit 2)
 
     def validate(self) -> None:
         if self.face not in FACE_CHOICES:
@@ -66,6 +67,7 @@ class ExtractSummary:
     done: list[str] = field(default_factory=list)  # written (or completed) by this run
     skipped: list[str] = field(default_factory=list)  # already complete
     failed: list[dict[str, str]] = field(default_factory=list)  # {"source", "error"}
+    partial: list[dict[str, Any]] = field(default_factory=list)  # {"video", "source", "decoded", "expected", "reason"}
     frames: int = 0  # frames (index rows) processed
     faces: int = 0  # of which with a face
     unreadable: int = 0  # frame images that could not be decoded (recorded as no face)
@@ -76,7 +78,7 @@ class ExtractSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.partial
 
     @property
     def fps(self) -> float:
@@ -102,6 +104,7 @@ class ExtractSummary:
             s.done += p["done"]
             s.skipped += p["skipped"]
             s.failed += p["failed"]
+            s.partial += p.get("partial", [])
             s.frames += p["frames"]
             s.faces += p["faces"]
             s.unreadable += p["unreadable"]
@@ -117,6 +120,7 @@ class ExtractSummary:
         share = f"{100 * self.faces / self.frames:.1f}%" if self.frames else "n/a"
         lines = [f"{self.store}: {len(self.done)} videos extracted ({self.frames:,} frames, {share} with a face, "
                  f"{nf:,} without), {len(self.skipped)} already done, {len(self.failed)} failed"
+                 + (f", {len(self.partial)} partial" if self.partial else "")
                  + (f", {self.unreadable} unreadable images" if self.unreadable else "")]
         busy = {k: v for k, v in self.shares().items()}
         t = " · ".join(f"{k} {100 * v:.0f}%" for k, v in busy.items())
@@ -127,6 +131,9 @@ class ExtractSummary:
                      + "".join(f"; waited {v:.1f} s for {k}" for k, v in stall.items()))
         for f in self.failed:
             lines.append(f"FAILED {f['source']}: {f['error']}")
+        for p in self.partial:
+            of = f" of {p['expected']}" if p.get("expected") else ""
+            lines.append(f"PARTIAL {p['video']}: {p['decoded']}{of} frames decoded, kept ({p['reason']})")
         return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from abaw.data.labels import MAX_FRAME
 from abaw.errors import AbawError
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -61,6 +62,8 @@ def list_frames(folder: str | os.PathLike, video: str | None = None,
             n = int(stem)
             if n < 1:
                 raise AbawError(f"{folder / e.name}: frame numbers start at 1")
+            if n > MAX_FRAME:  # refused, not wrapped (4294967297.jpg is no second frame 1)
+                raise AbawError(f"{folder / e.name}: frame number {n} is out of range (max {MAX_FRAME})")
             if only is not None and n not in only:
                 continue
             nums.append(n)

@@ -33,6 +33,7 @@ class Output:
     keys: list[tuple[Backbone, bool]] = field(default_factory=list)  # (backbone, overwrite its array)
     stored: Any = None  # VideoIndex when reusing
     stored_landmarks: np.ndarray | None = None
+    stored_partial: dict[str, Any] | None = None  # the cached video was kept partial (--allow-partial)
 
 
 @dataclass
@@ -103,6 +104,7 @@ def plan_job(job: Job, fs: FeatureStore, bbs: list[Backbone], fps: dict[str, dic
             keep.append(out)
             continue
         attrs = fs.video_attrs(out.video)
+        out.stored_partial = attrs.get("partial")
         why = _mismatch(attrs, job, out)
         if why is None and attrs.get("selection", "all") != out.selection:
             why = "cached with a different frame selection (--only)"

@@ -69,6 +69,8 @@ def run(ctx: RunContext, jobs: list[Job]) -> ExtractSummary:
         torch.backends.cudnn.benchmark = True
     videos = sum(len(j.outputs) for j in jobs)
     skipped = [o.video for j in jobs for o in j.outputs if not o.keys]
+    partial = [{"video": o.video, **o.stored_partial} for j in jobs for o in j.outputs  # kept partial before
+               if not o.keys and o.stored_partial]
     todo: list[Job] = []
     for job in jobs:
         job.outputs = [o for o in job.outputs if o.keys]
@@ -96,6 +98,7 @@ def run(ctx: RunContext, jobs: list[Job]) -> ExtractSummary:
     return ExtractSummary(
         store=str(ctx.fs.path), videos=videos, done=[r.video for r in w],
         skipped=skipped, failed=[f.to_dict() for f in ctx.sink.failed], frames=sum(r.frames for r in w),
+        partial=partial + [{"video": r.video, **r.partial} for r in w if r.partial],
         faces=sum(r.faces for r in w), unreadable=sum(r.unreadable for r in w),
         timings={k: round(v, 3) for k, v in ctx.timer.t.items()}, device=str(ctx.device),
         precision=ctx.precision)

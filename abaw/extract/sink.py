@@ -42,6 +42,7 @@ class VideoState:
     unreadable: int = 0  # frame images that could not be decoded
     preview: PreviewCollector | None = None
     failed: bool = False
+    partial: dict[str, Any] | None = None  # {decoded, expected, reason}: kept the frames before damage
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Written:
     frames: int  # index rows
     faces: int  # of which with a face
     unreadable: int = 0
+    partial: dict[str, Any] | None = None  # {source, decoded, expected, reason}
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Sink:
 
     def _write(self, st: VideoState) -> Written:
         out, job = st.out, st.job
+        partial = None if st.partial is None else {"source": job.source.path, **st.partial}
         if out.new_index:
             frame = np.concatenate(st.frame) if st.frame else np.zeros(0, np.int32)
             n = len(frame)
@@ -167,7 +170,8 @@ class Sink:
             if job.source.kind == "video":
                 attrs["policy"] = job.policy
                 attrs["person"] = ["left", "right"][out.side] if job.policy == "left-right" else "main"
-            self.fs.write_video(out.video, frame, ts, face, attrs, extra=extra, overwrite=out.overwrite_index)
+            self.fs.write_video(out.video, frame, ts, face, attrs, extra=extra, overwrite=out.overwrite_index,
+                                partial=partial)
         else:
             frame = out.stored.frame
             n = len(frame)
@@ -180,4 +184,4 @@ class Sink:
         if st.preview is not None and self.preview is not None:
             title = f"{out.video}: {int(face.sum())}/{len(frame)} frames with a face"
             contact_sheet(self.preview / f"{out.video}.png", title, st.preview.sample())
-        return Written(out.video, n, int(face.sum()), st.unreadable)
+        return Written(out.video, n, int(face.sum()), st.unreadable, partial)

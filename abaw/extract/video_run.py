@@ -19,11 +19,11 @@ from abaw.extract.context import RunContext
 from abaw.extract.faces import FaceDetector, FaceSelector, warp_faces
 from abaw.extract.plan import Job
 from abaw.extract.sink import Sink, VideoState
-from abaw.extract.video import VideoError, iter_frames, probe
+from abaw.extract.video import DamagedVideoError, VideoError, iter_frames, probe
 
 
 def _decode_thread(jobs: list[Job], q: queue.Queue, chunk: int, pin: bool, stop: threading.Event,
-                   timer: Timer) -> None:
+                   timer: Timer, allow_partial: bool = False) -> None:
     def alloc(n: int, h: int, w: int):
         return torch.empty((n, h, w, 3), dtype=torch.uint8).pin_memory().numpy()
 
@@ -53,6 +53,12 @@ def _decode_thread(jobs: list[Job], q: queue.Queue, chunk: int, pin: bool, stop:
                     return
             if not put(("end", job, None)):
                 return
+        except DamagedVideoError as e:  # the good frames before the damage were sent
+            if allow_partial and e.decoded > 0:
+                put(("end", job, {"decoded": e.decoded, "expected": e.expected,
+                                  "reason": str(e).removeprefix(f"{job.source.path}: ")}))
+            else:
+                put(("error", job, str(e)))
         except VideoError as e:
             put(("error", job, str(e)))
         except Exception as e:  # noqa: BLE001 - any failure of one video must not stop the others
@@ -86,7 +92,8 @@ def run_videos(ctx: RunContext, jobs: list[Job], bar) -> None:
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
     th = threading.Thread(target=_decode_thread, daemon=True, name="abaw-decode",
-                          args=(jobs, q, cfg.detect_batch, ctx.device.type == "cuda", stop, ctx.timer))
+                          args=(jobs, q, cfg.detect_batch, ctx.device.type == "cuda", stop, ctx.timer,
+                                cfg.allow_partial))
     th.start()
     work: _VideoWork | None = None
     failed: set[int] = set()
@@ -110,7 +117,7 @@ def run_videos(ctx: RunContext, jobs: list[Job], bar) -> None:
                     bar.update(len(payload.frame))
                 elif kind == "end":
                     assert work is not None and work.job is job
-                    _video_end(work, sink)
+                    _video_end(work, sink, payload)
                     work = None
                 elif kind == "error":
                     failed.add(id(job))
@@ -200,7 +207,9 @@ def _video_chunk(ctx: RunContext, w: _VideoWork, ch, detector: FaceDetector | No
         ctx.fwd.push(crops, out.video, rows)
 
 
-def _video_end(w: _VideoWork, sink: Sink) -> None:
+def _video_end(w: _VideoWork, sink: Sink, partial: dict | None = None) -> None:
+    """Close the video's outputs; `partial` ({decoded, expected, reason}) when decoding
+    stopped at damage and --allow-partial keeps the frames before it."""
     for k, st in enumerate(w.states):
         out = st.out
         if not out.new_index and w.pos[k] != len(out.stored.frame):
@@ -208,4 +217,5 @@ def _video_end(w: _VideoWork, sink: Sink) -> None:
         if out.new_index and out.wanted is None and st.n_rows == 0:
             raise AbawError(f"{w.job.source.path}: no frames decoded")
     for st in w.states:
+        st.partial = partial
         sink.close(st.out.video)

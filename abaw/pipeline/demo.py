@@ -83,6 +83,7 @@ def _step(log: Callable[[str], None], i: int, n: int, what: str) -> float:
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = True,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run (or resume) the demo under `out`; return every path and score."""
+    from abaw.cache.verify import verify_store
     from abaw.data.annotations import read_annotations
     from abaw.data.submission import read_predictions, validate_submission
     from abaw.data.synth import generate, load_summary
@@ -182,6 +183,10 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
         log(f"  {v['video']}: {v['frames']} frames, {v['faces']} with a face -> {v['csv']}, {v['png']}")
     times["video"] = time.perf_counter() - t
 
+    checked = verify_store(cache)  # `abaw cache verify`: every array against its checksums and done-marker
+    log("  cache verify: " + checked.format().splitlines()[0])
+    if not checked.ok:
+        raise AbawError("the demo's cache is damaged: " + "; ".join(checked.format().splitlines()[:2]))
     _step(log, 7, n, "done")
     total = time.perf_counter() - t_all
     result = {"out": str(out), "data": str(data), "cache": str(cache), "search": str(search_dir),

@@ -55,7 +55,7 @@ from abaw.pipeline.finetune.model import (
 from abaw.pipeline.finetune.result import FinetuneResult
 from abaw.pipeline.finetune.tasks import Task, create_task
 from abaw.plots import learning_curve
-from abaw.rundir import FINETUNE_RUN, config_diff, is_empty, load_state, save_state
+from abaw.rundir import FINETUNE_RUN, check_identity, config_diff, data_identity, is_empty, load_state, save_state
 from abaw.runtime import DistEnv, autocast, resolve_device
 from abaw.schedule import cosine_with_warmup
 
@@ -235,16 +235,14 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
         if not os.path.isfile(f):
             raise AbawError(f"{f}: no such file")
     inputs = {"train_ann_sha256": file_sha256(cfg.train_ann), "val_ann_sha256": file_sha256(cfg.val_ann)}
+    train_ann, val_ann = read_annotations(cfg.train_ann), read_annotations(cfg.val_ann)
+    identity = data_identity({"train": train_ann, "val": val_ann})
     if state is not None:
-        changed = [k.removesuffix("_sha256") for k, v in inputs.items() if state.get("inputs", {}).get(k) != v]
-        if changed:
-            raise AbawError(f"{out}: {' and '.join(changed)} changed since this run started; "
-                            "use --overwrite to start again or choose another --out")
+        check_identity(out, state.get("identity"), identity)
         if state.get("done"):
             return FinetuneResult.from_dict(state["summary"])
 
     task = create_task(cfg.task)
-    train_ann, val_ann = read_annotations(cfg.train_ann), read_annotations(cfg.val_ann)
     tr_rows, va_rows = _rows(task, train_ann, cfg.train_ann), _rows(task, val_ann, cfg.val_ann)
     check_images(cfg.data, train_ann, tr_rows)
     check_images(cfg.data, val_ann, va_rows)
@@ -384,7 +382,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
             if improved:
                 _export(out, raw, built, task, cfg, epoch, metric, details, untrained)
             save_state(out / STATE_FILE, {
-                "version": STATE_VERSION, "config": to_dict(cfg), "inputs": inputs, "epoch": epoch,
+                "version": STATE_VERSION, "config": to_dict(cfg), "inputs": inputs, "identity": identity,
+                "epoch": epoch,
                 "model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "bad_epochs": bad, "done": done, "summary": summary})
             write_json(out / HISTORY_FILE, summary)

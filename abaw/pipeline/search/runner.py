@@ -38,6 +38,7 @@ from abaw.pipeline.search.leaderboard import (
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
 from abaw.results import Result
+from abaw.rundir import check_identity, data_identity, feature_fingerprints
 
 COMPOSE_MODES = ("best-per-task",)
 # The baseline config: the `linear` head with the settings that suit it (measured in bench/bench_accuracy.py).
@@ -161,9 +162,16 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     if settings.baseline and not any(o.get("arch", base.model.arch) == "linear" for o in sampled):
         sampled.append(dict(BASELINE))  # the linear probe on the same features, so the search never loses to it unseen
     configs = [(config_id(o), o, config_from_overrides(base, o)) for o in sampled]
-    write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space),
-                                     "base": to_dict(base), "configs": {i: o for i, o, _ in configs}})
     fstore = FeatureStore(store, "r")
+    videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
+    available = available_keys(fstore, list(videos))
+    keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
+    identity = data_identity({"train": train_ann, "val": val_ann}, feature_fingerprints(fstore, keys, videos))
+    if (out / "search.json").exists():  # a rerun: the runs here were trained on this data
+        check_identity(out, read_json(out / "search.json").get("data"), identity, "rerun the search here",
+                       "choose another --out")
+    write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space), "base": to_dict(base),
+                                     "configs": {i: o for i, o, _ in configs}, "data": identity})
     # splits: the given train/val, or K folds by video over train + val
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
@@ -173,9 +181,6 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         write_json(out / "folds.json", {f"fold{i}": f for i, f in enumerate(folds)})
     else:
         splits = [(train_ann, val_ann)]
-    videos = tuple(sorted(set(train_ann.videos) | set(val_ann.videos)))
-    available = available_keys(fstore, list(videos))
-    keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
     cpus = os.cpu_count() or 1
     jobs = 1 if gpu else (cpus if settings.jobs == -1 else max(1, settings.jobs))

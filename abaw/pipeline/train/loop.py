@@ -62,7 +62,7 @@ from abaw.pipeline.train.run import (
     save_checkpoint,
 )
 from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
-from abaw.rundir import load_state, save_state
+from abaw.rundir import data_identity, feature_fingerprints, load_state, save_state
 from abaw.schedule import warmup_cosine
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -187,7 +187,9 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         available = available_keys(fstore, videos)
     keys = resolve_backbones(cfg.backbones, available)
     cfg = replace(cfg, backbones=keys, init_from=tuple(str(p) for p in cfg.init_from))
-    mode = prepare_run_dir(out, cfg, resume, overwrite)
+    identity = data_identity({"train": train_ann, "val": val_ann},
+                             feature_fingerprints(table if table is not None else fstore, keys, videos))
+    mode = prepare_run_dir(out, cfg, resume, overwrite, identity)
     if mode == "done":
         return load_run(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,6 +255,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             "train_videos": list(train_ann.videos), "val_videos": list(val_ann.videos),
             "backbones": list(keys), "dims": list(dims),
             "fingerprints": {k: table.fingerprints.get(k, {}) for k in keys},
+            "identity": identity,
             "feature_bytes": int(sum(table.feats[k].nbytes for k in keys)), "load_s": load_s,
             "loss": loss_info, "init_from": init_report, "device": str(device),
             "parameters": int(sum(p.numel() for p in model.parameters())),

@@ -43,7 +43,7 @@ from abaw.pipeline.train.outputs import FrameOutputs
 from abaw.pipeline.train.postprocess import PostProcess, apply_postprocess
 from abaw.pipeline.train.timescale import TimeScale, plan_time_scale, train_gap_of
 from abaw.results import Result, fmt_score
-from abaw.rundir import HEADS_RUN, config_diff, is_empty
+from abaw.rundir import HEADS_RUN, check_identity, config_diff, is_empty
 from abaw.runtime import autocast, resolve_device
 
 RUN_VERSION = 1
@@ -276,8 +276,10 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
         raise AbawError(f"{p}: cannot read the run config ({e})") from None
 
 
-def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
-    """'new', 'resume' or 'done' (and clear the run files when overwriting)."""
+def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool,
+                    identity: dict[str, Any] | None = None) -> str:
+    """'new', 'resume' or 'done' (and clear the run files when overwriting). A resume must
+    match the config and the data `identity` recorded in data.json (`abaw.rundir`)."""
     if is_empty(out):
         return "new"
     if not (out / HEADS_RUN.config).exists():
@@ -290,6 +292,8 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) 
     diff = config_diff(read_config(out).recorded(), cfg.recorded())
     if diff:
         raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
+    if identity is not None and (out / "data.json").exists():
+        check_identity(out, read_json(out / "data.json").get("identity"), identity)
     if (out / "result.json").exists():
         return "done"
     return "resume" if (out / "last.pt").exists() else "new"

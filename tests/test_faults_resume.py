@@ -1,0 +1,152 @@
+"""Fault campaign (issue 11 §2): a resume or rerun trusts the data, not the folder.
+
+`train-heads --resume`, `search` reruns and `finetune` resumes record the identity of their
+data (a SHA-256 of each annotation set's labels, the fingerprint of each feature key) and
+refuse other data with a one-line diff, leaving the run folder unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from test_faults import assert_one_line, invoke, tree_digest
+
+from abaw.errors import AbawError
+from abaw.rundir import check_identity, data_identity, identity_diff
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory, synthetic_split):
+    """A cache, annotation files and a finished one-epoch `train-heads` run."""
+    from abaw.cache.store import FeatureStore
+    from abaw.data.annotations import write_annotations
+    from abaw.data.labels import image_name
+
+    d = tmp_path_factory.mktemp("resume")
+    rng = np.random.default_rng(0)
+    fs = FeatureStore(d / "cache.zarr", "a")
+    proj = rng.standard_normal((22, 8)).astype(np.float32)
+    for split, prefix, n in (("training", "t", 3), ("validation", "v", 2)):
+        ann = synthetic_split(fs, prefix, n, 40, proj, 1.0, rng)
+        names = [image_name(ann.videos[v], int(f)) for v, f in zip(ann.video_idx, ann.frame)]
+        write_annotations(d / f"{split}_set_annotations.txt", names, ann.va, ann.expr, ann.au)
+    fs.close()
+    r = invoke(_args(d))
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def _args(d, *extra):
+    return ["train-heads", "--cache", d / "cache.zarr", "--data", d, "--out", d / "run", "--backbone", "synth",
+            "--d-model", "16", "--window", "8", "--epochs", "1", "--quiet", "--no-smoothing", "--no-thresholds",
+            *extra]
+
+
+def _flip_expr(src, dst):
+    """`dst`: the annotation file `src` with every valid expression label changed."""
+    lines = src.read_text().splitlines()
+    out = [lines[0]]
+    for ln in lines[1:]:
+        f = ln.split(",")
+        if f[3] != "-1":
+            f[3] = str((int(f[3]) + 1) % 8)
+        out.append(",".join(f))
+    dst.write_text("\n".join(out) + "\n")
+
+
+def _rewrite_features(store, dim: int, spec: str):
+    from abaw.cache.store import FeatureStore
+
+    fs = FeatureStore(store, "a")
+    rng = np.random.default_rng(1)
+    for v in fs.videos():
+        n = len(fs.read_index(v).frame)
+        fs.write_features(v, "synth", rng.standard_normal((n, dim)).astype(np.float32),
+                          {"spec": spec, "dim": dim, "preprocess": {}, "weights_sha256": "0"}, overwrite=True)
+    fs.close()
+
+
+CASES = {
+    "other-val-file": ("val annotations sha256", "(other_val.txt; was validation_set_annotations.txt)"),
+    "flipped-train-labels": ("train annotations sha256", "(training_set_annotations.txt)"),
+    "other-features-same-key": ("features 'synth': spec 'synthetic:synth' != 'synthetic:other'",),
+    "wider-features": ("features 'synth': dim 8 != 12",),
+    "wider-features-interrupted": ("features 'synth': dim 8 != 12",),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_train_heads_resume_refuses_other_data(heads_run, tmp_path, case):
+    d = tmp_path / "d"
+    shutil.copytree(heads_run, d)
+    extra: list = []
+    if case == "other-val-file":
+        _flip_expr(d / "validation_set_annotations.txt", d / "other_val.txt")
+        extra = ["--val-ann", d / "other_val.txt"]
+    elif case == "flipped-train-labels":
+        _flip_expr(d / "training_set_annotations.txt", d / "training_set_annotations.txt")
+    elif case == "other-features-same-key":
+        _rewrite_features(d / "cache.zarr", 8, "synthetic:other")
+    else:
+        _rewrite_features(d / "cache.zarr", 12, "synthetic:synth")
+        if case == "wider-features-interrupted":  # resumes from last.pt: no `size mismatch` traceback
+            (d / "run" / "result.json").unlink()
+    before = tree_digest(d / "run")
+    r = invoke(_args(d, "--resume", *extra))
+    line = assert_one_line(r, f"{d / 'run'}: cannot resume, the data differs: ", *CASES[case])
+    assert "use --overwrite" in line
+    assert tree_digest(d / "run") == before
+    # the same data still resumes (returns the finished run)
+    if case == "other-val-file":
+        assert invoke(_args(d, "--resume")).exit_code == 0
+
+
+def test_train_heads_records_the_identity(heads_run):
+    from abaw.data.annotations import read_annotations
+    from abaw.io import read_json
+
+    ident = read_json(heads_run / "run" / "data.json")["identity"]
+    val = read_annotations(heads_run / "validation_set_annotations.txt")
+    train = read_annotations(heads_run / "training_set_annotations.txt")
+    assert ident["annotations"]["val"]["files"] == ["validation_set_annotations.txt"]
+    assert ident["annotations"]["val"]["rows"] == len(val)
+    assert ident["features"]["synth"]["dim"] == 8
+    # the labels' content, not the file: the same labels selected in memory hash alike, and
+    # fingerprint fields that do not define the features (library versions) are left out
+    fp = {"spec": "synthetic:synth", "dim": 8, "preprocess": {}, "weights_sha256": "0", "versions": {"x": 1}}
+    again = data_identity({"train": train.select_videos(list(train.videos)), "val": val}, {"synth": fp})
+    assert identity_diff(ident, again) == []
+
+
+def test_identity_diff_and_check():
+    a = {"annotations": {"val": {"sha256": "ab" * 32, "rows": 3, "files": ["val.txt"]}},
+         "features": {"k": {"spec": "s", "dim": 6, "preprocess": None, "weights_sha256": "0"}}}
+    b = {"annotations": {"val": {"sha256": "cd" * 32, "rows": 3, "files": ["val.txt"]}},
+         "features": {"k": {"spec": "s", "dim": 8, "preprocess": None, "weights_sha256": "0"}, "j": {}}}
+    assert identity_diff(a, b) == ["val annotations sha256 abababab.. != cdcdcdcd.. (val.txt)",
+                                   "features 'k': dim 6 != 8", "features 'j' not in the run"]
+    assert identity_diff(a, a) == []
+    check_identity("runs/r1", None, b)  # runs recorded before identities: not checked
+    with pytest.raises(AbawError, match=r"^runs/r1: cannot resume, the data differs: val annotations sha256 "
+                                        r"abababab.. != cdcdcdcd.. \(val.txt\); features 'k': dim 6 != 8 "
+                                        r"\(and 1 more\); use --overwrite"):
+        check_identity("runs/r1", a, b)
+
+
+def test_search_rerun_refuses_other_data(heads_run, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(heads_run, d)
+    args = ["search", "--cache", d / "cache.zarr", "--data", d, "--out", d / "search", "--tasks", "au",
+            "--set", "d_model=16", "--set", "window=8", "--set", "epochs=1", "--quiet"]
+    r = invoke(args)
+    assert r.exit_code == 0, r.output
+    _flip_expr(d / "validation_set_annotations.txt", d / "validation_set_annotations.txt")
+    before = tree_digest(d / "search")
+    r = invoke(args)
+    assert_one_line(r, f"{d / 'search'}: cannot rerun the search here, the data differs: val annotations sha256",
+                    "(validation_set_annotations.txt)")
+    assert tree_digest(d / "search") == before
