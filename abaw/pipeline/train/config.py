@@ -21,7 +21,7 @@ class TrainConfig:
 
     Field groups: data (backbones, window, stride, max_gap, allow_missing), the head
     architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
-    cache), losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
+    cache), losses (task_weights, au_pos_weight, expr_class_weight, va_loss), optimisation (lr,
     weight_decay, epochs, batch_frames, warmup_epochs, patience, grad_clip, seed,
     init_from), post-processing (au_thresholds, smoothing, smooth_windows) and runtime
     arguments (device, threads: recorded, never compared when resuming).
@@ -42,6 +42,7 @@ class TrainConfig:
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
     au_pos_weight: str = "none"  # none | auto (negatives/positives per AU, clipped to [1, 20])
     expr_class_weight: str = "inverse"  # none | inverse (inverse class frequency)
+    va_loss: str = "mean"  # mean | sum: (1 - CCC) of V and A averaged, or summed (the ABAW7 winner)
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -115,6 +116,7 @@ class TrainConfig:
                   (self.max_gap is None or self.max_gap >= 0, "max_gap must be >= 0"),
                   (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
+                  (self.va_loss in ("mean", "sum"), "va_loss: mean or sum"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
                   (self.batch_frames >= 1, "batch_frames must be >= 1"),
                   (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.patience >= 1, "patience >= 1"),
