@@ -11,8 +11,8 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_task_wi
 
 @click.command("train-heads")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="Settings file (YAML/JSON of training settings, or a search space's base: section, e.g. "
-                   "recipes/abaw7-winner.yaml); flags given explicitly override it.")
+              help="Settings file: YAML/JSON of training settings, or a search space (its base + the first "
+                   "value of each grid entry), e.g. recipes/abaw7-winner.yaml. Flags given explicitly override it.")
 @click.option("--write-default-config", "write_config", type=click.Path(dir_okay=False),
               help="Write the settings (defaults, plus --config and the flags given) to this YAML file and exit.")
 @click.option("--cache", type=click.Path(exists=True, file_okay=False),
@@ -95,7 +95,7 @@ def train_heads(ctx: click.Context, config_file: str | None, write_config: str |
     flags = TrainConfig.create(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
                                task_weights=parse_task_weights(task_weights),
                                task_windows=parse_task_windows(task_windows), init_from=init_from, **opts).flat()
-    explicit = {k: flags[k] for k, v in ctx.params.items()
+    explicit = {k: flags[k] for k in ctx.params
                 if k in flags and ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
     file_settings, notes = read_settings(config_file) if config_file else ({}, [])
     cfg = resolve(flags, file_settings, explicit, config_file or "train-heads")
