@@ -116,12 +116,13 @@ def _option_defaults(cmd, required: list[str]) -> dict:
 
 
 def test_train_heads_options_default_to_train_config(tmp_path):
-    from abaw.commands.options import parse_task_weights, parse_tasks
+    from abaw.commands.options import parse_task_weights, parse_task_windows, parse_tasks
     from abaw.commands.train import train_heads
     from abaw.pipeline.train import TrainConfig
 
     opts, cfg = _option_defaults(train_heads, ["--cache", str(tmp_path), "--out", str(tmp_path)]), TrainConfig()
-    convert = {"tasks": parse_tasks, "task_weights": parse_task_weights, "backbones": tuple, "init_from": tuple,
+    convert = {"tasks": parse_tasks, "task_weights": parse_task_weights, "task_windows": parse_task_windows,
+               "backbones": tuple, "init_from": tuple,
                "max_gap": lambda v: None if v == "none" else int(v), "stride": lambda v: v,
                "smooth_kernels": lambda v: tuple(v.split(","))}
     flat = cfg.flat()

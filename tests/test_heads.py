@@ -7,6 +7,8 @@ import torch
 
 from abaw.errors import AbawError
 from abaw.config import from_dict, to_dict
+from abaw.heads.fusion import native_width
+from abaw.heads.temporal import run_chunked
 from abaw.heads import (
     FUSIONS,
     HEAD_MODELS,
@@ -148,7 +150,7 @@ def test_model_outputs(tasks):
 
 
 def test_registries_hold_the_documented_entries():
-    assert FUSIONS.names() == ["attention", "concat", "sum"]
+    assert FUSIONS.names() == ["attention", "concat", "ffm", "sum"]
     assert TEMPORALS.names() == ["gru", "lstm", "none", "tcn", "transformer"]
     assert HEAD_MODELS.names() == ["linear", "multitask"]
 
@@ -160,10 +162,11 @@ def test_head_model_contract(arch, fusion, temporal):
     """Every head architecture x fusion x temporal module: forward shapes, padded frames do not
     change real ones, backward reaches every parameter, and the spec rebuilds the same model."""
     torch.manual_seed(0)
-    spec = ModelSpec(keys=("a", "b"), dims=(10, 6), fusion=fusion, temporal=temporal, d_model=D, heads=2,
+    dims = (10, 10) if native_width(fusion) else (10, 6)  # ffm: equal widths
+    spec = ModelSpec(keys=("a", "b"), dims=dims, fusion=fusion, temporal=temporal, d_model=D, heads=2,
                      layers=1, dropout=0.0, arch=arch)
     m = build_model(spec)
-    feats = [torch.randn(2, 6, 10), torch.randn(2, 6, 6)]
+    feats = [torch.randn(2, 6, dims[0]), torch.randn(2, 6, dims[1])]
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     out = m(feats, mask)
     assert {t: tuple(v.shape) for t, v in out.items()} == {"va": (2, 6, 2), "expr": (2, 6, 8), "au": (2, 6, 12)}
@@ -182,3 +185,70 @@ def test_head_model_contract(arch, fusion, temporal):
     m2 = build_model(spec2).eval()
     m2.load_state_dict(m.state_dict())
     assert all(torch.equal(ref[t], m2(feats, mask)[t]) for t in ref)
+
+
+# ------------------------------------------------------------------ the ABAW7 winner's variants
+
+
+def test_ffm_sums_native_features_then_mlp_and_leaky_relu():
+    torch.manual_seed(0)
+    spec = ModelSpec(keys=("au", "expr", "va"), dims=(12, 12, 12), fusion="ffm", temporal="none", d_model=12)
+    m = build_model(spec).eval()
+    assert all(len(p) == 1 for p in m.proj)  # standardisation only: no learned projection
+    assert isinstance(m.resize, torch.nn.Identity)
+    feats = [torch.randn(2, 3, 12) for _ in range(3)]
+    f = m.fusion
+    assert [type(x).__name__ for x in f.mlp] == ["Linear", "ReLU", "Dropout", "Linear"] and f.mlp[2].p == 0.3
+    expect = torch.nn.functional.leaky_relu(f.mlp(feats[0] + feats[1] + feats[2]), 0.1)
+    assert torch.allclose(m.fuse(feats), expect, atol=1e-6)
+    wide = build_model(ModelSpec(keys=("a", "b"), dims=(12, 12), fusion="ffm", d_model=D, heads=2))
+    assert wide.resize.in_features == 12 and wide.resize.out_features == D  # like the winner's pre_linear
+    with pytest.raises(AbawError, match="fusion ffm .* same width \\(got a 10, b 6\\)"):
+        build_model(ModelSpec(keys=("a", "b"), dims=(10, 6), fusion="ffm", d_model=D))
+
+
+def test_transformer_without_positions_is_permutation_equivariant():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, D)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    for posenc in (False, True):
+        t = create_temporal("transformer", D, TemporalOptions(heads=2, dropout=0.0, posenc=posenc)).eval()
+        same = torch.allclose(t(x, mask)[:, perm], t(x[:, perm], mask), atol=1e-5)
+        assert same == (not posenc)
+
+
+def test_causal_lstm_is_unidirectional():
+    t = create_temporal("lstm", D, TemporalOptions(layers=1, causal=True, dropout=0.0))
+    assert not t.rnn.bidirectional and t.rnn.hidden_size == D
+
+
+def test_run_chunked_gives_no_context_across_chunks():
+    torch.manual_seed(0)
+    t = create_temporal("transformer", D, TemporalOptions(heads=2, dropout=0.0)).eval()
+    x = torch.randn(1, 7, D)
+    mask = torch.tensor([[True] * 6 + [False]])
+    y = run_chunked(t, x, mask, 3)  # chunks [0:3], [3:6], [6:7] (padding only: zeros)
+    assert torch.allclose(y[:, :3], t(x[:, :3], mask[:, :3]), atol=1e-6)
+    assert torch.allclose(y[:, 3:6], t(x[:, 3:6], mask[:, 3:6]), atol=1e-6)
+    assert torch.equal(y[:, 6], torch.zeros(1, D))
+    assert torch.equal(run_chunked(t, x, mask, 0), t(x, mask))
+
+
+def test_task_windows_limit_each_tasks_context():
+    """The winner's windows: AU sees its own frame, EXPR its chunk of 5, VA the whole window."""
+    torch.manual_seed(0)
+    spec = ModelSpec(keys=("a",), dims=(10,), temporal="lstm", d_model=D, layers=1, dropout=0.0,
+                     task_windows=(0, 5, 1))
+    m = build_model(spec).eval()
+    x = torch.randn(1, 10, 10)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    y = x.clone()
+    y[0, 7] += 3.0  # change frame 7 (in the second chunk of 5)
+    a, b = m([x], mask), m([y], mask)
+    changed = {t: ((a[t] - b[t]).abs().amax(-1) > 1e-6)[0].nonzero().flatten().tolist() for t in a}
+    assert changed["au"] == [7]
+    assert changed["expr"] == [5, 6, 7, 8, 9]
+    assert changed["va"] == list(range(10))
+    with pytest.raises(AbawError, match="task_windows"):
+        ModelSpec(task_windows=(0, -1, 1)).validate()

@@ -110,3 +110,17 @@ def test_model_pickles_are_read_without_running_their_classes(model_file, tmp_pa
     with pytest.raises(AbawError):
         state_dict_from_model_pickle(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_output_logits_and_both(model_file, pinned):
+    path, ref = model_file
+    full = torch.load(path, map_location="cpu", weights_only=False).eval()  # the test's own file: the classifier
+    x = torch.randint(0, 256, (2, 112, 112, 3), dtype=torch.uint8)
+    lg = create_backbone("hsemotion:enet_b0_8_va_mtl?trust_pickle=1&output=logits")
+    both = create_backbone("hsemotion:enet_b0_8_va_mtl?trust_pickle=1&output=both")
+    assert (lg.dim, both.dim) == (10, 1290) and lg.key == "hsemotion_enet_b0_8_va_mtl_output_logits"
+    with torch.no_grad():
+        torch.testing.assert_close(lg(x), full(lg.preprocess(x)))
+        torch.testing.assert_close(both(x), torch.cat([ref(both.preprocess(x)), full(both.preprocess(x))], -1))
+    with pytest.raises(AbawError, match="output='probs'"):
+        create_backbone("hsemotion:enet_b0_8_va_mtl?trust_pickle=1&output=probs")

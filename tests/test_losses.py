@@ -44,6 +44,14 @@ def test_va_loss_uses_only_valid_frames_of_the_batch():
     p, t = pred[valid], true[valid]
     want = 1 - (ccc(p[:, 0], t[:, 0]) + ccc(p[:, 1], t[:, 1])) / 2
     assert got == pytest.approx(want, abs=1e-5)
+    # the ABAW7 winner's scale: the two losses summed (twice the mean)
+    summed = float(va_loss(torch.tensor(pred), torch.tensor(true_bad), torch.tensor(valid), "sum"))
+    assert summed == pytest.approx((1 - ccc(p[:, 0], t[:, 0])) + (1 - ccc(p[:, 1], t[:, 1])), abs=1e-5)
+    out, batch = {"va": torch.tensor(pred)}, {"va": torch.tensor(true_bad), "va_valid": torch.tensor(valid)}
+    total, _ = MultiTaskLoss(("va",), {}, va_scale="sum")(out, batch)
+    assert float(total) == pytest.approx(summed, abs=1e-6)
+    with pytest.raises(ValueError, match="va_scale"):
+        MultiTaskLoss(("va",), {}, va_scale="winner")
 
 
 def test_all_invalid_batch_gives_zero_not_nan():

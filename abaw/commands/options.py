@@ -14,13 +14,13 @@ def echo_result(result) -> None:
         click.echo(w, err=True)
 
 
-def parse_task_weights(text: str) -> tuple[float, float, float]:
-    """`1,1,1` (va,expr,au) or `va=1,expr=0.5,au=2` (unnamed tasks keep weight 1)."""
+def parse_task_weights(text: str, unnamed: float = 1.0) -> tuple[float, float, float]:
+    """`1,1,1` (va,expr,au) or `va=1,expr=0.5,au=2` (unnamed tasks get `unnamed`: weight 1)."""
     names = ("va", "expr", "au")
     parts = [p.strip() for p in text.split(",") if p.strip()]
     try:
         if parts and all("=" in p for p in parts):
-            w = dict.fromkeys(names, 1.0)
+            w = dict.fromkeys(names, unnamed)
             for p in parts:
                 k, v = p.split("=", 1)
                 if k.strip() not in names:
@@ -32,6 +32,18 @@ def parse_task_weights(text: str) -> tuple[float, float, float]:
     except ValueError:
         pass
     raise click.BadParameter(f"{text!r}: give three numbers va,expr,au or va=..,expr=..,au=..")
+
+
+def parse_task_windows(text: str) -> tuple[int, int, int]:
+    """`30,5,1` (va,expr,au) or `va=30,expr=5,au=1` (unnamed tasks: 0 = the whole window)."""
+    try:
+        w = parse_task_weights(text, unnamed=0.0)
+        if all(x >= 0 and x == int(x) for x in w):
+            return tuple(int(x) for x in w)  # type: ignore[return-value]
+    except click.BadParameter:
+        pass
+    raise click.BadParameter(f"{text!r}: three frame counts >= 0, va,expr,au or va=..,expr=..,au=..",
+                             param_hint="--task-windows")
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:

@@ -6,24 +6,29 @@ import sys
 
 import click
 
-from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, split_paths
+from abaw.commands.options import echo_result, parse_task_weights, parse_task_windows, parse_tasks, split_paths
 
 
 @click.command("train-heads")
-@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Feature cache (Zarr store) written by `abaw extract`.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="Settings file: YAML/JSON of training settings, or a search space (its base + the first "
+                   "value of each grid entry), e.g. recipes/abaw7-winner.yaml. Flags given explicitly override it.")
+@click.option("--write-default-config", "write_config", type=click.Path(dir_okay=False),
+              help="Write the settings (defaults, plus --config and the flags given) to this YAML file and exit.")
+@click.option("--cache", type=click.Path(exists=True, file_okay=False),
+              help="Feature cache (Zarr store) written by `abaw extract`.  [required]")
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="Dataset root: --train-ann/--val-ann default to its training_/validation_set_annotations.txt.")
 @click.option("--train-ann", type=click.Path(exists=True, dir_okay=False), help="Training annotation file.")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotation file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
 @click.option("--backbone", "backbones", multiple=True,
               help="Backbone features to use, by cache key or spec (repeat). Default: all in the cache.")
 @click.option("--tasks", default="va,expr,au", show_default=True, help="Tasks trained jointly (subset of va,expr,au).")
 @click.option("--arch", default="multitask", show_default=True,
               help="Head architecture: multitask (fusion + temporal module + heads) | linear (HSEmotion's recipe: "
                    "standardised features, a linear layer per task, no temporal context).")
-@click.option("--fusion", default="sum", show_default=True, help="Feature Fusion Module: sum | concat | attention.")
+@click.option("--fusion", default="sum", show_default=True, help="Feature Fusion Module: sum | concat | attention | ffm (the ABAW7 winner's: equal widths).")
 @click.option("--temporal", default="transformer", show_default=True,
               help="Temporal Convergence Module: none | transformer | tcn | gru | lstm.")
 @click.option("--d-model", default=256, show_default=True, help="Model width after the projections.")
@@ -32,7 +37,11 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
 @click.option("--ff-mult", default=2, show_default=True, help="Transformer feed-forward width / d_model.")
 @click.option("--kernel", default=3, show_default=True, help="TCN kernel size.")
 @click.option("--causal/--no-causal", default=False, show_default=True,
-              help="Causal temporal context (online use): no look-ahead.")
+              help="Causal temporal context (online use): no look-ahead; with lstm/gru: unidirectional.")
+@click.option("--posenc/--no-posenc", default=True, show_default=True,
+              help="Transformer: sinusoidal position codes (the ABAW7 winner: none).")
+@click.option("--task-windows", default="0,0,0", show_default=True,
+              help="Temporal context per task in chunks of N frames, va,expr,au or va=30,expr=5,au=1 (0: whole window).")
 @click.option("--dropout", default=0.1, show_default=True)
 @click.option("--window", default=32, show_default=True, help="Frames per sequence window.")
 @click.option("--stride", type=int, default=None, help="Step between training windows [default: window].")
@@ -46,6 +55,8 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
               help="BCE positive weights per AU (auto: negatives/positives).")
 @click.option("--expr-class-weight", type=click.Choice(["none", "inverse"]), default="inverse", show_default=True,
               help="EXPR cross-entropy class weights.")
+@click.option("--va-loss", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="(1 - CCC) of valence and arousal averaged, or summed (the ABAW7 winner).")
 @click.option("--lr", default=5e-4, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--weight-decay", default=0.05, show_default=True)
 @click.option("--epochs", default=20, show_default=True,
@@ -73,9 +84,11 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_tasks, 
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same config).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
-                backbones: tuple[str, ...], tasks: str, max_gap: str, task_weights: str, init_from: tuple[str, ...],
-                resume: bool, overwrite: bool, quiet: bool, **opts) -> None:
+@click.pass_context
+def train_heads(ctx: click.Context, config_file: str | None, write_config: str | None, cache: str | None,
+                data: str | None, train_ann: str | None, val_ann: str | None, out: str | None,
+                backbones: tuple[str, ...], tasks: str, max_gap: str, task_weights: str, task_windows: str,
+                init_from: tuple[str, ...], resume: bool, overwrite: bool, quiet: bool, **opts) -> None:
     """Train fusion + temporal module + AU/EXPR/VA heads jointly from cached features.
 
     Selects the best epoch on validation P_MTL, then fits per-AU thresholds and temporal
@@ -86,15 +99,28 @@ def train_heads(cache: str, data: str | None, train_ann: str | None, val_ann: st
     """
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.train import TrainConfig, train
+    from abaw.pipeline.train.settings import read_settings, resolve, write_settings
 
-    train_ann, val_ann = split_paths(data, train_ann, val_ann)
     try:
         gap = None if max_gap.lower() == "none" else int(max_gap)
     except ValueError:
         raise click.BadParameter(f"{max_gap!r}: a number of frames or 'none'", param_hint="--max-gap") from None
     opts["smooth_kernels"] = tuple(k.strip() for k in opts["smooth_kernels"].split(",") if k.strip())
-    cfg = TrainConfig.create(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
-                      task_weights=parse_task_weights(task_weights), init_from=init_from, **opts)
+    flags = TrainConfig.create(backbones=backbones, tasks=parse_tasks(tasks), max_gap=gap,
+                               task_weights=parse_task_weights(task_weights),
+                               task_windows=parse_task_windows(task_windows), init_from=init_from, **opts).flat()
+    explicit = {k: flags[k] for k in ctx.params
+                if k in flags and ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
+    file_settings, notes = read_settings(config_file) if config_file else ({}, [])
+    cfg = resolve(flags, file_settings, explicit, config_file or "train-heads")
+    for note in notes:
+        click.echo(note, err=True)
+    if write_config:
+        click.echo(f"wrote {write_settings(write_config, cfg)}")
+        return
+    if not cache or not out:
+        raise click.UsageError("give --cache and --out (or --write-default-config FILE)")
+    train_ann, val_ann = split_paths(data, train_ann, val_ann)
     run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,
                 overwrite=overwrite, progress=not quiet)
     echo_result(run.result)

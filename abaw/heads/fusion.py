@@ -7,6 +7,12 @@ the model width `d`) to one tensor `[B, W, d]`. Registered names:
 - `concat`:    concatenation, a linear layer back to `d`, then the residual MLP.
 - `attention`: per-frame learned weights across the backbones (softmax over K of a small
                scoring network), weighted sum, then the residual MLP.
+- `ffm`:       the ABAW7 winner's Feature Fusion Module exactly: the features summed at
+               their native width (no learned per-backbone projection, so every backbone
+               must have the same width), then Linear-ReLU-Dropout(0.3)-Linear and
+               LeakyReLU(0.1). A module with `native_width = True` gets the standardised
+               features instead of the projections; the model maps its output to `d_model`
+               afterwards when the widths differ (the winner's transformer `pre_linear`).
 """
 
 from __future__ import annotations
@@ -78,9 +84,33 @@ class AttentionFusion(nn.Module):
         return self.mlp((a.unsqueeze(-1) * x).sum(-2))
 
 
+class WinnerFFM(nn.Module):
+    """sum_k x_k -> Linear-ReLU-Dropout(0.3)-Linear -> LeakyReLU(0.1), at the features' own width."""
+
+    native_width = True
+
+    def __init__(self, n_inputs: int, d: int, dropout: float):
+        super().__init__()
+        self.n_inputs = n_inputs
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(0.3), nn.Linear(d, d))
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        h = xs[0]
+        for x in xs[1:]:
+            h = h + x
+        return self.act(self.mlp(h))
+
+
 FUSIONS.register("sum")(SumFusion)
 FUSIONS.register("concat")(ConcatFusion)
 FUSIONS.register("attention")(AttentionFusion)
+FUSIONS.register("ffm")(WinnerFFM)
+
+
+def native_width(name: str) -> bool:
+    """Whether fusion `name` takes the features at their own width (no projection)."""
+    return bool(getattr(FUSIONS.get(name), "native_width", False))
 
 
 def create_fusion(name: str, n_inputs: int, d: int, dropout: float = 0.0) -> nn.Module:

@@ -5,7 +5,9 @@
 - EXPR: cross-entropy on the 8 logits (optional class weights), weighted mean over valid
         frames.
 - VA:   1 - CCC for valence and for arousal, each over all valid frames of the batch
-        (population moments, as in `abaw.metrics.ccc`), averaged.
+        (population moments, as in `abaw.metrics.ccc`), averaged (`va_loss="mean"`), or
+        summed (`va_loss="sum"`, the ABAW7 winner's scale: VA then weighs twice as much
+        against EXPR and AU as with the mean, at equal task weights).
 
 A task with no valid frame in the batch contributes an exact zero (connected to the
 graph, so `backward()` works), never NaN.
@@ -42,14 +44,18 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - 2.0 * cov / den.clamp_min(CCC_EPS)
 
 
-def va_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of (1 - CCC) for valence and arousal over the valid frames; 0 if none."""
+VA_LOSS_SCALES = ("mean", "sum")
+
+
+def va_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scale: str = "mean") -> torch.Tensor:
+    """Mean (`scale="sum"`: sum) of (1 - CCC) for valence and arousal over the valid frames; 0 if none."""
     v = valid.reshape(-1)
     p = pred.reshape(-1, 2)[v]
     t = target.reshape(-1, 2)[v]
     if p.shape[0] == 0:
         return zero_loss(pred)
-    return 0.5 * (ccc_loss(p[:, 0], t[:, 0]) + ccc_loss(p[:, 1], t[:, 1]))
+    total = ccc_loss(p[:, 0], t[:, 0]) + ccc_loss(p[:, 1], t[:, 1])
+    return total if scale == "sum" else 0.5 * total
 
 
 def expr_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
@@ -87,7 +93,11 @@ class MultiTaskLoss:
     """
 
     def __init__(self, tasks: tuple[str, ...], weights: dict[str, float],
-                 expr_class_weight: torch.Tensor | None = None, au_pos_weight: torch.Tensor | None = None):
+                 expr_class_weight: torch.Tensor | None = None, au_pos_weight: torch.Tensor | None = None,
+                 va_scale: str = "mean"):
+        if va_scale not in VA_LOSS_SCALES:
+            raise ValueError(f"va_scale: one of {VA_LOSS_SCALES}, got {va_scale!r}")
+        self.va_scale = va_scale
         self.tasks = tuple(t for t in tasks if weights.get(t, 1.0) != 0.0)
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
         self.expr_class_weight = expr_class_weight
@@ -104,7 +114,7 @@ class MultiTaskLoss:
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         if "va" in self.tasks:
-            parts["va"] = va_loss(outputs["va"], batch["va"], batch["va_valid"])
+            parts["va"] = va_loss(outputs["va"], batch["va"], batch["va_valid"], self.va_scale)
         if "expr" in self.tasks:
             parts["expr"] = expr_loss(outputs["expr"], batch["expr"], batch["expr_valid"], self.expr_class_weight)
         if "au" in self.tasks:

@@ -2,6 +2,7 @@
 
     feats_k [B, W, D_k] --standardise+Linear--> [B, W, d]  (one projection per backbone)
     fusion (sum | concat | attention)       -> [B, W, d]   (Feature Fusion Module)
+      (fusion ffm: standardised features summed at their common width D, then Linear D -> d if D != d)
     temporal (none | transformer | tcn | gru | lstm) -> [B, W, d] (Temporal Convergence Module)
     heads: va -> 2 (tanh), expr -> 8 logits, au -> 12 logits (only the enabled tasks)
 
@@ -19,8 +20,8 @@ from torch import nn
 
 from abaw.data.labels import N_AU, N_EXPR, TASKS
 from abaw.errors import AbawError
-from abaw.heads.fusion import FUSIONS, create_fusion
-from abaw.heads.temporal import TEMPORALS, TemporalOptions, create_temporal
+from abaw.heads.fusion import FUSIONS, create_fusion, native_width
+from abaw.heads.temporal import TEMPORALS, TemporalOptions, create_temporal, run_chunked
 from abaw.registry import Registry
 
 TASK_OUTPUTS = {"va": 2, "expr": N_EXPR, "au": N_AU}
@@ -43,6 +44,9 @@ class ModelSpec:
     causal: bool = False
     dropout: float = 0.1
     arch: str = "multitask"
+    posenc: bool = True  # transformer: sinusoidal position codes (the ABAW7 winner: none)
+    task_windows: tuple[int, int, int] = (0, 0, 0)  # va, expr, au: temporal context in chunks of N frames
+    # of each window (0 = the whole window); the ABAW7 winner: va 30, expr 5, au 1
 
     def validate(self) -> ModelSpec:
         """Raise AbawError on an inconsistent architecture; return self."""
@@ -57,7 +61,9 @@ class ModelSpec:
                   (self.temporal != "transformer" or self.d_model % self.heads == 0,
                    "d_model must be divisible by heads"),
                   (self.kernel >= 1, "kernel must be >= 1"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-                  (len(self.keys) == len(self.dims), "one dim per backbone key")]
+                  (len(self.keys) == len(self.dims), "one dim per backbone key"),
+                  (len(self.task_windows) == 3 and all(int(n) >= 0 for n in self.task_windows),
+                   "task_windows: three frame counts >= 0 (va, expr, au; 0 = the whole window)")]
         for ok, msg in checks:
             if not ok:
                 raise AbawError(f"model: {msg}")
@@ -65,7 +71,11 @@ class ModelSpec:
 
     def temporal_options(self) -> TemporalOptions:
         return TemporalOptions(layers=self.layers, heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel,
-                               causal=self.causal, dropout=self.dropout)
+                               causal=self.causal, dropout=self.dropout, posenc=self.posenc)
+
+    def windows(self) -> dict[str, int]:
+        """The temporal chunk length of each enabled task (0 = the whole window)."""
+        return {t: int(n) for t, n in zip(TASKS, self.task_windows) if t in self.tasks}
 
 
 class FeatureNorm(nn.Module):
@@ -111,8 +121,11 @@ class HeadModel(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-frame outputs: `va` in [-1, 1] [B, W, 2], `expr` / `au` logits [B, W, 8 / 12]."""
-        h = self.embed(feats, mask)
-        out = {t: head(h) for t, head in self.heads.items()}
+        return self.apply_heads(self.embed(feats, mask))
+
+    def apply_heads(self, h: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The task heads on one representation, or on one per task (`{task: [B, W, d]}`)."""
+        out = {t: head(h[t] if isinstance(h, dict) else h) for t, head in self.heads.items()}
         if "va" in out:
             out["va"] = torch.tanh(out["va"])
         return out
@@ -125,18 +138,42 @@ class MultiTaskModel(HeadModel):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         d = spec.d_model
-        self.proj = nn.ModuleList(
-            [nn.Sequential(FeatureNorm(dim), nn.Linear(dim, d), nn.Dropout(spec.dropout)) for dim in spec.dims])
-        self.fusion = create_fusion(spec.fusion, len(spec.dims), d, spec.dropout)
+        self.resize: nn.Module = nn.Identity()
+        if native_width(spec.fusion):
+            if len(set(spec.dims)) != 1:
+                widths = ", ".join(f"{k} {w}" for k, w in zip(spec.keys, spec.dims))
+                raise AbawError(f"fusion {spec.fusion} sums the features at their own width, so every backbone "
+                                f"must have the same width (got {widths}); use fusion sum, concat or attention")
+            self.proj = nn.ModuleList([nn.Sequential(FeatureNorm(dim)) for dim in spec.dims])
+            self.fusion = create_fusion(spec.fusion, len(spec.dims), spec.dims[0], spec.dropout)
+            if spec.dims[0] != d:
+                self.resize = nn.Linear(spec.dims[0], d)
+        else:
+            self.proj = nn.ModuleList(
+                [nn.Sequential(FeatureNorm(dim), nn.Linear(dim, d), nn.Dropout(spec.dropout)) for dim in spec.dims])
+            self.fusion = create_fusion(spec.fusion, len(spec.dims), d, spec.dropout)
         self.temporal = create_temporal(spec.temporal, d, spec.temporal_options())
         self.heads = self.make_heads(d)
 
-    def embed(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """The shared per-frame representation [B, W, d] after fusion and temporal context."""
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The per-frame fused features [B, W, d] (before temporal context)."""
         if len(feats) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} feature tensors, got {len(feats)}")
-        h = self.fusion([p(x) for p, x in zip(self.proj, feats)])
-        return self.temporal(h, mask)
+        return self.resize(self.fusion([p(x) for p, x in zip(self.proj, feats)]))
+
+    def embed(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The shared per-frame representation [B, W, d] after fusion and temporal context."""
+        return self.temporal(self.fuse(feats), mask)
+
+    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """As `HeadModel.forward`; with `task_windows`, each task's head reads the temporal module
+        run over chunks of its own length (one run per distinct length)."""
+        windows = self.spec.windows()
+        if not any(windows.values()):
+            return super().forward(feats, mask)
+        h = self.fuse(feats)
+        by_len = {n: run_chunked(self.temporal, h, mask, n) for n in sorted(set(windows.values()))}
+        return self.apply_heads({t: by_len[n] for t, n in windows.items()})
 
     def set_feature_stats(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per-backbone (mean, std) of the training features, for the input standardisation."""

@@ -6,13 +6,18 @@ hold. Registered names:
 
 - `none`:        no temporal context (each frame on its own).
 - `transformer`: sinusoidal positions + pre-norm Transformer encoder with a key-padding
-                 mask (causal: each frame attends only to itself and earlier frames).
+                 mask (causal: each frame attends only to itself and earlier frames;
+                 `posenc=False`: no position codes, as the ABAW7 winner's transformer).
 - `tcn`:         residual blocks of dilated Conv1d (dilation 1, 2, 4, ...), padded frames
                  zeroed before every convolution (causal: left padding only, so frame t
                  sees frames <= t).
 - `gru`, `lstm`: recurrent layers over packed sequences (bidirectional unless causal),
                  projected back to `d` with a residual connection. Masks must be a valid
                  prefix followed by padding (the windows built by `abaw.pipeline.train.dataset`).
+                 `causal=True` is the unidirectional LSTM/GRU the ABAW7 winner used.
+
+`run_chunked(module, x, mask, n)` runs a module over consecutive chunks of `n` frames of
+each window separately (the winner's per-task windows: AU 1, EXPR 5, VA 30 frames).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class TemporalOptions:
     kernel: int = 3  # tcn
     causal: bool = False
     dropout: float = 0.1
+    posenc: bool = True  # transformer: add sinusoidal position codes
 
 
 TemporalFactory = Callable[[int, TemporalOptions], nn.Module]
@@ -87,6 +93,7 @@ class TransformerTemporal(nn.Module):
         if d % opts.heads:
             raise ValueError(f"transformer: width {d} is not divisible by {opts.heads} heads")
         self.causal = opts.causal
+        self.posenc = opts.posenc
         layer = nn.TransformerEncoderLayer(d, opts.heads, opts.ff_mult * d, opts.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, opts.layers, enable_nested_tensor=False)
@@ -101,7 +108,7 @@ class TransformerTemporal(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        h = self.drop(x + self._positions(n, x))
+        h = self.drop(x + self._positions(n, x) if self.posenc else x)
         attn_mask = None
         if self.causal:
             attn_mask = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)  # True = blocked
@@ -175,3 +182,21 @@ class GRUTemporal(_RNNTemporal):
 @TEMPORALS.register("lstm")
 class LSTMTemporal(_RNNTemporal):
     cell = nn.LSTM
+
+
+def run_chunked(module: nn.Module, x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """`module(x, mask)` over consecutive chunks of `n` frames of each window (no context
+    across chunks; the last chunk is shorter, padded and masked). Chunks without a real
+    frame are skipped and give zeros. `n <= 0` or `n >= W`: the whole window at once."""
+    b, w, d = x.shape
+    if n <= 0 or n >= w:
+        return module(x, mask)
+    k = -(-w // n)
+    pad = k * n - w
+    xc = F.pad(x, (0, 0, 0, pad)).reshape(b * k, n, d)
+    mc = F.pad(mask, (0, pad), value=False).reshape(b * k, n)
+    keep = mc.any(1)
+    out = xc.new_zeros(xc.shape)
+    if keep.any():
+        out[keep] = module(xc[keep], mc[keep]).to(out.dtype)
+    return out.reshape(b, k * n, d)[:, :w]

@@ -17,6 +17,11 @@ with `trust_pickle=1`. Even then no model class from the file is used: classes o
 torch are replaced by inert stand-ins, the tensors are collected into a state dict, and
 that is loaded into a fresh timm model of the architecture named in the table (checked
 key by key and shape by shape), with the classifier dropped.
+
+`output=features` (default) gives the pooled embedding; `output=logits` the classifier's
+outputs (enet_b0_8_va_mtl: 8 expression logits then valence and arousal); `output=both`
+their concatenation `[embedding, logits]`, which is what HSEmotion's best ABAW MTL
+result feeds to its heads.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
+from torch import nn
 
 from abaw.errors import AbawError
 from abaw.extract.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocess
@@ -291,6 +297,8 @@ HSEMOTION_OPTIONS = (
     Option("url", "str", None, "download the weights from here instead of the pinned EmotiEffLib commit"),
     Option("file", "str", None, "a local copy of the weights file"),
     Option("arch", "str", None, "timm architecture, for files not in the table"),
+    Option("output", "choice", "features", "pooled embedding, classifier logits, or both concatenated",
+           choices=("features", "logits", "both")),
     *PREPROCESS_OPTIONS,
 )
 
@@ -320,6 +328,9 @@ def hsemotion_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     sd = load_weights(path, bool_option(opts, "trust_pickle"))
     head = known.head if known else ("classifier.", "head.fc.", "fc.", "head.")
     arch, model = _match_arch(sd, archs, head, str(path))
+    output = opts.get("output", "features")
+    if output != "features":
+        model = WithLogits(model, _classifier(sd, head, int(model.num_features), str(path)), output)
     default = Preprocess(input_size=known.size if known else 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          interpolation="bilinear", channel_order="RGB")
     pre = preprocess_from_options(opts, default)
@@ -328,6 +339,38 @@ def hsemotion_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
     canon = _canonical(spec)
     return Backbone(spec=canon, key=spec_key(canon), model=model, dim=int(model.num_features),
                     preprocess=pre, source=source)
+
+
+class WithLogits(nn.Module):
+    """A headless model plus its classifier: logits, or `[features, logits]` (`output=both`)."""
+
+    def __init__(self, body: nn.Module, classifier: nn.Linear, output: str):
+        super().__init__()
+        self.body = body
+        self.classifier = classifier
+        self.both = output == "both"
+        self.num_features = classifier.out_features + (int(body.num_features) if self.both else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        logits = self.classifier(f)
+        return torch.cat([f, logits], dim=-1) if self.both else logits
+
+
+def _classifier(sd: dict[str, torch.Tensor], head: tuple[str, ...], dim: int, where: str) -> nn.Linear:
+    """The file's linear classifier (under one of the `head` prefixes) as an nn.Linear."""
+    body = {k.removeprefix("module."): v for k, v in sd.items()}
+    for p in head:
+        w, b = body.get(f"{p}weight"), body.get(f"{p}bias")
+        if w is not None and w.ndim == 2 and w.shape[1] == dim:
+            lin = nn.Linear(dim, w.shape[0], bias=b is not None)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                if b is not None:
+                    lin.bias.copy_(b)
+            return lin
+    raise AbawError(f"{where}: no linear classifier ({' or '.join(p + 'weight' for p in head)} of width {dim}) "
+                    "in the file, so output=logits|both is not available")
 
 
 def _canonical(spec: str) -> str:

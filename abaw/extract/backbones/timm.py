@@ -4,6 +4,18 @@
 (hub weights, random init or `weights=PATH`), loads local weights and derives the
 preprocessing from the model's pretrained config and the spec's options. The `timm`
 family wraps it as a frozen extractor; `abaw finetune` trains the same model.
+
+`pool=avg|token` is timm's `global_pool` (ViTs: mean of the patch tokens, or the class
+token); as in timm, average pooling moves the final LayerNorm after the pool (`fc_norm`).
+The ABAW7 winner's MAE ViT features are `pool=avg`.
+
+Local weights may come in the layouts face-ViT projects save (`match_layout`): keys under
+`module.model.`, `model.`, `module.`, `backbone.` or `encoder.` (the prefix that matches
+most of the model's keys wins; keys outside it are ignored and named), MAE pre-training
+checkpoints (`{"model": ...}` with decoder weights and `mask_token`, dropped), and the
+final norm saved as `norm` for a `pool=avg` model (MAE pre-training has no `fc_norm`:
+it starts as an identity LayerNorm, as when MAE fine-tuning begins). Missing backbone
+weights are an error naming them.
 """
 
 from __future__ import annotations
@@ -32,10 +44,14 @@ from abaw.fingerprint import file_sha256
 TIMM_OPTIONS = (
     Option("pretrained", "bool", None, "hub weights (default 1 unless weights= is given)"),
     Option("weights", "str", None, "local weights file (.safetensors, or a torch state dict)"),
+    Option("pool", "choice", None, "timm's global_pool: avg (mean of patch tokens, then fc_norm) or token "
+           "(class token) (default: the model's)", choices=("avg", "token")),
     *PREPROCESS_OPTIONS,
     TRUST_PICKLE,
 )
 HEAD_PREFIXES = ("head.", "fc.", "classifier.", "head_dist.")
+LAYOUT_PREFIXES = ("module.model.", "model.", "module.", "backbone.", "encoder.")
+MAE_DECODER_PREFIXES = ("decoder_", "mask_token")  # MAE pre-training: decoder and mask token
 
 
 @dataclass
@@ -86,6 +102,9 @@ def create_timm(name: str, kwargs: dict[str, Any], pretrained: bool, drop_path: 
             kw.pop("drop_path_rate")  # a model without stochastic depth
             return timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
     except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
+        if "global_pool" in kw and "pool" in str(e).lower():
+            raise AbawError(f"{spec}: {name} does not support pool={kw['global_pool']} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
         if pretrained:
             raise AbawError(
                 f"{spec}: could not get pretrained weights ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -106,10 +125,53 @@ def _resample_pos_embed(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[s
     return sd
 
 
-def load_backbone_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: str, strict: bool) -> int:
-    """Load a state dict into a headless timm model; returns the number of ignored keys."""
-    sd = _resample_pos_embed(sd, model)
+def _names(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def match_layout(sd: dict[str, torch.Tensor], own: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Map a checkpoint's keys onto a model's (`own`): strip the best-matching prefix, drop
+    MAE decoder weights, and load a `norm` saved for an `fc_norm` model as nothing (fc_norm
+    keeps its identity init). Returns (state dict, layout report: prefix, dropped and
+    ignored key names, keys left at their init)."""
+    def hits(p: str) -> int:
+        return sum(1 for k in sd if k.startswith(p) and k[len(p):] in own)
+
+    prefix = max(("", *LAYOUT_PREFIXES), key=hits)  # ties: the first (no prefix) wins
+    mapped: dict[str, torch.Tensor] = {}
+    outside: list[str] = []
+    dropped: list[str] = []
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            outside.append(k)
+        elif k[len(prefix):].startswith(MAE_DECODER_PREFIXES) and k[len(prefix):] not in own:
+            dropped.append(k)
+        else:
+            mapped[k[len(prefix):]] = v
+    report: dict[str, Any] = {}
+    if prefix:
+        report["prefix"] = prefix
+    if outside:
+        report["outside_prefix"] = sorted(outside)
+    if dropped:
+        report["mae_decoder_dropped"] = len(dropped)
+    fc = [k for k in ("fc_norm.weight", "fc_norm.bias") if k in own]
+    if fc and not any(k in mapped for k in fc) and "norm.weight" in mapped and "norm.weight" not in own:
+        report["initialised"] = fc  # MAE pre-training layout: fc_norm starts as identity
+    return mapped, report
+
+
+def load_backbone_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: str, strict: bool) -> dict[str, Any]:
+    """Load a state dict into a headless timm model (any `match_layout` layout unless `strict`).
+
+    Returns what happened: `ignored_keys` (count of checkpoint keys not loaded) and, when
+    the layout was not the model's own, `layout` (prefix, ignored names, keys left at init).
+    Missing backbone weights are an AbawError naming them."""
     own = model.state_dict()
+    report: dict[str, Any] = {}
+    if not strict:
+        sd, report = match_layout(sd, set(own))
+    sd = _resample_pos_embed(sd, model)
     for k, v in sd.items():
         if k in own and own[k].shape != v.shape:
             raise AbawError(f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
@@ -117,10 +179,17 @@ def load_backbone_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: s
     if strict and (missing or unexpected):
         raise AbawError(f"{path}: weights do not match the model ({len(missing)} missing, e.g. {missing[:2]}; "
                         f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")
-    missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    missing = [k for k in missing if not k.startswith(HEAD_PREFIXES) and k not in report.get("initialised", ())]
     if missing:
-        raise AbawError(f"{path}: {len(missing)} backbone weights missing, e.g. {missing[:3]}")
-    return len(unexpected)
+        hint = ""
+        if any(k.startswith("norm.") for k in missing) and "fc_norm.weight" in sd:
+            hint = " (the checkpoint has fc_norm: it was trained with average pooling; add pool=avg)"
+        raise AbawError(f"{path}: {len(missing)} backbone weights missing: {_names(missing)}{hint}")
+    ignored = sorted(report.get("outside_prefix", [])) + sorted(unexpected)
+    if unexpected:
+        report["unexpected"] = sorted(unexpected)
+    return {"ignored_keys": len(ignored) + report.get("mae_decoder_dropped", 0),
+            **({"layout": report} if report else {})}
 
 
 def _default_preprocess(cfg: dict[str, Any]) -> Preprocess:
@@ -145,6 +214,8 @@ def build_timm(name: str, opts: dict[str, str], spec: str, *, drop_path: float =
 
     weights, pretrained = timm_weights_options(name, opts, spec)
     kwargs: dict[str, Any] = {}
+    if "pool" in opts:
+        kwargs["global_pool"] = opts["pool"]
     if resize_model and "size" in opts:
         cfg = timm.get_pretrained_cfg(name)
         cfg = cfg.to_dict() if cfg is not None else {}
@@ -159,9 +230,9 @@ def build_timm(name: str, opts: dict[str, str], spec: str, *, drop_path: float =
     built = TimmModel(model, name, kwargs, pre, pretrained, weights)
     if weights:
         sd = load_state_dict_file(weights, trust_pickle=bool_option(opts, "trust_pickle"))
-        ignored = load_backbone_weights(model, sd, weights, strict=False)
+        loaded = load_backbone_weights(model, sd, weights, strict=False)
         built.weights_info = {"weights": os.path.abspath(weights), "weights_file_sha256": file_sha256(weights),
-                              "ignored_keys": ignored}
+                              **loaded}
     return built
 
 
@@ -174,5 +245,7 @@ def timm_backbone(name: str, opts: dict[str, str], spec: str) -> Backbone:
         info = dict(built.weights_info)
         source.update(weights=info["weights"], weights_file_sha256=info["weights_file_sha256"],
                       unexpected_keys=info["ignored_keys"])
+        if "layout" in info:  # only for checkpoints not in the model's own layout (fingerprints unchanged)
+            source["weights_layout"] = info["layout"]
     return Backbone(spec=spec, key=spec_key(spec), model=built.model, dim=built.dim, preprocess=built.preprocess,
                     source=source)

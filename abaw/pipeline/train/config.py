@@ -23,7 +23,7 @@ class TrainConfig:
 
     Field groups: data (backbones, window, stride, max_gap, allow_missing, context), the head
     architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
-    cache), losses (task_weights, au_pos_weight, expr_class_weight), optimisation (lr,
+    cache), losses (task_weights, au_pos_weight, expr_class_weight, va_loss), optimisation (lr,
     weight_decay, epochs, min_steps, batch_frames, warmup_epochs, patience, grad_clip, seed,
     init_from), post-processing (au_thresholds, smoothing, smooth_windows, smooth_kernels,
     honest_folds) and runtime
@@ -46,6 +46,7 @@ class TrainConfig:
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
     au_pos_weight: str = "none"  # none | auto (negatives/positives per AU, clipped to [1, 20])
     expr_class_weight: str = "inverse"  # none | inverse (inverse class frequency)
+    va_loss: str = "mean"  # mean | sum: (1 - CCC) of V and A averaged, or summed (the ABAW7 winner)
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -123,6 +124,7 @@ class TrainConfig:
                   (self.context in CONTEXTS, f"context: one of {', '.join(CONTEXTS)}"),
                   (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
+                  (self.va_loss in ("mean", "sum"), "va_loss: mean or sum"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
                   (self.min_steps >= 0, "min_steps must be >= 0"), (self.honest_folds >= 0, "honest_folds >= 0"),
                   (len(self.smooth_kernels) > 0 and all(k in DEFAULT_KERNELS for k in self.smooth_kernels),

@@ -150,7 +150,7 @@ def _loss_for(cfg: TrainConfig, spec: ModelSpec, train_fs: FrameSet) -> tuple[Mu
         w = positive_weights(lb.au[lb.au_valid])
         pw = torch.from_numpy(w)
         info["au_pos_weight"] = w.tolist()
-    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw), info
+    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss), info
 
 
 # ---------------------------------------------------------------------------- train
