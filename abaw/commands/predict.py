@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from abaw.commands.options import echo_result
@@ -12,12 +14,15 @@ from abaw.commands.options import echo_result
               help="Run folder, repeatable (several: an ensemble per task).")
 @click.option("--compose", "composed", type=click.Path(exists=True),
               help="composed.json (or its search folder) from `abaw search --compose best-per-task`.")
+@click.option("--system", "system_ref", metavar="NAME|PATH|URL|hf:REPO",
+              help="A ready system: `fer` (zero-shot expressions, built in), a folder written by "
+                   "`abaw export-system`, or its URL (file://, http(s)://, hf:REPO), downloaded and SHA-256 checked.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Feature cache of the test videos "
-              "(with --video: where to extract; default OUT/features.zarr).")
+              "(with --video and --run/--compose: where to extract; default OUT/features.zarr).")
 @click.option("--test-list", type=click.Path(exists=True, dir_okay=False),
               help="Test list (MTL.txt), or an annotation file to predict its frames (e.g. validation).")
-@click.option("--video", "videos", multiple=True, type=click.Path(exists=True),
-              help="A video file or folder of videos to annotate frame by frame, repeatable.")
+@click.option("--video", "videos", multiple=True, type=click.Path(),
+              help="A video, image, folder of frames or photos (with --system: any mix), repeatable.")
 @click.option("--out", required=True, type=click.Path(), help="Submission file (test list) or output folder (--video).")
 @click.option("--postprocess", default="each", show_default=True, type=click.Choice(["each", "refit", "none"]),
               help="each: every run's fitted post-processing; refit: refit the ensemble on --val-ann; none: raw.")
@@ -25,30 +30,75 @@ from abaw.commands.options import echo_result
 @click.option("--allow-missing-videos", is_flag=True,
               help="Fill test videos with no predicted frame at all with the mean prediction.")
 @click.option("--face", default="auto", show_default=True,
-              type=click.Choice(["auto", "track", "largest", "left-right"]), help="With --video: which person.")
+              type=click.Choice(["auto", "track", "largest", "left-right", "all"]),
+              help="With --video: which people (all: every face, tracked ids; needs --system; auto: track).")
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "parquet"]),
+              help="With --system --video: the table's format (parquet needs pyarrow).")
+@click.option("--detect-size", default=640, show_default=True, type=click.IntRange(0),
+              help="With --system --video: longest side of the copy faces are detected on (0: full size).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-def predict(runs: tuple[str, ...], composed: str | None, cache: str | None, test_list: str | None,
-            videos: tuple[str, ...], out: str, postprocess: str, val_ann: str | None, allow_missing_videos: bool,
-            face: str, device: str) -> None:
-    """Write the official submission for a test list, or per-frame affect for any video.
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None, cache: str | None,
+            test_list: str | None, videos: tuple[str, ...], out: str, postprocess: str, val_ann: str | None,
+            allow_missing_videos: bool, face: str, fmt: str, detect_size: int, device: str, json_out: str | None,
+            quiet: bool) -> None:
+    """Write the official submission for a test list, or per-frame affect for any video or image.
+
+    Exit status: 0 done, 1 error, 2 some inputs failed (each named on stderr; the others
+    are in the table) or a usage error.
 
     \b
     Examples:
+      abaw predict --system fer --video clip.mp4 --out clip_affect/
+      abaw predict --system fer --video photos/ --face all --out faces/
+      abaw predict --system exported/ --video clip.mp4 --out clip_affect/
       abaw predict --compose search/ --cache cache.zarr --test-list MTL.txt --out submission.txt
       abaw predict --run runs/a --run runs/b --cache cache.zarr --test-list MTL.txt --out submission.txt
       abaw predict --video clip.mp4 --run runs/joint --out clip_affect/
     """
-    from abaw.pipeline.predict.system import load_system, predict_test_list, predict_videos
+    from abaw.io import write_json
+    from abaw.runtime import resolve_device
 
     if bool(test_list) == bool(videos):  # exactly one of the two modes
-        raise click.UsageError("give --test-list (a submission) or --video (per-frame CSV + timeline)")
-    system = load_system(runs, composed, device="cpu" if device == "auto" else device)
-    if videos:
-        echo_result(predict_videos(system, list(videos), out, cache, face=face, device=device))
-        return
-    if not cache:
-        raise click.UsageError("--test-list needs --cache (the features of the test videos)")
-    from abaw.data.annotations import read_annotations
+        raise click.UsageError("give --test-list (a submission) or --video (per-frame table)")
+    if sum(map(bool, (runs, composed, system_ref))) != 1:
+        raise click.UsageError("give one of --run, --compose or --system")
+    dev = str(resolve_device(device))
+    if system_ref:
+        from abaw.pipeline.predict.hub import open_system
 
-    echo_result(predict_test_list(system, cache, test_list, out, postprocess,
-                                  read_annotations(val_ann) if val_ann else None, allow_missing_videos))
+        system = open_system(system_ref, device=dev)
+        if videos:
+            from abaw.pipeline.predict.anyinput import predict_inputs
+
+            res = predict_inputs(system, list(videos), out, face="track" if face == "auto" else face, fmt=fmt,
+                                 device=dev, detect_size=detect_size, progress=not quiet)
+            echo_result(res)
+            if json_out:
+                write_json(json_out, res.to_dict())
+            if res.failed:
+                sys.exit(2)
+            return
+        system = system.heads_system()  # a test list: the exported runs as a system of runs
+    else:
+        from abaw.pipeline.predict.system import load_system
+
+        system = load_system(runs, composed, device="cpu" if device == "auto" else device)
+    from abaw.pipeline.predict.system import predict_test_list, predict_videos
+
+    if videos:
+        if face == "all":
+            raise click.UsageError("--face all needs --system (a crop system); with --run/--compose use "
+                                   "track, largest or left-right")
+        res = predict_videos(system, list(videos), out, cache, face=face, device=device, progress=not quiet)
+    else:
+        if not cache:
+            raise click.UsageError("--test-list needs --cache (the features of the test videos)")
+        from abaw.data.annotations import read_annotations
+
+        res = predict_test_list(system, cache, test_list, out, postprocess,
+                                read_annotations(val_ann) if val_ann else None, allow_missing_videos)
+    echo_result(res)
+    if json_out:
+        write_json(json_out, res.to_dict())
