@@ -8,6 +8,8 @@ import click
 
 from abaw.commands.options import echo_result
 
+SYNTHETIC = "warning: this system was trained on synthetic data: its predictions on real faces are not meaningful"
+
 
 @click.command()
 @click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False),
@@ -80,17 +82,28 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
             if res.failed:
                 sys.exit(2)
             return
-        system = system.heads_system()  # a test list: the exported runs as a system of runs
+        if not hasattr(system, "system"):
+            raise click.UsageError(f"--system {system_ref} predicts from face crops: use it with --video")
+        for w in system.notes + ((SYNTHETIC,) if system.synthetic else ()):
+            click.echo(w, err=True)
+        system = system.system  # a test list: the exported runs as a system of runs
     else:
         from abaw.pipeline.predict.system import load_system
 
         system = load_system(runs, composed, device="cpu" if device == "auto" else device)
+        if videos and face == "all":  # every face: the runs as a crop system
+            from abaw.pipeline.predict.anyinput import predict_inputs
+            from abaw.pipeline.predict.heads_system import RunsSystem
+
+            res = predict_inputs(RunsSystem(system, device=dev), list(videos), out, face="all", fmt=fmt,
+                                 device=dev, detect_size=detect_size, progress=not quiet)
+            echo_result(res)
+            if json_out:
+                write_json(json_out, res.to_dict())
+            sys.exit(2 if res.failed else 0)
     from abaw.pipeline.predict.system import predict_test_list, predict_videos
 
     if videos:
-        if face == "all":
-            raise click.UsageError("--face all needs --system (a crop system); with --run/--compose use "
-                                   "track, largest or left-right")
         res = predict_videos(system, list(videos), out, cache, face=face, device=device, progress=not quiet)
     else:
         if not cache:
@@ -99,6 +112,35 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
 
         res = predict_test_list(system, cache, test_list, out, postprocess,
                                 read_annotations(val_ann) if val_ann else None, allow_missing_videos)
+    echo_result(res)
+    if json_out:
+        write_json(json_out, res.to_dict())
+
+
+@click.command("export-system")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="The system folder to write (system.json + heads/*.safetensors).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+def export_system(sources: tuple[str, ...], out: str, overwrite: bool, json_out: str | None) -> None:
+    """Write a trained system (run folders, or a composed.json / search folder) as one shareable folder.
+
+    Heads as safetensors, post-processing, label sets, the backbones' specs with weight
+    SHA-256, a summary of the training data (whether synthetic) and the abaw version, all
+    listed with SHA-256 in OUT/system.json. Serve the folder over HTTP (or push it to the
+    Hugging Face Hub) and `abaw predict --system URL` fetches and checks it.
+
+    \b
+    Examples:
+      abaw export-system search/ -o my_system/
+      abaw export-system runs/au runs/joint -o my_system/
+      abaw predict --system my_system/ --video clip.mp4 --out clip_affect/
+    """
+    from abaw.io import write_json
+    from abaw.pipeline.predict.export import export_system as run_export
+
+    res = run_export(list(sources), out, overwrite=overwrite)
     echo_result(res)
     if json_out:
         write_json(json_out, res.to_dict())

@@ -184,3 +184,26 @@ def predict_inputs(system: Any, inputs: list[str] | tuple[str, ...], out: str | 
                            notes=tuple(system.notes), synthetic=bool(system.synthetic))
     write_json(outdir / "predictions.json", {**res.to_dict(), "face": face, "system_info": system.info})
     return res
+
+
+def predict_video(path: str | os.PathLike | list, system: Any = "fer", face: str = "track", device: str = "cpu",
+                  detect_size: int = 640, progress: bool = False):
+    """Per-frame affect of a video, image or folder (or a list of them) as a pandas DataFrame.
+
+    `system`: `"fer"` (built in, zero-shot EXPR), an exported system's folder or URL, or a
+    system object. Columns: abaw.pipeline.predict.table. Inputs that cannot be read raise
+    AbawError (the CLI instead skips them and exits with status 2).
+    """
+    if isinstance(system, str):
+        from abaw.pipeline.predict.hub import open_system
+
+        system = open_system(system, device)
+    paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
+    df, _, failed = predict_frames(system, paths, face, device, detect_size, progress=progress)
+    if failed:
+        raise AbawError(failed[0]["error"])
+    if system.synthetic:
+        import warnings
+
+        warnings.warn(SYNTHETIC_WARNING, stacklevel=2)
+    return df

@@ -35,7 +35,7 @@ class IouTracker:
 
     min_iou: float = 0.3
     max_lost: int = 30  # frames a track may go unseen before it ends
-    max_shift: float = 0.5  # landmark fallback: centroid shift <= this x the face width
+    max_shift: float = 0.6  # landmark fallback: centroid shift <= this x the face width
     _boxes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _centres: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _lost: dict[int, int] = field(default_factory=dict, repr=False)
@@ -48,8 +48,10 @@ class IouTracker:
 
     def update(self, boxes: np.ndarray, landmarks: np.ndarray | None = None) -> list[int]:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        centres = (np.asarray(landmarks, np.float64).reshape(len(boxes), -1, 2).mean(1) if len(boxes) else np.zeros((0, 2)) if landmarks is not None
-                   else np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1))
+        if landmarks is not None and len(boxes):
+            centres = np.asarray(landmarks, np.float64).reshape(len(boxes), -1, 2).mean(1)
+        else:
+            centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
         ids = [-1] * len(boxes)
         live = sorted(self._boxes)
         if live and len(boxes):
