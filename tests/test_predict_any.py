@@ -187,11 +187,23 @@ def test_fer_system_every_face_mixed_folder_and_a_broken_file(tmp_path):
     assert not df["synthetic"].any()
 
 
+def test_import_abaw_is_light_and_lists_the_api():
+    import subprocess
+    import sys
+
+    code = "import sys, abaw; print('torch' in sys.modules, 'pandas' in sys.modules, abaw.__all__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False False") and "predict_video" in out and "read_results" in out
+    import abaw
+
+    assert "abaw.predict_video(path" in abaw.__doc__ and callable(abaw.read_results)
+
+
 def test_python_api_on_a_real_video():
     _fer_or_skip()
     import abaw
 
-    df = abaw.predict_video(REAL_FACES / "single_face.mp4", system="fer")
+    df = abaw.predict_video(REAL_FACES / "single_face.mp4", system="fer", detect_size=320)
     assert len(df) == 72 and df["frame"].tolist() == list(range(1, 73)) and (df["face"] == 1).all()
     assert (df["face_id"] == 0).all() and df["timestamp"].is_monotonic_increasing
     counts = df["expression_name"].value_counts()
@@ -269,3 +281,19 @@ def test_export_serve_fetch_predict_round_trip(onet_run, tmp_path, monkeypatch):
         load_exported(str(tmp_path / "sys"))
     r = CliRunner().invoke(main, ["predict", "--system", str(tmp_path), "--video", img, "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "not a system" in r.output
+
+
+def test_kind_crops_skips_detection_and_warns_on_photos(tmp_path, tiny_synth):
+    _fer_or_skip()
+    from abaw.pipeline.predict.anyinput import predict_inputs
+    from abaw.pipeline.predict.zeroshot import FerSystem
+
+    crops = sorted((tiny_synth / "cropped_aligned").iterdir())[0]  # a folder of aligned 112 px frames
+    res = predict_inputs(FerSystem(), [str(crops), str(REAL_FACES / "multi_face.jpg")], tmp_path, kind="crops")
+    df = read_results(res.out)
+    seq = df[df["input"] == str(crops)]
+    assert len(seq) == len(list(crops.iterdir())) and (seq["face"] == 1).all() and seq["face_score"].isna().all()
+    assert (seq["face_w"] == 112).all() and seq["lm1_x"].isna().all()
+    assert [r["faces_from"] for r in res.inputs] == ["crops", "crops"]
+    assert any("multi_face.jpg: taken as an aligned crop but it is 1000x667" in w for w in res.warnings)
+    assert not any(str(crops) in w for w in res.warnings)

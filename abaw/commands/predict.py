@@ -36,6 +36,9 @@ SYNTHETIC = "warning: this system was trained on synthetic data: its predictions
               help="With --video: which people (all: every face, tracked ids; needs --system; auto: track).")
 @click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "parquet"]),
               help="With --system --video: the table's format (parquet needs pyarrow).")
+@click.option("--kind", default="detect", show_default=True, type=click.Choice(["detect", "crops"]),
+              help="With --system --video: detect: every input through MTCNN + alignment; crops: images and "
+                   "frame folders are aligned face crops already (no detection; warned if not square ~112 px).")
 @click.option("--detect-size", default=640, show_default=True, type=click.IntRange(0),
               help="With --system --video: longest side of the copy faces are detected on (0: full size).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
@@ -43,8 +46,8 @@ SYNTHETIC = "warning: this system was trained on synthetic data: its predictions
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None, cache: str | None,
             test_list: str | None, videos: tuple[str, ...], out: str, postprocess: str, val_ann: str | None,
-            allow_missing_videos: bool, face: str, fmt: str, detect_size: int, device: str, json_out: str | None,
-            quiet: bool) -> None:
+            allow_missing_videos: bool, face: str, fmt: str, kind: str, detect_size: int, device: str,
+            json_out: str | None, quiet: bool) -> None:
     """Write the official submission for a test list, or per-frame affect for any video or image.
 
     Exit status: 0 done, 1 error, 2 some inputs failed (each named on stderr; the others
@@ -75,7 +78,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
             from abaw.pipeline.predict.anyinput import predict_inputs
 
             res = predict_inputs(system, list(videos), out, face="track" if face == "auto" else face, fmt=fmt,
-                                 device=dev, detect_size=detect_size, progress=not quiet)
+                                 device=dev, detect_size=detect_size, progress=not quiet, kind=kind)
             echo_result(res)
             if json_out:
                 write_json(json_out, res.to_dict())
@@ -96,7 +99,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
             from abaw.pipeline.predict.heads_system import RunsSystem
 
             res = predict_inputs(RunsSystem(system, device=dev), list(videos), out, face="all", fmt=fmt,
-                                 device=dev, detect_size=detect_size, progress=not quiet)
+                                 device=dev, detect_size=detect_size, progress=not quiet, kind=kind)
             echo_result(res)
             if json_out:
                 write_json(json_out, res.to_dict())

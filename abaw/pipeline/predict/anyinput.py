@@ -24,6 +24,7 @@ from abaw.pipeline.predict.zeroshot import Track
 from abaw.results import Result
 
 FACE_MODES = ("track", "largest", "left-right", "all")
+KINDS = ("detect", "crops")  # every input through MTCNN + alignment, or images taken as aligned crops
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class InputPredictions(Result):
     def format(self) -> str:
         lines = [f"system: {self.system}"]
         lines += [f"{r['input']}: {r['frames']} frames, {r['face_rows']} face rows, {r['people']} "
-                  + ("person" if r["people"] == 1 else "people") for r in self.inputs]
+                  + ("person" if r["people"] == 1 else "people") + f" (faces from {r['faces_from']})"
+                  for r in self.inputs]
         if self.out:
             lines.append(f"wrote {self.out}: {sum(r['rows'] for r in self.inputs)} rows from "
                          f"{len(self.inputs)} inputs" + (f", {len(self.failed)} failed" if self.failed else ""))
@@ -58,8 +60,24 @@ SYNTHETIC_WARNING = ("warning: this system was trained on synthetic data: its pr
                      "not meaningful (the `synthetic` column is true)")
 
 
+def _as_crops(ch: Any, size: int, where: str, warned: list[str]):
+    """`--kind crops`: the whole image is the aligned face, resized to the crop size."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = ch.rgb.shape[1:3]
+    if (h != w or not 0.5 <= h / size <= 2) and not warned:
+        warned.append(f"warning: {where}: taken as an aligned crop but it is {w}x{h}, not square near {size}x{size}; "
+                      "use --kind detect for photos")
+    x = torch.from_numpy(np.ascontiguousarray(ch.rgb)).permute(0, 3, 1, 2).float()
+    if (h, w) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous(), (w, h)
+
+
 def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: float,
-              skipped: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+              skipped: list[str], kind: str = "detect",
+              warned: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Rows (frame, timestamp, face_id, score, box, landmarks) of one input and the system's outputs."""
     import torch
 
@@ -78,6 +96,14 @@ def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: floa
     code_rows: list[int] = []
     nan_box, nan_lm = np.full(4, np.nan), np.full((5, 2), np.nan)
     for ch in iter_chunks(item, chunk=16, skipped=skipped):
+        if kind == "crops" and item.kind != "video":
+            crops, (w, h) = _as_crops(ch, system.crop_size, item.path, warned if warned is not None else [])
+            for b in range(len(ch.frame)):
+                code_rows.append(len(frame))
+                frame.append(int(ch.frame[b])), stamp.append(float(ch.timestamp[b])), fid.append(0)
+                score.append(np.nan), box.append(np.array([0, 0, w, h], float)), lms.append(nan_lm)
+            codes.append(system.encode(crops))
+            continue
         frames = torch.from_numpy(np.ascontiguousarray(ch.rgb))
         dets = detector(frames)
         w_idx, w_lm = [], []
@@ -119,8 +145,13 @@ def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: floa
 
 
 def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str = "track", device: str = "cpu",
-                   detect_size: int = 640, min_score: float = 0.9, progress: bool = False):
-    """(table, per-input summaries, failures) for the inputs; nothing is written."""
+                   detect_size: int = 640, min_score: float = 0.9, progress: bool = False, kind: str = "detect",
+                   warned: list[str] | None = None):
+    """(table, per-input summaries, failures) for the inputs; nothing is written.
+
+    `kind`: `detect` (every input through MTCNN + alignment) or `crops` (images and frame
+    folders are aligned face crops already: resized to the crop size, no detection; a
+    warning goes into `warned` when one is not square or far from that size)."""
     import pandas as pd
 
     from abaw.extract.faces import FaceDetector
@@ -128,6 +159,8 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
 
     if face not in FACE_MODES:
         raise AbawError(f"unknown --face {face!r}; expected one of {', '.join(FACE_MODES)}")
+    if kind not in KINDS:
+        raise AbawError(f"unknown --kind {kind!r}; expected one of {', '.join(KINDS)}")
     items, problems = discover_inputs(list(inputs))
     failed = [{"input": p.split(": ", 1)[0], "error": p} for p in problems]
     if not items:
@@ -142,7 +175,7 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
     for it in items:
         skipped: list[str] = []
         try:
-            rows, outputs = _faces_of(it, system, detector, face, min_score, skipped)
+            rows, outputs = _faces_of(it, system, detector, face, min_score, skipped, kind, warned)
         except AbawError as e:
             failed.append({"input": it.path, "error": str(e)})
             continue
@@ -154,7 +187,9 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
                                     rows["box"], rows["landmarks"], outputs, system.au_thresholds,
                                     system.synthetic))
         has = rows["face_id"] >= 0
-        summaries.append({"input": it.path, "kind": it.kind, "frames": int(len(np.unique(rows["frame"]))),
+        summaries.append({"input": it.path, "kind": it.kind,
+                          "faces_from": "crops" if kind == "crops" and it.kind != "video" else "detection",
+                          "frames": int(len(np.unique(rows["frame"]))),
                           "rows": int(len(rows["frame"])), "face_rows": int(has.sum()),
                           "people": int(len(np.unique(rows["face_id"][has])))})
     if bar is not None:
@@ -165,7 +200,7 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
 
 def predict_inputs(system: Any, inputs: list[str] | tuple[str, ...], out: str | os.PathLike, face: str = "track",
                    fmt: str = "csv", device: str = "cpu", detect_size: int = 640,
-                   progress: bool = False) -> InputPredictions:
+                   progress: bool = False, kind: str = "detect") -> InputPredictions:
     """Write `OUT/predictions.csv` (or `.parquet`) and `OUT/predictions.json` for the inputs."""
     from abaw.io import write_json
     from abaw.pipeline.predict.table import FORMATS, write_results
@@ -176,12 +211,14 @@ def predict_inputs(system: Any, inputs: list[str] | tuple[str, ...], out: str | 
         from abaw.pipeline.predict.table import _parquet
 
         _parquet()  # before any work
-    df, summaries, failed = predict_frames(system, inputs, face, device, detect_size, progress=progress)
+    warned: list[str] = []
+    df, summaries, failed = predict_frames(system, inputs, face, device, detect_size, progress=progress, kind=kind,
+                                           warned=warned)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     path = write_results(df, outdir / f"predictions.{fmt}", fmt)
     res = InputPredictions(system=system.describe(), out=str(path), inputs=tuple(summaries), failed=tuple(failed),
-                           notes=tuple(system.notes), synthetic=bool(system.synthetic))
+                           notes=tuple(warned) + tuple(system.notes), synthetic=bool(system.synthetic))
     write_json(outdir / "predictions.json", {**res.to_dict(), "face": face, "system_info": system.info})
     return res
 
