@@ -231,7 +231,7 @@ def onet_run(tmp_path_factory, tiny_synth, cache_crops):
     return run.path
 
 
-def test_export_serve_fetch_predict_round_trip(onet_run, tmp_path, monkeypatch):
+def test_export_serve_fetch_predict_round_trip(onet_run, tiny_synth, tmp_path, monkeypatch):
     from abaw.pipeline.predict.anyinput import predict_frames
     from abaw.pipeline.predict.export import load_exported
     from abaw.pipeline.predict.heads_system import RunsSystem
@@ -279,6 +279,22 @@ def test_export_serve_fetch_predict_round_trip(onet_run, tmp_path, monkeypatch):
         server.server_close()
     with pytest.raises(AbawError, match="SHA-256 differs"):
         load_exported(str(tmp_path / "sys"))
+    # the exported system writes the same submission as its run
+    shutil.rmtree(tmp_path / "sys")
+    CliRunner().invoke(main, ["export-system", str(onet_run), "-o", str(tmp_path / "sys")])
+    subs = {}
+    for name, args in (("run", ["--run", str(onet_run)]), ("sys", ["--system", str(tmp_path / "sys")])):
+        r = CliRunner().invoke(main, ["predict", *args, "--cache", str(onet_run.parent / "c.zarr"), "--test-list",
+                                      str(tiny_synth / "MTL.txt"), "--out", str(tmp_path / f"{name}.txt")])
+        assert r.exit_code == 0, r.output
+        subs[name] = (tmp_path / f"{name}.txt").read_text()
+    assert subs["run"] == subs["sys"] and "trained on synthetic data" in r.stderr
+    # one archive (tar or zip), unpacked into the cache: the same system
+    for ext in ("tar", "zip"):
+        r = CliRunner().invoke(main, ["export-system", str(onet_run), "-o", str(tmp_path / f"sys.{ext}")])
+        assert r.exit_code == 0, r.output
+        df, _, _ = predict_frames(load_exported(str(tmp_path / f"sys.{ext}")), [img], face="all")
+        pd.testing.assert_frame_equal(df[cols], ref[cols], check_exact=False, rtol=1e-5, atol=1e-6)
     r = CliRunner().invoke(main, ["predict", "--system", str(tmp_path), "--video", img, "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "not a system" in r.output
 

@@ -4,6 +4,8 @@ loading it back from a folder, a URL or a Hugging Face Hub repo (`--system`).
     SYSTEM/system.json                 the manifest (below)
     SYSTEM/heads/<i>.safetensors       each run's head weights (no pickle)
 
+(`-o SYSTEM.tar` / `SYSTEM.zip`: the same files in one archive.)
+
 The manifest (`"abaw_system": 1`) holds: the abaw version and date; which runs serve
 each task; per run its TrainConfig, ModelSpec, fitted post-processing (smoothing
 windows, AU thresholds) and its heads file with SHA-256; the backbones (spec,
@@ -12,8 +14,8 @@ them, refusing other weights); the label sets (EXPR and AU orders); the crop (11
 5-point template); a summary of the training data (videos, labelled frames per task,
 annotation files, whether synthetic).
 
-Remote systems (`file://`, `http(s)://` URLs of the folder, or `hf:OWNER/REPO[@REV]` with
-huggingface_hub) are downloaded once into `$ABAW_CACHE/systems/` (default
+Remote systems (`file://`, `http(s)://` URLs of the folder or of an archive, or
+`hf:OWNER/REPO[@REV]` with huggingface_hub) and archives are downloaded / unpacked once into `$ABAW_CACHE/systems/` (default
 `~/.cache/abaw/systems/`): `system.json` first, then every file it lists, each SHA-256
 checked against the manifest before it is moved into place.
 """
@@ -32,6 +34,7 @@ from abaw.results import Result
 
 SYSTEM_VERSION = 1
 MANIFEST = "system.json"
+ARCHIVES = (".tar", ".zip")
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,12 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
         composed = srcs[0]
     system = load_system(() if composed else [str(s) for s in srcs], composed)
     dest = Path(out)
-    if dest.exists() and any(dest.iterdir()):
-        if not overwrite:
-            raise AbawError(f"{dest}: exists and is not empty; choose another -o or pass --overwrite")
+    archive = dest.suffix.lower() in ARCHIVES
+    if archive:
+        if dest.exists() and not overwrite:
+            raise AbawError(f"{dest}: exists; choose another -o or pass --overwrite")
+    elif dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
+        raise AbawError(f"{dest}: exists and is not empty; choose another -o or pass --overwrite")
     runs = system.all_runs()
     ids = {str(r.path): f"{i:02d}_{r.path.name}" for i, r in enumerate(runs)}
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent if dest.parent.exists() else None))
@@ -126,13 +132,86 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
             "synthetic": synthetic, "files": files,
         }
         write_json(tmp / MANIFEST, manifest)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        if archive:
+            _archive(tmp, dest)
+        else:
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out=str(dest), tasks=manifest["tasks"], files=len(files) + 1, synthetic=synthetic)
+
+
+def _archive(folder: Path, dest: Path) -> None:
+    """`folder`'s files (manifest first) as one .tar or .zip, written atomically."""
+    import io
+    import tarfile
+    import zipfile
+
+    from abaw.io import atomic_write
+
+    names = [MANIFEST] + sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                                if p.is_file() and p.name != MANIFEST)
+    buf = io.BytesIO()
+    if dest.suffix.lower() == ".zip":
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for n in names:
+                z.write(folder / n, n)
+    else:
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for n in names:
+                t.add(folder / n, n, recursive=False)
+    with atomic_write(dest, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _unpack(blob: bytes, where: str) -> Path:
+    """An archived system into the cache (keyed by the archive's SHA-256); members that are
+    not plain files inside the folder are refused."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+    import zipfile
+
+    local = systems_cache() / hashlib.sha256(blob).hexdigest()[:32]
+    if (local / MANIFEST).exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=local.parent))
+    try:
+        try:
+            if where.lower().endswith(".zip"):
+                with zipfile.ZipFile(io.BytesIO(blob)) as z:
+                    members = [(i.filename, lambda i=i: z.read(i)) for i in z.infolist() if not i.is_dir()]
+                    _write_members(members, tmp, where)
+            else:
+                with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+                    bad = [m.name for m in t.getmembers() if not (m.isfile() or m.isdir())]
+                    if bad:
+                        raise AbawError(f"{where}: archive member {bad[0]!r} is not a plain file")
+                    members = [(m.name, lambda m=m: t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
+                    _write_members(members, tmp, where)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+            raise AbawError(f"{where}: not a readable system archive ({type(e).__name__}: {e})") from None
+        if not (tmp / MANIFEST).exists():
+            raise AbawError(f"{where}: the archive holds no {MANIFEST}")
+        if local.exists():
+            shutil.rmtree(local)
+        os.replace(tmp, local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def _write_members(members: list, root: Path, where: str) -> None:
+    for name, read in members:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise AbawError(f"{where}: archive member {name!r} leaves the system folder")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(read())
 
 
 # ---------------------------------------------------------------------- fetching
@@ -209,11 +288,14 @@ def _hub(ref: str) -> Path:
 
 def resolve_system_dir(ref: str) -> Path:
     """A local system folder for a folder path, URL or hf: reference (downloaded when remote)."""
+    is_archive = ref.lower().endswith(ARCHIVES)
     if ref.startswith(("http://", "https://", "file://")):
-        return fetch_system(ref)
+        return _unpack(_get(ref), ref) if is_archive else fetch_system(ref)
     if ref.startswith("hf:"):
         return _hub(ref)
     p = Path(ref)
+    if is_archive and p.is_file():
+        return _unpack(p.read_bytes(), ref)
     if not (p / MANIFEST).exists():
         raise AbawError(f"{ref}: not a system (no {MANIFEST}; expected `fer`, a folder written by "
                         "`abaw export-system`, a URL or hf:REPO)")
