@@ -99,9 +99,10 @@ def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: floa
     codes: list[np.ndarray] = []
     code_rows: list[int] = []
     nan_box, nan_lm = np.full(4, np.nan), np.full((5, 2), np.nan)
+    mine: list[str] = []  # at most one crop-size warning per input
     for ch in iter_chunks(item, chunk=16, skipped=skipped):
         if kind == "crops" and item.kind != "video":
-            crops, (w, h) = _as_crops(ch, system.crop_size, item.path, warned if warned is not None else [])
+            crops, (w, h) = _as_crops(ch, system.crop_size, item.path, mine)
             for b in range(len(ch.frame)):
                 code_rows.append(len(frame))
                 frame.append(int(ch.frame[b])), stamp.append(float(ch.timestamp[b])), fid.append(0)
@@ -128,6 +129,8 @@ def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: floa
         if w_idx:
             crops = warp_faces(frames, np.asarray(w_idx), np.stack(w_lm).astype(np.float32), system.crop_size)
             codes.append(system.encode(crops))
+    if warned is not None:
+        warned.extend(mine)
     if not frame:
         raise AbawError(f"{item.path}: no frame could be read")
     rows = {"frame": np.asarray(frame, np.int64), "timestamp": np.asarray(stamp, np.float64),
