@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         configs[name] = shlex.split(flags)
     if not a.no_linear:  # the search's built-in baseline config (abaw.pipeline.search.runner.BASELINE)
         configs.setdefault("linear", ["--arch", "linear", "--temporal", "none", "--au-pos-weight", "auto",
-                                      "--lr", "0.001", "--dropout", "0"])
+                                      "--lr", "0.001", "--dropout", "0.3", "--weight-decay", "1.0"])
     pflags, profile = synth_profile(a.profile)
     work = Path(a.work) / profile
     work.mkdir(parents=True, exist_ok=True)

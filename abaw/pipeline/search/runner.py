@@ -42,7 +42,8 @@ from abaw.rundir import check_identity, data_identity, feature_fingerprints
 
 COMPOSE_MODES = ("best-per-task",)
 # The baseline config: the `linear` head with the settings that suit it (measured in bench/bench_accuracy.py).
-BASELINE = {"arch": "linear", "temporal": "none", "au_pos_weight": "auto", "lr": 1e-3, "dropout": 0.0}
+BASELINE = {"arch": "linear", "temporal": "none", "au_pos_weight": "auto", "lr": 1e-3, "dropout": 0.3,
+            "weight_decay": 1.0}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     # losses
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
-    au_pos_weight: str = "none"  # none | auto (negatives/positives per AU, clipped to [1, 20])
+    au_pos_weight: str = "auto"  # none | auto (negatives/positives per AU, clipped to [1, 20])
     expr_class_weight: str = "inverse"  # none | inverse (inverse class frequency)
     va_loss: str = "mean"  # mean | sum: (1 - CCC) of V and A averaged, or summed (the ABAW7 winner)
     # optimisation
