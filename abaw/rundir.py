@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from abaw.claims import CLAIM_FILE
 from abaw.errors import AbawError
 from abaw.fingerprint import SAME_FEATURE_FIELDS
 from abaw.io import atomic_write
@@ -53,11 +54,12 @@ FINETUNE_RUN = RunLayout("fine-tuning run", "finetune_config.json", (
 
 
 def is_empty(out: str | os.PathLike) -> bool:
-    """True for a folder that does not exist or holds nothing."""
+    """True for a folder that does not exist or holds nothing (but a worker's claim on it,
+    see abaw/claims.py)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AbawError(f"{out}: exists and is not a folder; choose another --out")
-    return not out.exists() or not any(out.iterdir())
+    return not out.exists() or not any(not p.name.startswith(CLAIM_FILE) for p in out.iterdir())
 
 
 def config_diff(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:

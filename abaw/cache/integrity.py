@@ -170,19 +170,24 @@ def read_array(unit: Path, rel: str, info: dict[str, Any], out: np.ndarray | Non
         name = _chunk_file(rel, i, ndim)
         want = rows * row_bytes  # edge chunks are stored whole (padded)
         dst = flat[lo * row_bytes:hi * row_bytes]
+        pad = bytearray(want - len(dst))
+        tail = bytearray(5)  # the 4-byte crc32c, and one byte more to see a file that is too long
         try:
-            with open(os.path.join(base, name), "rb", buffering=0) as f:
-                got = f.readinto(dst)
-                pad = f.read(want - (hi - lo) * row_bytes) if hi - lo < rows else b""
-                tail = f.read(5)
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
         except FileNotFoundError:
             raise Damage(rel, f"{name} is missing") from None
-        if got != len(dst) or len(pad) != want - len(dst) or len(tail) != 4:
+        try:  # one system call: the rows straight into the table, the padding and the checksum aside
+            got = os.readv(fd, [dst, pad, tail] if pad else [dst, tail])
+            if 0 < got < want + 5 and got < len(dst):  # a short read (rare): finish it
+                got += os.readv(fd, [dst[got:], pad, tail] if pad else [dst[got:], tail])
+        finally:
+            os.close(fd)
+        if got != want + 4:
             raise Damage(rel, f"{name} is truncated or too long")
         crc = google_crc32c.value(dst)
         if pad:
-            crc = google_crc32c.extend(crc, pad)
-        if crc != int.from_bytes(tail, "little"):
+            crc = google_crc32c.extend(crc, bytes(pad))
+        if crc != int.from_bytes(tail[:4], "little"):
             raise Damage(rel, f"{name} fails its crc32c checksum")
     return out
 
@@ -217,16 +222,17 @@ class UnitState:
     meta: dict[str, bytes] | None = None  # the checked zarr.json files (marked units)
 
 
-def unit_state(unit: Path, light: bool = False) -> UnitState:
+def unit_state(unit: Path | str, light: bool = False) -> UnitState:
     """Cheap state of a unit directory (no chunk is read; `light`: see `check_files`)."""
-    if not os.path.exists(os.path.join(os.fspath(unit), "zarr.json")):
-        if unit.exists() and (unit / MARKER).exists():
+    base = os.fspath(unit)
+    if not os.path.exists(os.path.join(base, "zarr.json")):
+        if os.path.exists(os.path.join(base, MARKER)):
             return UnitState("damaged", None, ".", "zarr.json is missing")
         return UnitState("absent")
     try:
-        marker = read_marker(unit)
+        marker = read_marker(base)
         if marker is None:
-            if has_crc(unit):
+            if has_crc(Path(unit)):
                 return UnitState("damaged", None, ".", "done-marker is missing")
             return UnitState("legacy")
         return UnitState("ok", marker, meta=check_files(unit, marker, light))

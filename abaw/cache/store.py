@@ -84,6 +84,7 @@ class FeatureStore(StoreWriter):
         self.path = Path(path)
         self.mode = mode
         self._lock: str | None = None
+        self._dirs: dict[Any, Path] = {}  # unit folders by video / (video, key): loading asks thousands of times
         root_meta = self.path / "zarr.json"
         if mode == "r":
             if not root_meta.exists():
@@ -152,12 +153,18 @@ class FeatureStore(StoreWriter):
     # ------------------------------------------------------------------ listing
 
     def _vdir(self, video: str) -> Path:
-        check_name(video, "video id")
-        return self.path / "videos" / video
+        d = self._dirs.get(video)
+        if d is None:
+            check_name(video, "video id")
+            d = self._dirs[video] = self.path / "videos" / video
+        return d
 
     def _fdir(self, video: str, key: str) -> Path:
-        check_name(key, "backbone key")
-        return self._vdir(video) / "feat" / key
+        d = self._dirs.get((video, key))
+        if d is None:
+            check_name(key, "backbone key")
+            d = self._dirs[video, key] = self._vdir(video) / "feat" / key
+        return d
 
     def videos(self) -> list[str]:
         """Ids of videos present in the cache, sorted (a damaged index counts as present:
@@ -347,6 +354,8 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from abaw.fingerprint import same_features
+
     chosen = frames
     if chosen is not None and videos is None:
         videos = list(chosen)
@@ -354,28 +363,34 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     keys = tuple(keys)
     if not keys:
         raise AbawError("load_features: no backbone keys given")
+    for k in keys:
+        check_name(k, "backbone key")
     wanted = fs.videos() if videos is None else list(dict.fromkeys(videos))
     have = set(fs.videos())
+    root = os.path.join(os.fspath(fs.path), "videos")
 
-    def probe(v: str) -> tuple[UnitState, ...] | None:
+    def meta(v: str) -> tuple[tuple[UnitState, ...], VideoIndex, list[dict[str, Any]], list[tuple[int, ...]]] | None:
+        """Everything but the features of one video (None when it lacks some), in one task."""
         if v not in have:
             return None
-        sts = [fs.feature_state(v, k, light=True) for k in keys]
+        check_name(v, "video id")
+        sts = tuple(unit_state(os.path.join(root, v, "feat", k), light=True) for k in keys)
         if any(st.state == "absent" for st in sts):
             return None
         for k, st in zip(keys, sts):
             if st.state == "damaged":
                 fs._checked(v, k, light=True)  # raises the one-line damage error
-        return tuple(sts)
+        return (sts, fs.read_index(v, light=True), [fs.fingerprint(v, k, st) for k, st in zip(keys, sts)],
+                [fs.feature_shape(v, k, st) for k, st in zip(keys, sts)])
 
     with ThreadPoolExecutor(_threads(len(wanted))) as pool:
-        probed = list(pool.map(probe, wanted))
-        use = [v for v, p in zip(wanted, probed) if p is not None]
-        states = {v: p for v, p in zip(wanted, probed) if p is not None}
+        probed = list(pool.map(meta, wanted))
         absent = [v for v, p in zip(wanted, probed) if p is None]
         if absent and missing == "error":
             raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-        indexes = list(pool.map(lambda v: fs.read_index(v, light=True), use))
+        found = [(v, p) for v, p in zip(wanted, probed) if p is not None]
+        use = [v for v, _ in found]
+        indexes = [p[1] for _, p in found]
         sel: list[Any] = []
         for v, idx in zip(use, indexes):
             rows: Any = idx.face if faces_only else slice(None)  # a slice reads straight into the table
@@ -389,34 +404,29 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         feats: dict[str, np.ndarray] = {}
         fps: dict[str, dict[str, Any]] = {}
         for j, k in enumerate(keys):
-            fp_of = [fs.fingerprint(v, k, states[v][j]) for v in use]
-            shapes = [fs.feature_shape(v, k, states[v][j]) for v in use]
-            for v, fp, shp in zip(use, fp_of, shapes):
-                if k in fps:
-                    from abaw.fingerprint import same_features
-
-                    if not same_features(fps[k], fp):
-                        raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
-                                        f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
-                    if shp[1] != shapes[0][1]:
-                        raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {v!r}, "
-                                        f"{shapes[0][1]}-d elsewhere")
-                else:
+            for v, (_, _, fp_of, shapes) in found:
+                fp, shp, first = fp_of[j], shapes[j], found[0][1][3][j]
+                if k not in fps:
                     fps[k] = fp
-            if not use:
-                feats[k] = np.zeros((0, 0), np.float16)
-                continue
-            out = np.empty((n, shapes[0][1]), dtype=np.float16)
+                elif not same_features(fps[k], fp):
+                    raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
+                                    f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
+                elif shp[1] != first[1]:
+                    raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {v!r}, "
+                                    f"{first[1]}-d elsewhere")
+            feats[k] = np.empty((n, found[0][1][3][j][1]), dtype=np.float16) if use else np.zeros((0, 0), np.float16)
 
-            def read(i: int, k: str = k, j: int = j, out: np.ndarray = out) -> None:
-                v = use[i]
+        def read(i: int) -> None:  # every backbone of one video
+            v, (sts, _, _, _) = found[i]
+            lo, hi = offsets[i], offsets[i + 1]
+            for k, st in zip(keys, sts):
                 if isinstance(sel[i], slice):
-                    fs.read_features(v, k, out[offsets[i]:offsets[i + 1]], states[v][j])
+                    fs.read_features(v, k, feats[k][lo:hi], st)
                 else:
-                    out[offsets[i]:offsets[i + 1]] = fs.read_features(v, k, state=states[v][j])[sel[i]]
+                    feats[k][lo:hi] = fs.read_features(v, k, state=st)[sel[i]]
 
-            list(pool.map(read, range(len(use))))
-            feats[k] = out
+        # biggest first, so the pool's threads finish together
+        list(pool.map(read, sorted(range(len(use)), key=lambda i: -counts[i])))
 
     def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)

@@ -29,14 +29,19 @@ from abaw.commands.options import echo_result, parse_set, split_paths
               "(e.g. --set epochs=10 --set batch_frames=256).")
 @click.option("--budget", type=int, help="Number of configs to run (sampled from the grid / random part).")
 @click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2).")
-@click.option("--jobs", default=1, show_default=True, help="Configs trained in parallel on CPU (-1: all cores).")
+@click.option("--jobs", default=1, show_default=True,
+              help="Runs at once: CPU processes (cores split between them) or slots spread over the visible GPUs "
+              "(0 or -1: all cores / as many as fit per GPU).")
+@click.option("--scheduler", help="Run the configs on a Dask cluster: the scheduler's address, tcp://HOST:8786 "
+              "(needs pip install 'abaw[dask]'; the cache and --out on a filesystem every worker sees).")
 @click.option("--compose", type=click.Choice(["best-per-task"]), help="Also compose the best run per task.")
 @click.option("--seed", default=0, show_default=True, help="Sampling and fold seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
            space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
            temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, set_opt: tuple[str, ...],
-           budget: int | None, folds: int, jobs: int, compose: str | None, seed: int, quiet: bool) -> None:
+           budget: int | None, folds: int, jobs: int,
+           scheduler: str | None, compose: str | None, seed: int, quiet: bool) -> None:
     """Train many head configurations from one cache and rank them on validation.
 
     Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
@@ -58,7 +63,8 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
             grid[key] = vals
     space = space_from_dict({"base": {**space.base, **parse_set(set_opt)}, "grid": grid, "random": space.random})
     result = run_search(space, cache, read_annotations(tr), read_annotations(va), out,
-                        SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs, compose=compose),
+                        SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs,
+                                       scheduler=scheduler, compose=compose),
                         progress=not quiet, log=click.echo)
     echo_result(result)
     if result.failed:

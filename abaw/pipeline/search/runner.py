@@ -15,7 +15,6 @@ system. With `folds >= 3`, `nested.json` holds the nested estimate of the select
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +52,8 @@ class SearchSettings:
     budget: int | None = None  # configs to run (None: the whole grid / one random draw)
     seed: int = 0  # sampling seed
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
-    jobs: int = 1  # parallel configs on CPU (forced to 1 on a GPU)
+    jobs: int = 1  # runs at once: CPU processes or GPU slots (0 / -1: as many as fit), see search/execute.py
+    scheduler: str | None = None  # a Dask scheduler's address (tcp://HOST:8786): run on its cluster instead
     compose: str | None = None  # "best-per-task"
     baseline: bool = True  # add the `linear` head (HSEmotion's recipe) as one more config unless the space has it
 
@@ -108,35 +108,6 @@ def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
     return [sorted(f) for f in folds]
 
 
-# ------------------------------------------------------------------ one config (also in workers)
-
-_TABLES: dict[tuple, Any] = {}
-
-
-def _table(store: str, keys: tuple[str, ...], videos: tuple[str, ...]):
-    """Features for the search, loaded once per process."""
-    from abaw.cache.store import load_features
-
-    k = (store, keys, videos)
-    if k not in _TABLES:
-        _TABLES.clear()
-        _TABLES[k] = load_features(store, keys, videos)
-    return _TABLES[k]
-
-
-def _train_one(cfg_dict: dict[str, Any], run_dir: str, store: str, keys: tuple[str, ...],
-               videos: tuple[str, ...], train_ann: Annotations, val_ann: Annotations) -> dict[str, Any]:
-    from abaw.pipeline.train.loop import train
-
-    cfg = TrainConfig.from_dict(cfg_dict)
-    t0 = time.perf_counter()
-    try:
-        run = train(cfg, _table(store, keys, videos), train_ann, val_ann, run_dir, resume=True, progress=False)
-    except AbawError as e:
-        return {"run": run_dir, "error": str(e)}
-    return {"run": run_dir, "result": run.result.record(), "seconds": time.perf_counter() - t0}
-
-
 # ------------------------------------------------------------------ the search
 
 
@@ -148,12 +119,9 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
 
     `progress` shows a progress bar; `log` receives the one-line plan (runs, finished, jobs).
     """
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     from abaw.cache.store import FeatureStore
+    from abaw.pipeline.search.execute import Run, execute, plan_for
     from abaw.pipeline.train.loop import available_keys, resolve_backbones
-    from abaw.runtime import resolve_device
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
@@ -182,30 +150,21 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         write_json(out / "folds.json", {f"fold{i}": f for i, f in enumerate(folds)})
     else:
         splits = [(train_ann, val_ann)]
-    gpu = any(resolve_device(c.device).type == "cuda" for _, _, c in configs)
-    cpus = os.cpu_count() or 1
-    jobs = 1 if gpu else (cpus if settings.jobs == -1 else max(1, settings.jobs))
-    threads = max(1, cpus // jobs)
+    device = next((c.device for _, _, c in configs if c.device not in ("auto", "cuda")), "auto")
+    plan = plan_for(settings.jobs, settings.scheduler, device, len(configs) * len(splits), str(store), keys, videos)
 
-    work: list[tuple[str, Path, Any]] = []  # (config id, run folder, delayed call)
+    work: list[Run] = []
     for cid, _, cfg in configs:
-        if jobs > 1 and cfg.threads == 0:
-            cfg = cfg.with_(threads=threads)
         for k, (tr, va) in enumerate(splits):
             run_dir = out / "runs" / cid / f"fold{k}" if len(splits) > 1 else out / "runs" / cid
-            work.append((cid, run_dir, delayed(_train_one)(to_dict(cfg), str(run_dir), str(store), keys, videos,
-                                                           tr, va)))
-    n_done = sum(1 for _, d, _ in work if (d / "result.json").exists())
+            work.append(Run(cid, run_dir, to_dict(cfg), tr, va))
+    n_done = sum(1 for w in work if (w.run_dir / "result.json").exists())
     log(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
-        f"({n_done} already finished), {jobs} parallel job(s)")
-    if jobs == 1:
-        it = (fn(*a, **kw) for _, _, (fn, a, kw) in work)
-    else:
-        it = Parallel(n_jobs=jobs, return_as="generator")(w for _, _, w in work)
-    results = list(tqdm(it, total=len(work), desc="search", unit="run", disable=not progress))
+        f"({n_done} already finished), {plan.describe()}")
+    results = execute(work, plan, str(store), keys, videos, progress=progress, log=log)
     by_cfg: dict[str, list[dict[str, Any]]] = {}
-    for (cid, _, _), r in zip(work, results):
-        by_cfg.setdefault(cid, []).append(r)
+    for w, r in zip(work, results):
+        by_cfg.setdefault(w.config, []).append(r)
 
     rows = rank([make_row(cid, overrides, cfg.tasks, by_cfg[cid], [os.path.relpath(r["run"], out) for r in by_cfg[cid]])
                  for cid, overrides, cfg in configs])  # run folders relative to OUT

@@ -33,6 +33,7 @@ positions whose outputs are wanted (the labelled ones of a dense context; None: 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,13 +310,24 @@ def train_windows(segments: np.ndarray, window: int, stride: int, rng: np.random
 
 def feature_tensors(table: FeatureTable, keys: tuple[str, ...],
                     device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """The table's float16 feature arrays as tensors (shared memory on CPU, one copy on a GPU)."""
+    """The table's float16 feature arrays as tensors (shared memory on CPU, one copy on a GPU,
+    kept while the table lives: the runs of a search worker reuse it)."""
     out = []
     for k in keys:
         a = table.feats[k]
-        t = torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else torch.tensor(a)
-        out.append(t.to(device))
+        dev = torch.device(device)
+        if dev.type != "cpu" and (id(a), str(dev)) in _ON_DEVICE:
+            out.append(_ON_DEVICE[id(a), str(dev)])
+            continue
+        t = (torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else torch.tensor(a)).to(dev)
+        if dev.type != "cpu":
+            _ON_DEVICE[id(a), str(dev)] = t
+            weakref.finalize(a, _ON_DEVICE.pop, (id(a), str(dev)), None)
+        out.append(t)
     return out
+
+
+_ON_DEVICE: dict[tuple[int, str], torch.Tensor] = {}  # (id of a table's array, device) -> its device copy
 
 
 class Batcher:
