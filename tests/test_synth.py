@@ -215,3 +215,17 @@ def test_cli_synth_prints_statistics(tmp_path):
                                     "--min-frames", "5", "--no-videos", "--jobs", "1"])
     assert res.exit_code == 0, res.output
     assert "profile dense" in res.output
+
+
+def test_many_clips_never_share_an_id_across_splits():
+    """A random clip id of one split never equals another split's fixed (quirk) id (was: `video10_1`
+    in train and val with 450 training tracks)."""
+    import numpy as np
+
+    from abaw.data.synth import SynthConfig, _make_clips
+
+    for seed in range(3):
+        clips = _make_clips(SynthConfig(train_videos=450, val_videos=100, test_videos=150, seed=seed),
+                            np.random.default_rng(seed))
+        ids = [c for c, _, _ in clips]
+        assert len(ids) == len(set(ids))

@@ -116,14 +116,13 @@ def _segment_mask(rng: np.random.Generator, T: int, p_whole: float, p_segment: f
 
 def _make_clips(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[str, str, int]]:
     """(clip id, split, number of people) for every clip."""
-    used: set[str] = set()
+    used = {cid for quirks in QUIRK_CLIPS.values() for cid, _ in quirks}  # never drawn at random for another split
     clips: list[tuple[str, str, int]] = []
     for split, n in (("train", cfg.train_videos), ("val", cfg.val_videos), ("test", cfg.test_videos)):
         left = n
         for cid, people in QUIRK_CLIPS[split]:
             if people <= left:
                 clips.append((cid, split, people))
-                used.add(cid)
                 left -= people
         while left > 0:
             style = rng.integers(3)
