@@ -42,7 +42,7 @@ def heads_run(tmp_path_factory, synthetic_split):
 
 def _args(d, *extra):
     return ["train-heads", "--cache", d / "cache.zarr", "--data", d, "--out", d / "run", "--backbone", "synth",
-            "--d-model", "16", "--window", "8", "--epochs", "1", "--quiet", "--no-smoothing", "--no-thresholds",
+            "--d-model", "16", "--window", "8", "--epochs", "1", "--min-steps", "0", "--quiet", "--no-smoothing", "--no-thresholds",
             *extra]
 
 
@@ -141,7 +141,7 @@ def test_search_rerun_refuses_other_data(heads_run, tmp_path):
     d = tmp_path / "d"
     shutil.copytree(heads_run, d)
     args = ["search", "--cache", d / "cache.zarr", "--data", d, "--out", d / "search", "--tasks", "au",
-            "--set", "d_model=16", "--set", "window=8", "--set", "epochs=1", "--quiet"]
+            "--set", "d_model=16", "--set", "window=8", "--set", "epochs=1", "--set", "min_steps=0", "--quiet"]
     r = invoke(args)
     assert r.exit_code == 0, r.output
     _flip_expr(d / "validation_set_annotations.txt", d / "validation_set_annotations.txt")

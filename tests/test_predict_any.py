@@ -224,7 +224,7 @@ def onet_run(tmp_path_factory, tiny_synth, cache_crops):
 
     root = tmp_path_factory.mktemp("export")
     key = cache_crops(tiny_synth, root / "c.zarr", "mtcnn:onet")
-    cfg = TrainConfig.create(backbones=(key,), temporal="none", epochs=2, d_model=16, batch_frames=128,
+    cfg = TrainConfig.create(backbones=(key,), temporal="none", epochs=2, min_steps=0, d_model=16, batch_frames=128,
                              window=8)
     run = train(cfg, root / "c.zarr", read_annotations(tiny_synth / "training_set_annotations.txt"),
                 read_annotations(tiny_synth / "validation_set_annotations.txt"), root / "run", progress=False)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # found from a fresh clone
 NAMES = ("abaw7-winner", "hsemotion", "abaw4-aim3")
 SPEC = "timm:test_efficientnet_gn?size=32&pretrained=0"
-TINY = ["--epochs", "1", "--d-model", "32", "--layers", "1", "--batch-frames", "64", "--quiet"]
+TINY = ["--epochs", "1", "--min-steps", "0", "--d-model", "32", "--layers", "1", "--batch-frames", "64", "--quiet"]
 
 
 def test_written_defaults_read_back_and_flags_override_the_file(tmp_path):
@@ -100,6 +100,6 @@ def test_recipe_runs_end_to_end_on_synth(name, recipe_cache, tmp_path):
     assert res["val_final"]["total"] is not None
     # the same file as a search space (one config of its grid)
     s = CliRunner().invoke(main, ["search", "--space", recipe, "--cache", str(store), "--data", str(root),
-                                  "--out", str(tmp_path / "search"), "--budget", "1", "--set", "epochs=1",
+                                  "--out", str(tmp_path / "search"), "--budget", "1", "--set", "epochs=1", "--set", "min_steps=0",
                                   "--set", "d_model=32", "--set", "layers=1", "--set", "batch_frames=64", "--quiet"])
     assert s.exit_code == 0, s.output

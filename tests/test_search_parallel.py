@@ -15,7 +15,7 @@ from abaw.claims import CLAIM_FILE
 from abaw.pipeline.search.runner import SearchSettings, run_search
 from abaw.pipeline.search.space import space_from_dict
 
-SMALL = {"d_model": 16, "heads": 2, "layers": 1, "window": 8, "batch_frames": 64, "epochs": 2, "lr": 3e-3,
+SMALL = {"d_model": 16, "heads": 2, "layers": 1, "window": 8, "batch_frames": 64, "epochs": 2, "min_steps": 0, "lr": 3e-3,
          "patience": 100, "threads": 1}
 
 

@@ -31,7 +31,7 @@ from abaw.pipeline.train.timescale import plan_time_scale, window_gap
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(backbones=("synth",), temporal="transformer", d_model=16, heads=2, window=8, batch_frames=64,
-             smoothing=False, epochs=2, lr=3e-3)
+             smoothing=False, epochs=2, min_steps=0, lr=3e-3)
 FILES = {"train": "training_set_annotations.txt", "val": "validation_set_annotations.txt",
          "test": "test_set_annotations.txt"}
 
@@ -163,7 +163,7 @@ def test_cli_train_heads_context_dense(dense_cache, tiny_synth, tmp_path):
     path, anns, table = dense_cache
     out = tmp_path / "dense"
     args = ["train-heads", "--cache", str(path), "--data", str(tiny_synth), "--out", str(out), "--backbone", "synth",
-            "--d-model", "16", "--heads", "2", "--window", "8", "--batch-frames", "64", "--epochs", "2", "--quiet",
+            "--d-model", "16", "--heads", "2", "--window", "8", "--batch-frames", "64", "--epochs", "2", "--min-steps", "0", "--quiet",
             "--context", "dense"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

@@ -293,7 +293,12 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool,
     if diff:
         raise AbawError(f"{out}: cannot resume, the config differs: {'; '.join(diff[:4])}")
     if identity is not None and (out / "data.json").exists():
-        check_identity(out, read_json(out / "data.json").get("identity"), identity)
+        data = read_json(out / "data.json")
+        saved = data.get("identity")
+        if not saved and data.get("backbones") and data.get("dims"):  # recorded before identities: widths only
+            saved = {"features": {k: {"dim": d} for k, d in zip(data["backbones"], data["dims"])}}
+            identity = {"features": {k: {"dim": f.get("dim")} for k, f in identity.get("features", {}).items()}}
+        check_identity(out, saved, identity)
     if (out / "result.json").exists():
         return "done"
     return "resume" if (out / "last.pt").exists() else "new"
