@@ -150,3 +150,19 @@ def test_search_rerun_refuses_other_data(heads_run, tmp_path):
     assert_one_line(r, f"{d / 'search'}: cannot rerun the search here, the data differs: val annotations sha256",
                     "(validation_set_annotations.txt)")
     assert tree_digest(d / "search") == before
+
+
+def test_legacy_run_without_identity_refuses_other_widths(heads_run, tmp_path):
+    """A run folder written before data identities existed: the widths in data.json are compared."""
+    from abaw.io import read_json, write_json
+
+    d = tmp_path / "d"
+    shutil.copytree(heads_run, d)
+    data = read_json(d / "run" / "data.json")
+    data.pop("identity")
+    write_json(d / "run" / "data.json", data)
+    _rewrite_features(d / "cache.zarr", 12, "synthetic:synth")
+    before = tree_digest(d / "run")
+    r = invoke(_args(d, "--resume"))
+    assert_one_line(r, f"{d / 'run'}: cannot resume, the data differs: ", "features 'synth': dim 8 != 12")
+    assert tree_digest(d / "run") == before
