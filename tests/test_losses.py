@@ -116,3 +116,11 @@ def test_class_and_positive_weights():
     au[:, 1] = 1
     pw = positive_weights(au)
     assert pw[0] == pytest.approx(4.0) and pw[1] == 1.0 and pw[2] == 10.0  # no positive: negatives / 1
+
+
+def test_balanced_positive_weights_are_unclipped():
+    """`au_pos_weight=balanced`: negatives / positives without the cap of 20 (`auto`)."""
+    au = np.zeros((100, 12), np.int8)
+    au[:2, 0] = 1  # 2 % positives: 49 negatives per positive
+    assert positive_weights(au)[0] == pytest.approx(20.0)
+    assert positive_weights(au, np.inf)[0] == pytest.approx(49.0)

@@ -51,8 +51,8 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_task_wi
               help="Windows over the labelled frames, or over every cached frame of their videos (dense: "
                    "extract every frame first; losses use the labelled ones only).")
 @click.option("--task-weights", default="1,1,1", show_default=True, help="Loss weights va,expr,au (or va=1,au=2).")
-@click.option("--au-pos-weight", type=click.Choice(["none", "auto"]), default="auto", show_default=True,
-              help="BCE positive weights per AU (auto: negatives/positives).")
+@click.option("--au-pos-weight", type=click.Choice(["none", "auto", "balanced"]), default="auto", show_default=True,
+              help="BCE positive weights per AU (auto: negatives/positives clipped to 20; balanced: unclipped).")
 @click.option("--expr-class-weight", type=click.Choice(["none", "inverse"]), default="inverse", show_default=True,
               help="EXPR cross-entropy class weights.")
 @click.option("--va-loss", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,

@@ -44,7 +44,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     # losses
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
-    au_pos_weight: str = "auto"  # none | auto (negatives/positives per AU, clipped to [1, 20])
+    au_pos_weight: str = "auto"  # none | auto (negatives/positives per AU, clipped to [1, 20]) | balanced (unclipped)
     expr_class_weight: str = "inverse"  # none | inverse (inverse class frequency)
     va_loss: str = "mean"  # mean | sum: (1 - CCC) of V and A averaged, or summed (the ABAW7 winner)
     # optimisation
@@ -122,7 +122,7 @@ class TrainConfig:
         checks = [(self.window >= 1, "window must be >= 1"), (self.train_stride >= 1, "stride must be >= 1"),
                   (self.max_gap is None or self.max_gap >= 0, "max_gap must be >= 0"),
                   (self.context in CONTEXTS, f"context: one of {', '.join(CONTEXTS)}"),
-                  (self.au_pos_weight in ("none", "auto"), "au_pos_weight: none or auto"),
+                  (self.au_pos_weight in ("none", "auto", "balanced"), "au_pos_weight: none, auto or balanced"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.va_loss in ("mean", "sum"), "va_loss: mean or sum"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),

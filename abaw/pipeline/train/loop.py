@@ -146,8 +146,8 @@ def _loss_for(cfg: TrainConfig, spec: ModelSpec, train_fs: FrameSet) -> tuple[Mu
         w = inverse_frequency_weights(lb.expr[lb.expr_valid])
         cw = torch.from_numpy(w)
         info["expr_class_weight"] = w.tolist()
-    if "au" in spec.tasks and cfg.au_pos_weight == "auto" and lb.au_valid.any():
-        w = positive_weights(lb.au[lb.au_valid])
+    if "au" in spec.tasks and cfg.au_pos_weight in ("auto", "balanced") and lb.au_valid.any():
+        w = positive_weights(lb.au[lb.au_valid], 20.0 if cfg.au_pos_weight == "auto" else np.inf)
         pw = torch.from_numpy(w)
         info["au_pos_weight"] = w.tolist()
     return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss), info
