@@ -166,3 +166,15 @@ def test_legacy_run_without_identity_refuses_other_widths(heads_run, tmp_path):
     r = invoke(_args(d, "--resume"))
     assert_one_line(r, f"{d / 'run'}: cannot resume, the data differs: ", "features 'synth': dim 8 != 12")
     assert tree_digest(d / "run") == before
+
+
+def test_long_commands_write_their_result_as_json(heads_run, tmp_path):
+    """`--json FILE` on train-heads (here: the finished run returned by --resume)."""
+    import json
+
+    d = tmp_path / "d"
+    shutil.copytree(heads_run, d)
+    r = invoke(_args(d, "--resume", "--json", d / "result.json"))
+    assert r.exit_code == 0, r.output
+    res = json.loads((d / "result.json").read_text())
+    assert res["path"] == str(d / "run") and res["steps"][0]["step"] == "raw" and "honest" in res

@@ -132,7 +132,7 @@ def test_cli_finetune_va_face_norm_workers_and_feature_store(ft_data, tmp_path):
             "--train-ann", str(ft_data / "training_set_annotations.txt"),
             "--val-ann", str(ft_data / "validation_set_annotations.txt"), "--out", str(out),
             "--epochs", "3", "--batch-size", "16", "--lr", "3e-4", "--head-lr", "1e-2", "--warmup-epochs", "0.5",
-            "--drop-path", "0", "--workers", "1", "--no-progress"]
+            "--drop-path", "0", "--workers", "1", "--quiet"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "best P_VA" in r.output and f"ckpt:{out}" in r.output
@@ -223,7 +223,7 @@ def test_torchrun_ddp_two_processes_match_one(runs, ft_data, tmp_path):
            "--train-ann", str(ft_data / "training_set_annotations.txt"),
            "--val-ann", str(ft_data / "validation_set_annotations.txt"), "--out", str(out),
            "--epochs", "3", "--batch-size", "8", "--lr", "3e-4", "--head-lr", "1e-2", "--warmup-epochs", "0.5",
-           "--drop-path", "0", "--class-weights", "balanced", "--workers", "0", "--no-progress"]
+           "--drop-path", "0", "--class-weights", "balanced", "--workers", "0", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

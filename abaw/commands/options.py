@@ -7,11 +7,22 @@ from pathlib import Path
 import click
 
 
-def echo_result(result) -> None:
-    """Print an entry point's result: `format()` on stdout, its warnings on stderr."""
+def echo_result(result, json_out: str | None = None) -> None:
+    """Print an entry point's result: `format()` on stdout, its warnings on stderr; with
+    `json_out`, also write `result.to_dict()` there (atomically)."""
     click.echo(result.format())
     for w in result.warnings:
         click.echo(w, err=True)
+    if json_out:
+        from abaw.io import write_json
+
+        write_json(json_out, result.to_dict())
+
+
+def json_option(f):
+    """`--json FILE`: the same result as JSON (every long command has it)."""
+    return click.option("--json", "json_out", type=click.Path(dir_okay=False),
+                        help="Also write the result as JSON to this file.")(f)
 
 
 def parse_task_weights(text: str, unnamed: float = 1.0) -> tuple[float, float, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from abaw.commands.options import echo_result
+from abaw.commands.options import echo_result, json_option
 
 
 @click.command()
@@ -14,7 +14,8 @@ from abaw.commands.options import echo_result
               help="Validation annotations (default: the files each run recorded).")
 @click.option("--top", default=5, show_default=True, help="Configs taken from each search folder.")
 @click.option("--title", default="abaw report", show_default=True)
-def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, title: str) -> None:
+@json_option
+def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, title: str, json_out: str | None) -> None:
     """Report on runs or search folders: per-task table, per-AU F1, confusion, VA plots, one HTML page.
 
     Example: abaw report search/ runs/joint --out report/
@@ -22,15 +23,16 @@ def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, titl
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.report import report as make_report
 
-    echo_result(make_report(list(paths), out, read_annotations(val_ann) if val_ann else None, top, title))
+    echo_result(make_report(list(paths), out, read_annotations(val_ann) if val_ann else None, top, title), json_out)
 
 
 @click.command()
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo writes (rerun to resume).")
 @click.option("--quick", is_flag=True, help="A smaller, faster variant (under a minute).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out: str, quick: bool, quiet: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def demo(out: str, quick: bool, quiet: bool, json_out: str | None) -> None:
     """Run the whole method on a synthetic dataset: synth, extract, search, predict,
     validate, evaluate, report, and per-frame affect for a video. A few minutes on 2 CPU cores.
 
@@ -38,4 +40,5 @@ def demo(out: str, quick: bool, quiet: bool) -> None:
     """
     from abaw.pipeline.demo import DemoConfig, run_demo
 
-    echo_result(run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not quiet, log=click.echo))
+    echo_result(run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not quiet, log=click.echo),
+                json_out)

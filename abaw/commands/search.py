@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from abaw.commands.options import echo_result, parse_set, split_paths
+from abaw.commands.options import echo_result, json_option, parse_set, split_paths
 
 
 @click.command()
@@ -36,12 +36,13 @@ from abaw.commands.options import echo_result, parse_set, split_paths
               "(needs pip install 'abaw[dask]'; the cache and --out on a filesystem every worker sees).")
 @click.option("--compose", type=click.Choice(["best-per-task"]), help="Also compose the best run per task.")
 @click.option("--seed", default=0, show_default=True, help="Sampling and fold seed.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_option
 def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
            space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
            temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, set_opt: tuple[str, ...],
            budget: int | None, folds: int, jobs: int,
-           scheduler: str | None, compose: str | None, seed: int, quiet: bool) -> None:
+           scheduler: str | None, compose: str | None, seed: int, quiet: bool, json_out: str | None) -> None:
     """Train many head configurations from one cache and rank them on validation.
 
     Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
@@ -66,6 +67,6 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
                         SearchSettings(budget=budget, seed=seed, folds=folds, jobs=jobs,
                                        scheduler=scheduler, compose=compose),
                         progress=not quiet, log=click.echo)
-    echo_result(result)
+    echo_result(result, json_out)
     if result.failed:
         sys.exit(1)

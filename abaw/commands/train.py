@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from abaw.commands.options import echo_result, parse_task_weights, parse_task_windows, parse_tasks, split_paths
+from abaw.commands.options import echo_result, json_option, parse_task_weights, parse_task_windows, parse_tasks, split_paths
 
 
 @click.command("train-heads")
@@ -83,12 +83,14 @@ from abaw.commands.options import echo_result, parse_task_weights, parse_task_wi
 @click.option("--allow-missing", is_flag=True, help="Skip (and report) labelled frames without a cached feature.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (same config).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@json_option
 @click.pass_context
 def train_heads(ctx: click.Context, config_file: str | None, write_config: str | None, cache: str | None,
                 data: str | None, train_ann: str | None, val_ann: str | None, out: str | None,
                 backbones: tuple[str, ...], tasks: str, max_gap: str, task_weights: str, task_windows: str,
-                init_from: tuple[str, ...], resume: bool, overwrite: bool, quiet: bool, **opts) -> None:
+                init_from: tuple[str, ...], resume: bool, overwrite: bool, quiet: bool, json_out: str | None,
+                **opts) -> None:
     """Train fusion + temporal module + AU/EXPR/VA heads jointly from cached features.
 
     Selects the best epoch on validation P_MTL, then fits per-AU thresholds and temporal
@@ -123,7 +125,7 @@ def train_heads(ctx: click.Context, config_file: str | None, write_config: str |
     train_ann, val_ann = split_paths(data, train_ann, val_ann)
     run = train(cfg, cache, read_annotations(train_ann), read_annotations(val_ann), out, resume=resume,
                 overwrite=overwrite, progress=not quiet)
-    echo_result(run.result)
+    echo_result(run.result, json_out)
 
 
 @click.command()
@@ -172,14 +174,17 @@ def train_heads(ctx: click.Context, config_file: str | None, write_config: str |
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
 @click.option("--workers", default=4, show_default=True, help="Data-loader processes per training process.")
 @click.option("--overwrite", is_flag=True, help="Start again even if OUT holds a run (default: resume it).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, hidden=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
 def finetune(task: str, backbone: str, weights: str | None, norm: str | None, size: int | None, data: str,
              train_ann: str, val_ann: str, out: str, epochs: int, batch_size: int, accum_steps: int, lr: float,
              head_lr: float, layer_decay: float | None, weight_decay: float, warmup_epochs: float,
              min_lr_ratio: float, grad_clip: float, drop_path: float, head_dropout: float, label_smoothing: float,
              class_weights: str, patience: int, min_delta: float, samples_per_epoch: int, augment: bool,
              flip: float, crop_scale: float, rotation: float, color_jitter: float, amp: bool, channels_last: bool,
-             seed: int, device: str | None, workers: int, overwrite: bool, progress: bool) -> None:
+             seed: int, device: str | None, workers: int, overwrite: bool, progress: bool, quiet: bool,
+             json_out: str | None) -> None:
     """Fine-tune a backbone + task head on single face frames (separate training).
 
     Trains with the task loss (AU: BCE, EXPR: CE, VA: 1 - CCC; invalid labels masked), face
@@ -214,11 +219,11 @@ def finetune(task: str, backbone: str, weights: str | None, norm: str | None, si
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     try:
-        s = run(cfg, out, device=device, workers=workers, progress=progress, overwrite=overwrite)
+        s = run(cfg, out, device=device, workers=workers, progress=progress and not quiet, overwrite=overwrite)
     except KeyboardInterrupt:
         if main_process:
             click.echo(f"interrupted; rerun the same command to resume {out} from its last finished epoch", err=True)
         sys.exit(130)
     if not main_process:
         return
-    echo_result(s)
+    echo_result(s, json_out)
