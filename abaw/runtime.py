@@ -104,6 +104,18 @@ class DistEnv:
             self.owns_group = False
 
 
+def loader_context() -> str:
+    """The start method for DataLoader worker processes: `forkserver` (else `spawn`).
+
+    A plain fork of a process that runs other threads (zarr and tqdm threads, thread pools,
+    OpenMP) can inherit a lock some thread held and hang in the worker's first torch op;
+    these start from a clean process instead.
+    """
+    import multiprocessing as mp
+
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
     """`auto`/None -> `cuda:LOCAL_RANK` when CUDA is present, else CPU. Errors name the option."""
     if isinstance(name, torch.device):

@@ -16,6 +16,7 @@ import torch
 
 from abaw.data.labels import MAX_FRAME
 from abaw.errors import AbawError
+from abaw.runtime import loader_context
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -125,6 +126,7 @@ def frame_loader(ds: FrameDataset, batch_size: int, workers: int, pin_memory: bo
     """A DataLoader over `ds` keeping order; batches are (owner, row, images [B,S,S,3], ok)."""
     kw = {}
     if workers > 0:
-        kw = {"worker_init_fn": _worker_init, "prefetch_factor": 4, "persistent_workers": False}
+        kw = {"worker_init_fn": _worker_init, "prefetch_factor": 4, "persistent_workers": False,
+              "multiprocessing_context": loader_context()}
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=pin_memory, drop_last=False, **kw)

@@ -56,7 +56,7 @@ from abaw.pipeline.finetune.result import FinetuneResult
 from abaw.pipeline.finetune.tasks import Task, create_task
 from abaw.plots import learning_curve
 from abaw.rundir import FINETUNE_RUN, check_identity, config_diff, data_identity, is_empty, load_state, save_state
-from abaw.runtime import DistEnv, autocast, resolve_device
+from abaw.runtime import DistEnv, autocast, loader_context, resolve_device
 from abaw.schedule import cosine_with_warmup
 
 CONFIG_FILE, STATE_FILE, HISTORY_FILE, CURVE_FILE = FINETUNE_RUN.files[:4]
@@ -275,7 +275,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, w
     va_sampler = EpochSampler(len(val_ds), shuffle=False, rank=env.rank, world=env.world, pad=False)
     lkw: dict[str, Any] = dict(num_workers=workers, pin_memory=cuda)
     if workers > 0:
-        lkw.update(persistent_workers=True, prefetch_factor=4)
+        lkw.update(persistent_workers=True, prefetch_factor=4, multiprocessing_context=loader_context())
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=tr_sampler, drop_last=True, **lkw)
     val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, sampler=va_sampler, **lkw)
     steps_per_epoch = len(train_dl) // cfg.accum_steps
