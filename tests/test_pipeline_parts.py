@@ -131,3 +131,59 @@ def test_rank_by_honest_and_nested_selection_never_scores_its_choice_folds():
     assert c["chosen_by"] == "honest" and c["honest"] == pytest.approx(1.2)
     assert c["total"] == pytest.approx(1.2 + 0.6)  # the optimistic val scores of the chosen configs
     assert nested_estimate([_row("a", [_f(0.1, 0.1, 0.1)] * 2)]) is None  # two folds: no nested estimate
+
+
+def test_report_page_contents_differences_curves_provenance_and_no_reprs(tmp_path, synthetic_split, one_thread):
+    """A report on two tiny runs that differ in the temporal model: contents with anchors, the differing
+    setting (and the common ones collapsed), linked training curves, provenance, no Python repr."""
+    from abaw.cache.store import FeatureStore, load_features
+    from abaw.io import read_json
+    from abaw.pipeline.report import report
+    from abaw.pipeline.train import train
+    from abaw.pipeline.train.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    fs = FeatureStore(tmp_path / "c.zarr", "a")
+    proj = rng.standard_normal((22, 12)).astype(np.float32)
+    tr, va = synthetic_split(fs, "t", 3, 40, proj, 1.0, rng), synthetic_split(fs, "v", 2, 40, proj, 1.0, rng)
+    table = load_features(fs, ["synth"])
+    runs = []
+    for temporal in ("none", "transformer"):
+        cfg = TrainConfig.create(temporal=temporal, epochs=1, min_steps=0, d_model=16, window=8, batch_frames=64,
+                                 honest_folds=0, smooth_windows=(1, 3))
+        train(cfg, table, tr, va, tmp_path / temporal, progress=False)
+        runs.append(str(tmp_path / temporal))
+    res = report(runs, tmp_path / "rep", val_ann=va, title="two runs")
+    text = (tmp_path / "rep" / "report.html").read_text()
+    for anchor in ("scores", "differs", "curves", "provenance", "run-none", "run-transformer"):
+        assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text
+    differs = text.split('id="differs"')[1].split("</section>")[0]
+    before_common = differs.split("<details>")[0]
+    assert "<td>temporal</td><td>none</td><td>transformer</td>" in before_common
+    assert "<td>d_model</td>" not in before_common and "<td>d_model</td><td>16</td>" in differs  # common, collapsed
+    for name in ("curves_none.png", "curves_transformer.png"):  # copied beside the page, linked relatively
+        assert f'src="{name}"' in text and (tmp_path / "rep" / name).read_bytes()[:4] == b"\x89PNG"
+    prov = text.split('id="provenance"')[1]
+    labels_sha = read_json(tmp_path / "none" / "data.json")["identity"]["annotations"]["val"]["sha256"]
+    assert "abaw version" in prov and "python API" in prov and " UTC" in prov and labels_sha in prov
+    for bad in ("{'", "[(", "None", "array(", "PostProcess("):
+        assert bad not in text, bad
+    assert [n for n, _ in res.scores] == ["none", "transformer"]
+
+
+def test_report_leaderboard_section_and_formatter(tmp_path):
+    from abaw.io import write_json
+    from abaw.pipeline.report.sections import leaderboard_section, show
+
+    assert show(None) == "\u2013" and show(0.123456) == "0.1235" and show([1, 2.5]) == "1, 2.5000"
+    assert show({"a": None, "b": (1, 2)}) == "a=\u2013, b=(1, 2)" and show(np.float32(1e-5)) == "1e-05"
+    rows = [{**_row("c1", [_f(0.5, 0.4, 0.6)]), "overrides": {"temporal": "none", "lr": 1e-3, "tasks": "va"}},
+            {**_row("c2", [_f(0.3, 0.4, 0.6)]), "overrides": {"temporal": "transformer", "lr": 1e-3}},
+            {"config": "c3", "overrides": {"arch": "linear"}, "tasks": "au", "runs": [], "error": "boom <x>"}]
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1 if "val" in r else None
+    write_json(tmp_path / "leaderboard.json", rows)
+    page = leaderboard_section(tmp_path)
+    assert "<td>temporal=none</td>" in page and "<td>temporal=transformer</td>" in page  # lr equal: not shown
+    assert "<td>arch=linear</td>" in page and "boom &lt;x&gt;" in page and "None" not in page
+    assert "<td>1.5000</td>" in page  # c1's honest P_MTL

@@ -23,7 +23,8 @@ def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, titl
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.report import report as make_report
 
-    echo_result(make_report(list(paths), out, read_annotations(val_ann) if val_ann else None, top, title), json_out)
+    echo_result(make_report(list(paths), out, read_annotations(val_ann) if val_ann else None, top, title,
+                            command=command_line()), json_out)
 
 
 @click.command()
@@ -40,5 +41,13 @@ def demo(out: str, quick: bool, quiet: bool, json_out: str | None) -> None:
     """
     from abaw.pipeline.demo import DemoConfig, run_demo
 
-    echo_result(run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not quiet, log=click.echo),
-                json_out)
+    echo_result(run_demo(out, DemoConfig.quick() if quick else DemoConfig(), progress=not quiet, log=click.echo,
+                         command=command_line()), json_out)
+
+
+def command_line() -> str:
+    """The command line as typed (`abaw ...`), for the report's provenance."""
+    import shlex
+    import sys
+
+    return shlex.join(["abaw", *sys.argv[1:]])

@@ -115,8 +115,9 @@ def _step(log: Callable[[str], None], i: int, n: int, what: str) -> float:
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = True,
-             log: Callable[[str], None] = print) -> DemoResult:
-    """Run (or resume) the demo under `out`; return every path and score."""
+             log: Callable[[str], None] = print, command: str | None = None) -> DemoResult:
+    """Run (or resume) the demo under `out`; return every path and score (`command`: the
+    command line the report shows as provenance)."""
     from abaw.cache.verify import verify_store
     from abaw.data.annotations import read_annotations
     from abaw.data.submission import read_predictions, validate_submission
@@ -129,8 +130,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
         predict_test_list,
         predict_videos,
     )
-    from abaw.pipeline.report.evaluate import evaluations_from_paths
-    from abaw.pipeline.report.html import build_report
+    from abaw.pipeline.report.command import report
     from abaw.pipeline.search.runner import (
         SearchSettings,
         format_leaderboard,
@@ -202,7 +202,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     times["predict"] = time.perf_counter() - t
 
     t = _step(log, 5, n, f"report -> {out / 'report'}")
-    page = build_report(evaluations_from_paths([str(search_dir)], top=4), out / "report", "abaw demo: validation")
+    page = report([str(search_dir)], out / "report", top=4, title="abaw demo: validation", command=command).page
     log(f"  {page}")
     times["report"] = time.perf_counter() - t
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from abaw.data.annotations import Annotations
@@ -29,8 +30,10 @@ class ReportResult(Result):
 
 
 def report(paths: list[str], out: str | os.PathLike, val_ann: Annotations | None = None, top: int = 5,
-           title: str = "abaw report") -> ReportResult:
-    """Report on run folders and search folders (their `top` configs and composed system)."""
+           title: str = "abaw report", command: str | None = None) -> ReportResult:
+    """Report on run folders and search folders (their `top` configs and composed system, and
+    their leaderboards); `command`: the command line shown as provenance (None: "python API")."""
     evals = evaluations_from_paths(list(paths), val_ann, top)
-    page = build_report(evals, out, title)
+    searches = [p for p in paths if (Path(p) / "leaderboard.json").exists()]
+    page = build_report(evals, out, title, searches=searches, command=command)
     return ReportResult(page=str(page), scores=tuple((e.name, e.score().summary()) for e in evals))

@@ -60,7 +60,7 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
     cfg = run.config
     info = {"run": str(run_dir), "tasks": ",".join(run.tasks), "backbones": ", ".join(run.keys),
             "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
-            "best epoch": run.result.best_epoch, "post-processing": str(run.postprocess)}
+            "best epoch": run.result.best_epoch, "post-processing": run.postprocess}
     return RunEvaluation(
         name=name or Path(run_dir).name, videos=ann_video[keep], frame=ann.frame[keep],
         va_true=ann.va[keep], va_valid=ann.va_valid[keep] & ("va" in run.tasks),
@@ -68,14 +68,14 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
         au_true=ann.au[keep], au_valid=ann.au_valid[keep] & ("au" in run.tasks),
         va_pred=va[r] if va is not None else np.zeros((n, 2)),
         expr_pred=expr[r] if expr is not None else np.zeros(n, np.int64),
-        au_pred=au[r] if au is not None else np.zeros((n, 12), np.int8), info=info)
+        au_pred=au[r] if au is not None else np.zeros((n, 12), np.int8), info=info, run_dirs=(str(run_dir),))
 
 
 def concat_evaluations(evals: list[RunEvaluation], name: str, info: dict[str, Any] | None = None) -> RunEvaluation:
     """Several evaluations on disjoint frames (k folds) as one."""
     fields = ("videos", "frame", "va_true", "va_valid", "expr_true", "expr_valid", "au_true", "au_valid",
               "va_pred", "expr_pred", "au_pred")
-    return RunEvaluation(name=name, info=info or evals[0].info,
+    return RunEvaluation(name=name, info=info or evals[0].info, run_dirs=tuple(d for e in evals for d in e.run_dirs),
                          **{f: np.concatenate([getattr(e, f) for e in evals]) for f in fields})
 
 
