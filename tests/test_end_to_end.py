@@ -185,6 +185,9 @@ def test_report_on_search_and_runs(world, searched, tmp_path):
     assert "composed best-per-task" in out
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "composed best-per-task" in html
+    board_html = html.split('id="leaderboard"')[1].split("</section>")[0]  # every config ranked, not only the top 2
+    assert all(f"<td>{r['config']}</td>" in board_html for r in board) and 'href="#leaderboard"' in html
+    assert 'id="provenance"' in html and "abaw report" in html and "None" not in html
     scores = json.loads((tmp_path / "rep" / "scores.json").read_text())
     # a run's report score is its recorded post-processed validation score
     top = f"#1 {board[0]['config']}"

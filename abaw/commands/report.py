@@ -16,7 +16,8 @@ from abaw.commands.options import echo_result, json_option
 @click.option("--title", default="abaw report", show_default=True)
 @json_option
 def report(paths: tuple[str, ...], out: str, val_ann: str | None, top: int, title: str, json_out: str | None) -> None:
-    """Report on runs or search folders: per-task table, per-AU F1, confusion, VA plots, one HTML page.
+    """Report on runs or search folders: one HTML page with contents, scores, what differs between the
+    runs, the leaderboard, per-AU F1, confusion, VA plots, training curves and provenance.
 
     Example: abaw report search/ runs/joint --out report/
     """

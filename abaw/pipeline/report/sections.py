@@ -74,11 +74,9 @@ def table(header: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -
 
 # ---------------------------------------------------------------- run folders
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path) if path.exists() else {}
-    except Exception:  # a damaged side file leaves its section empty, never the page
-        return {}
+def _read(path: Path) -> Any:
+    """A JSON side file ({} when absent; a damaged one is a one-line AbawError naming it)."""
+    return read_json(path) if path.exists() else {}
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
