@@ -138,7 +138,13 @@ def _info(path: str, c) -> VideoInfo:
 def _decode(path: str, c, threads: int = 0) -> Iterator:
     """Every decoded frame of the first video stream (threaded); raises DamagedVideoError
     on a decoder error or a corrupt-flagged frame, TruncatedVideoError on a short stream,
-    always after yielding the good frames before the damage."""
+    always after yielding the good frames before the damage.
+
+    Threaded decoding can swallow an error or lose the frames next to it, and how many
+    depends on timing. So when anything is wrong the file is decoded again on one thread,
+    which decides: its frames beyond those already yielded are yielded too, and its
+    outcome (damaged, truncated, or fine after all) is the one raised.
+    """
     import av
 
     info = _info(path, c)
@@ -146,23 +152,69 @@ def _decode(path: str, c, threads: int = 0) -> Iterator:
     s.thread_type = "AUTO"
     if threads:
         s.thread_count = threads
-    exp = info.expected_frames()
-    of = f" of {exp} announced" if exp else ""
     n = 0
     try:
         for fr in c.decode(s):
             if getattr(fr, "is_corrupt", False):
-                raise DamagedVideoError(path, f"damaged: frame {n + 1} decodes corrupt ({n} good frames{of})", n, exp)
+                break
             n += 1
             yield fr
-    except av.error.FFmpegError as e:
-        if n == 0:
-            raise VideoError(f"{path}: no frame could be decoded ({_msg(e)})") from None
-        raise DamagedVideoError(path, f"damaged: decoding failed after {n} frames{of} ({_msg(e)})", n, exp) from None
-    if n == 0:
-        raise VideoError(f"{path}: no frame could be decoded")
+        else:
+            if n and not info.is_short(n):
+                return
+    except av.error.FFmpegError:
+        pass
+    yield from _decode_exact(path, info, n)
+
+
+def _decode_exact(path: str, info: VideoInfo, skip: int) -> Iterator:
+    """Decode `path` on one thread, packet by packet; yield its good frames after the first
+    `skip`; raise what it finds. The decoder goes on after the first error (yielding
+    nothing more) to tell the two cases apart: frames that still decode after it, or a
+    demuxer that gives up well before the end of the file, mean damaged data inside the
+    stream (DamagedVideoError); otherwise fewer frames than the container announces mean
+    the stream was cut (TruncatedVideoError)."""
+    import av
+
+    exp = info.expected_frames()
+    of = f" of {exp} announced" if exp else ""
+    c = _open(path)
+    n = after = 0
+    end = -1  # how far into the file the demuxer got (bytes)
+    problem: str | None = None
+    try:
+        s = c.streams.video[0]
+        s.thread_type = "NONE"
+        for packet in c.demux(s):
+            if packet.pos is not None and packet.pos >= 0:
+                end = max(end, packet.pos + packet.size)
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                problem = problem or f"decoding failed after {n} frames{of} ({_msg(e)})"
+                continue
+            for fr in frames:
+                if problem is None and getattr(fr, "is_corrupt", False):
+                    problem = f"frame {n + 1} decodes corrupt ({n} good frames{of})"
+                if problem is not None:
+                    after += packet.size > 0  # the final flush only returns frames held back before the problem
+                    continue
+                n += 1
+                if n > skip:
+                    yield fr
+    except av.error.FFmpegError as e:  # the demuxer itself gave up
+        problem = problem or f"decoding failed after {n} frames{of} ({_msg(e)})"
+    finally:
+        c.close()
+    kept = max(n, skip)
+    if kept == 0:
+        raise VideoError(f"{path}: no frame could be decoded" + (f" ({problem})" if problem else ""))
+    size = os.path.getsize(path)
+    stopped_inside = end >= 0 and size > 0 and end < 0.9 * size  # gave up well before the end of the data
+    if problem is not None and (after > 0 or not info.is_short(n) or stopped_inside):
+        raise DamagedVideoError(path, f"damaged: {problem}", kept, exp)
     if info.is_short(n):
-        raise TruncatedVideoError(path, f"truncated: {n} frames decode, the container announces {exp}", n, exp)
+        raise TruncatedVideoError(path, f"truncated: {n} frames decode, the container announces {exp}", kept, exp)
 
 
 def _rotate(arr: np.ndarray, rotation: float) -> np.ndarray:
