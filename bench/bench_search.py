@@ -32,30 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abaw.cache.store import FeatureStore
 from abaw.data.annotations import Annotations
-from abaw.data.synth import latent_track
+from abaw.data.synth_features import synthetic_feature_split
 from abaw.pipeline.search.runner import SearchSettings, run_search
 from abaw.pipeline.search.space import space_from_dict
 
 
 def split(fs: FeatureStore, prefix: str, n: int, length: int, proj: np.ndarray, rng) -> Annotations:
-    vids, vidx, frames, va, ex, au = [], [], [], [], [], []
-    for i in range(n):
-        v = f"{prefix}{i:03d}"
-        va_, ex_, au_ = latent_track(rng, length)
-        x = np.concatenate([va_, np.eye(8)[ex_], au_], 1) @ proj + 3.0 * rng.standard_normal((length, proj.shape[1]))
-        fr = np.arange(1, length + 1)
-        fs.write_video(v, fr, fr / 30.0, np.ones(length, bool), {})
-        fs.write_features(v, "synth", x.astype(np.float16),
-                          {"spec": "synthetic:synth", "dim": proj.shape[1], "preprocess": {}, "weights_sha256": "0"})
-        vids.append(v)
-        vidx.append(np.full(length, i))
-        frames.append(fr)
-        va.append(va_)
-        ex.append(ex_)
-        au.append(au_)
-    return Annotations(tuple(vids), np.concatenate(vidx).astype(np.int32), np.concatenate(frames).astype(np.int32),
-                       np.concatenate(va).astype(np.float32), np.concatenate(ex).astype(np.int64),
-                       np.concatenate(au).astype(np.int8))
+    """Synthetic features of `n` videos (labels from `abaw synth`'s latent processes, heavy noise)."""
+    return synthetic_feature_split(fs, prefix, n, length, proj, 3.0, rng)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_faults import assert_one_line, invoke, tree_digest
+from test_faults import assert_one_line, finished_run, invoke, tree_digest  # noqa: F401  (fixture)
 
 from abaw.errors import AbawError
 from abaw.rundir import check_identity, data_identity, identity_diff
@@ -20,24 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def heads_run(tmp_path_factory, synthetic_split):
-    """A cache, annotation files and a finished one-epoch `train-heads` run."""
-    from abaw.cache.store import FeatureStore
-    from abaw.data.annotations import write_annotations
-    from abaw.data.labels import image_name
-
-    d = tmp_path_factory.mktemp("resume")
-    rng = np.random.default_rng(0)
-    fs = FeatureStore(d / "cache.zarr", "a")
-    proj = rng.standard_normal((22, 8)).astype(np.float32)
-    for split, prefix, n in (("training", "t", 3), ("validation", "v", 2)):
-        ann = synthetic_split(fs, prefix, n, 40, proj, 1.0, rng)
-        names = [image_name(ann.videos[v], int(f)) for v, f in zip(ann.video_idx, ann.frame)]
-        write_annotations(d / f"{split}_set_annotations.txt", names, ann.va, ann.expr, ann.au)
-    fs.close()
-    r = invoke(_args(d))
-    assert r.exit_code == 0, r.output
-    return d
+def heads_run(finished_run):
+    """A cache, annotation files and a finished one-epoch `train-heads` run (test_faults' fixture)."""
+    return finished_run[0]
 
 
 def _args(d, *extra):
