@@ -258,9 +258,10 @@ def main(argv=None) -> int:
     for c in a.config or ["default"]:
         name, _, flags = c.partition("=")
         configs[name] = shlex.split(flags)
-    if not a.no_linear:  # the search's built-in baseline config (abaw.pipeline.search.runner.BASELINE)
-        configs.setdefault("linear", ["--arch", "linear", "--temporal", "none", "--au-pos-weight", "auto",
-                                      "--lr", "0.001", "--dropout", "0.3", "--weight-decay", "1.0"])
+    if not a.no_linear:  # the search's built-in baseline config, as train-heads flags
+        from abaw.pipeline.search.runner import BASELINE
+
+        configs.setdefault("linear", [x for k, v in BASELINE.items() for x in (f"--{k.replace('_', '-')}", str(v))])
     pflags, profile = synth_profile(a.profile)
     work = Path(a.work) / profile
     work.mkdir(parents=True, exist_ok=True)

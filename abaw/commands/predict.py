@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from abaw.commands.options import echo_result
+from abaw.commands.options import echo_result, json_option
 
 SYNTHETIC = "warning: this system was trained on synthetic data: its predictions on real faces are not meaningful"
 
@@ -42,7 +42,7 @@ SYNTHETIC = "warning: this system was trained on synthetic data: its predictions
 @click.option("--detect-size", default=640, show_default=True, type=click.IntRange(0),
               help="With --system --video: longest side of the copy faces are detected on (0: full size).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+@json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None, cache: str | None,
             test_list: str | None, videos: tuple[str, ...], out: str, postprocess: str, val_ann: str | None,
@@ -62,7 +62,6 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
       abaw predict --run runs/a --run runs/b --cache cache.zarr --test-list MTL.txt --out submission.txt
       abaw predict --video clip.mp4 --run runs/joint --out clip_affect/
     """
-    from abaw.io import write_json
     from abaw.runtime import resolve_device
 
     if bool(test_list) == bool(videos):  # exactly one of the two modes
@@ -79,9 +78,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
 
             res = predict_inputs(system, list(videos), out, face="track" if face == "auto" else face, fmt=fmt,
                                  device=dev, detect_size=detect_size, progress=not quiet, kind=kind)
-            echo_result(res)
-            if json_out:
-                write_json(json_out, res.to_dict())
+            echo_result(res, json_out)
             if res.failed:
                 sys.exit(2)
             return
@@ -100,9 +97,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
 
             res = predict_inputs(RunsSystem(system, device=dev), list(videos), out, face="all", fmt=fmt,
                                  device=dev, detect_size=detect_size, progress=not quiet, kind=kind)
-            echo_result(res)
-            if json_out:
-                write_json(json_out, res.to_dict())
+            echo_result(res, json_out)
             sys.exit(2 if res.failed else 0)
     from abaw.pipeline.predict.system import predict_test_list, predict_videos
 
@@ -115,9 +110,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
 
         res = predict_test_list(system, cache, test_list, out, postprocess,
                                 read_annotations(val_ann) if val_ann else None, allow_missing_videos)
-    echo_result(res)
-    if json_out:
-        write_json(json_out, res.to_dict())
+    echo_result(res, json_out)
 
 
 @click.command("export-system")
@@ -125,7 +118,7 @@ def predict(runs: tuple[str, ...], composed: str | None, system_ref: str | None,
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="The system folder to write (system.json + heads/*.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+@json_option
 def export_system(sources: tuple[str, ...], out: str, overwrite: bool, json_out: str | None) -> None:
     """Write a trained system (run folders, or a composed.json / search folder) as one shareable folder.
 
@@ -140,10 +133,7 @@ def export_system(sources: tuple[str, ...], out: str, overwrite: bool, json_out:
       abaw export-system runs/au runs/joint -o my_system/
       abaw predict --system my_system/ --video clip.mp4 --out clip_affect/
     """
-    from abaw.io import write_json
     from abaw.pipeline.predict.export import export_system as run_export
 
     res = run_export(list(sources), out, overwrite=overwrite)
-    echo_result(res)
-    if json_out:
-        write_json(json_out, res.to_dict())
+    echo_result(res, json_out)

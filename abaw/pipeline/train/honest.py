@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from abaw.data.labels import TASKS
 from abaw.pipeline.crossfit import CrossfitConfig, apply_postfit, fit_postfit, make_series, score_values
 from abaw.pipeline.train.dataset import Labels
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 
-TASKS = ("va", "expr", "au")
 
 
 def assign_folds(video_idx: np.ndarray, k: int) -> np.ndarray:
@@ -67,7 +67,7 @@ class FoldTracker:
             return
         for f in range(self.k):
             rows = np.flatnonzero(self.fold != f)
-            sc = score_outputs(_only(outputs, tasks).take(rows), self.labels.take(rows)).total
+            sc = score_outputs(outputs.only(tasks).take(rows), self.labels.take(rows)).total
             if sc > self.best_score[f] + 1e-12:
                 self.best_score[f], self.best_epoch[f] = float(sc), int(epoch)
                 self.outputs[f] = {t: getattr(outputs, t).copy() for t in tasks if getattr(outputs, t) is not None}
@@ -106,9 +106,6 @@ class FoldTracker:
         scores = {t: None for t in TASKS} | score_values(values, whole, thr)
         return {"step": "honest", **scores, "folds": self.k, "fold_epochs": list(self.best_epoch)}
 
-
-def _only(outputs: FrameOutputs, tasks: tuple[str, ...]) -> FrameOutputs:
-    return outputs.with_values(**{t: None for t in TASKS if t not in tasks})
 
 
 __all__ = ["FoldTracker", "assign_folds", "crossfit_config"]

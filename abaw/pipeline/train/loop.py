@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             rec = _train_epoch(model, opt, loss_fn, train_ctx, train_b, cfg, epoch, bw, stride, device, bar)
             t0 = time.perf_counter()
             val_out = predict_frameset(model, val_ctx, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
-            sc = score_outputs(_only(val_out, score_tasks), val_fs.labels)
+            sc = score_outputs(val_out.only(score_tasks), val_fs.labels)
             rec.update(_val_losses(val_out, val_fs.labels, loss_fn))
             rec["time"]["eval_s"] = time.perf_counter() - t0
             rec["val"] = sc.summary()
@@ -315,9 +315,6 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
     return _finish(out, cfg, spec, model, val_fs, val_ctx, keys, device, val_b, history, best,
                    len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker)
 
-
-def _only(outputs: FrameOutputs, tasks: tuple[str, ...]) -> FrameOutputs:
-    return outputs.with_values(**{t: None for t in TASKS if t not in tasks})
 
 
 def _features_fit(table: FeatureTable, keys: tuple[str, ...], device: torch.device) -> bool:

@@ -45,6 +45,10 @@ class FrameOutputs:
     def with_values(self, **arrays: np.ndarray | None) -> FrameOutputs:
         return replace(self, **arrays)
 
+    def only(self, tasks: tuple[str, ...]) -> FrameOutputs:
+        """The same outputs with the tasks not in `tasks` dropped (e.g. those without a loss)."""
+        return replace(self, **{t: None for t in TASKS if t not in tasks})
+
     def take(self, rows: np.ndarray) -> FrameOutputs:
         """The outputs of the given rows (in that order)."""
         return FrameOutputs(self.videos, self.video_idx[rows], self.frame[rows],
