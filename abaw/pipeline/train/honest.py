@@ -92,9 +92,12 @@ class FoldTracker:
         tasks = tuple(self.outputs[0])
         values = {t: np.zeros_like(self.outputs[0][t], dtype=np.float64) for t in tasks}
         thr = np.full((len(self.fold), self.outputs[0]["au"].shape[1]), 0.5) if "au" in tasks else None
+        series: dict[int, Any] = {}  # folds that chose the same epoch share its (smoothed) outputs
         for f in range(self.k):
-            out = template.with_values(**{t: self.outputs[f].get(t) for t in TASKS})
-            s = make_series(out, self.labels, cfg)
+            if self.best_epoch[f] not in series:
+                out = template.with_values(**{t: self.outputs[f].get(t) for t in TASKS})
+                series[self.best_epoch[f]] = make_series(out, self.labels, cfg)
+            s = series[self.best_epoch[f]]
             inside = self.fold == f
             pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
             for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
