@@ -46,8 +46,8 @@ class RunLayout:
 
 
 HEADS_RUN = RunLayout("train-heads run", "config.json", (
-    "config.json", "data.json", "metrics.json", "best.pt", "last.pt", "val_outputs.npz", "postprocess.json",
-    "curves.png", "result.json"))
+    "config.json", "data.json", "metrics.json", "best.pt", "best-va.pt", "best-expr.pt", "best-au.pt", "last.pt",
+    "val_outputs.npz", "postprocess.json", "curves.png", "result.json"))
 FINETUNE_RUN = RunLayout("fine-tuning run", "finetune_config.json", (
     "finetune_config.json", "state.pt", "history.json", "learning_curve.png", "backbone.json",
     "backbone.safetensors", "head.safetensors"))

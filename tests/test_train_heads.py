@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -234,3 +235,59 @@ def test_configs_load_from_json_files(tmp_path):
     write_json(tmp_path / "typo.json", {"lrr": 1})
     with pytest.raises(FormatError, match=r"typo.json: TrainConfig: unknown config keys \['lrr'\]"):
         load_config(TrainConfig, tmp_path / "typo.json")
+
+
+def test_select_task_keeps_each_tasks_best_epoch(temporal_data, tmp_path):
+    """select=task: every task is predicted by the weights of its own best raw validation epoch."""
+    _, tr, va, table = temporal_data
+    cfg = TrainConfig.create(backbones=("synth",), epochs=6, au_thresholds=False, honest_folds=2, **SMALL)
+    assert cfg.select == "task"
+    run = train(cfg, table, tr, va, tmp_path / "r", progress=False)
+    hist = json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"]
+    epochs = run.result.task_epochs
+    assert set(epochs) == {"va", "expr", "au"}
+    raw = run.result.val_raw
+    for t in ("va", "expr", "au"):
+        scores = [h["val"][t] for h in hist]
+        assert epochs[t] == 1 + int(np.argmax(scores))  # first epoch reaching the maximum
+        assert raw[t] == pytest.approx(max(scores), abs=1e-6)
+    assert not list((tmp_path / "r").glob("best-*.pt"))  # folded into best.pt
+    loaded = load_run(tmp_path / "r")
+    assert loaded.spec.snapshots == run.spec.snapshots
+    again = loaded.predict(table, rows=align_labels(table, va).rows)
+    saved = loaded.val_outputs()
+    for t in ("va", "expr", "au"):
+        np.testing.assert_allclose(getattr(again, t), getattr(saved, t), atol=1e-5)
+    h = run.result.honest
+    assert h and all(set(e) == {"va", "expr", "au"} for e in h["fold_epochs"])
+    plain = replace(run.spec, snapshots=(0, 0, 0))
+    rep = init_from_runs(build_model(plain), plain, (str(tmp_path / "r"),))  # per-task checkpoint -> plain model
+    assert rep["loaded"] > 0 and not rep["skipped_shape"]
+
+
+def test_task_snapshots_take_each_task_from_its_copy():
+    from abaw.heads.model import ModelSpec, combine_snapshots
+    from abaw.pipeline.train.init import plain_state
+
+    spec = ModelSpec(keys=("a",), dims=(6,), d_model=8, heads=2, layers=1)
+    torch.manual_seed(0)
+    models = [build_model(spec).eval() for _ in range(2)]
+    states = {"va": models[0].state_dict(), "expr": models[1].state_dict(), "au": models[1].state_dict()}
+    cspec, sd = combine_snapshots(spec, states, {"va": 3, "expr": 7, "au": 7})
+    assert cspec.snapshots == (0, 1, 1)
+    combined = build_model(cspec).eval()
+    combined.load_state_dict(sd)
+    x, mask = [torch.randn(2, 5, 6)], torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        out, o0, o1 = combined(x, mask), models[0](x, mask), models[1](x, mask)
+    torch.testing.assert_close(out["va"], o0["va"])
+    torch.testing.assert_close(out["expr"], o1["expr"])
+    torch.testing.assert_close(out["au"], o1["au"])
+    assert set(combined.heads) == {"va", "expr", "au"} and combined.heads["au"].out_features == 12
+    pspec, psd = plain_state(cspec, sd)  # trunk from the copy most tasks use, heads from their own
+    assert pspec.snapshots == (0, 0, 0)
+    torch.testing.assert_close(psd["heads.va.weight"], states["va"]["heads.va.weight"])
+    trunk = [k for k in psd if not k.startswith("heads.")]
+    assert trunk and all(torch.equal(psd[k], states["expr"][k]) for k in trunk)
+    one, sd1 = combine_snapshots(spec, states, {"va": 7, "expr": 7, "au": 7})
+    assert one.snapshots == (0, 0, 0) and set(sd1) == set(models[0].state_dict())

@@ -12,7 +12,7 @@ Model architectures are registered in `HEAD_MODELS`; `multitask` is the one abov
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -47,6 +47,8 @@ class ModelSpec:
     posenc: bool = True  # transformer: sinusoidal position codes (the ABAW7 winner: none)
     task_windows: tuple[int, int, int] = (0, 0, 0)  # va, expr, au: temporal context in chunks of N frames
     # of each window (0 = the whole window); the ABAW7 winner: va 30, expr 5, au 1
+    snapshots: tuple[int, int, int] = (0, 0, 0)  # va, expr, au: which saved copy of the model predicts the
+    # task (set by training when tasks peak at different epochs; not a training setting)
 
     def validate(self) -> ModelSpec:
         """Raise AbawError on an inconsistent architecture; return self."""
@@ -63,7 +65,9 @@ class ModelSpec:
                   (self.kernel >= 1, "kernel must be >= 1"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
                   (len(self.keys) == len(self.dims), "one dim per backbone key"),
                   (len(self.task_windows) == 3 and all(int(n) >= 0 for n in self.task_windows),
-                   "task_windows: three frame counts >= 0 (va, expr, au; 0 = the whole window)")]
+                   "task_windows: three frame counts >= 0 (va, expr, au; 0 = the whole window)"),
+                  (len(self.snapshots) == 3 and all(int(n) >= 0 for n in self.snapshots),
+                   "snapshots: three copy indexes >= 0 (va, expr, au)")]
         for ok, msg in checks:
             if not ok:
                 raise AbawError(f"model: {msg}")
@@ -181,6 +185,60 @@ class MultiTaskModel(HeadModel):
             p[0].set_stats(m, s)
 
 
+class TaskSnapshots(nn.Module):
+    """Copies of one architecture saved at different epochs; each task is predicted by its copy.
+
+    Training keeps, per task, the weights of the epoch with that task's best validation
+    score (`abaw.pipeline.train.loop`); when the tasks peak at different epochs the run's
+    model is this: `spec.snapshots[i]` names the copy for task i (va, expr, au). The state
+    dict is `copies.<n>.<name of the plain model>`; the forward pass runs each copy that
+    some task needs and returns every task's output from its own copy.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        base = replace(spec, snapshots=(0, 0, 0))
+        self.copies = nn.ModuleList([HEAD_MODELS.get(spec.arch)(base) for _ in range(n_snapshots(spec))])
+        self.task_copy = {t: int(spec.snapshots[TASKS.index(t)]) for t in spec.tasks}
+
+    @property
+    def heads(self) -> dict[str, nn.Module]:
+        """Each task's head (from its copy)."""
+        return {t: self.copies[i].heads[t] for t, i in self.task_copy.items()}
+
+    def forward(self, feats: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = {i: self.copies[i](feats, mask) for i in sorted(set(self.task_copy.values()))}
+        return {t: outs[i][t] for t, i in self.task_copy.items()}
+
+
+def n_snapshots(spec: ModelSpec) -> int:
+    """How many copies a model of `spec` holds (1: a plain model)."""
+    return 1 + max(int(n) for n in spec.snapshots)
+
+
+def combine_snapshots(spec: ModelSpec, task_states: dict[str, dict[str, torch.Tensor]],
+                      task_keys: dict[str, object]) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """(spec, state dict) of a model predicting each task from its own state dict.
+
+    `task_keys[t]` identifies the state (e.g. its epoch): tasks with equal keys share one copy.
+    One distinct state gives the plain model (spec.snapshots all 0).
+    """
+    order: list[object] = []
+    for t in spec.tasks:
+        if task_keys[t] not in order:
+            order.append(task_keys[t])
+    idx = [order.index(task_keys[t]) if t in spec.tasks else 0 for t in TASKS]
+    if len(order) == 1:
+        return replace(spec, snapshots=(0, 0, 0)), dict(task_states[spec.tasks[0]])
+    first = {k: next(t for t in spec.tasks if task_keys[t] == k) for k in order}
+    sd = {f"copies.{i}.{name}": v for i, k in enumerate(order) for name, v in task_states[first[k]].items()}
+    return replace(spec, snapshots=tuple(idx)), sd
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate the registered architecture `spec.arch`."""
+    """Instantiate the registered architecture `spec.arch` (as `TaskSnapshots` when the spec
+    names several copies)."""
+    if n_snapshots(spec) > 1:
+        return TaskSnapshots(spec)
     return HEAD_MODELS.get(spec.arch)(spec)

@@ -13,8 +13,8 @@ from abaw.pipeline.train.dataset import CONTEXTS, DEFAULT_MAX_GAP
 from abaw.pipeline.train.postprocess import DEFAULT_KERNELS, DEFAULT_WINDOWS
 
 # Fields added later, with the value that reproduces run folders saved before them (`run.read_config`).
-OLD_DEFAULTS: dict[str, Any] = {"min_steps": 0, "smooth_kernels": ["box"], "honest_folds": 0}
-MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims"))
+OLD_DEFAULTS: dict[str, Any] = {"min_steps": 0, "smooth_kernels": ["box"], "honest_folds": 0, "select": "total"}
+MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims", "snapshots"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class TrainConfig:
     min_steps: int = 1000  # optimizer steps at least, spread over the epochs (small data: several passes per epoch)
     batch_frames: int = 256  # frames per batch (windows per batch = batch_frames // window)
     warmup_epochs: float = 1.0
-    patience: int = 5  # early stopping: epochs without a better validation P_MTL
+    patience: int = 5  # early stopping: epochs without a better validation score (any task's, with select=task)
+    select: str = "task"  # task: each task keeps the weights of its own best epoch | total: one epoch by P_MTL
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     seed: int = 0
     init_from: tuple[str, ...] = ()  # run directories to initialise from (progressive learning)
@@ -125,6 +126,7 @@ class TrainConfig:
                   (self.au_pos_weight in ("none", "auto", "balanced"), "au_pos_weight: none, auto or balanced"),
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.va_loss in ("mean", "sum"), "va_loss: mean or sum"),
+                  (self.select in ("task", "total"), "select: task or total"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
                   (self.min_steps >= 0, "min_steps must be >= 0"), (self.honest_folds >= 0, "honest_folds >= 0"),
                   (len(self.smooth_kernels) > 0 and all(k in DEFAULT_KERNELS for k in self.smooth_kernels),

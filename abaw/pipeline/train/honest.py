@@ -3,8 +3,8 @@
 A run's reported validation score is optimistic: the best epoch (early stopping), the
 smoothing kernels and windows and the AU thresholds are all chosen on the very frames
 they are scored on. Here the validation videos are split into K folds (whole videos,
-balanced by labelled frames); for each fold the *other* folds choose the epoch (best raw
-P_MTL on them, tracked during training by `FoldTracker`) and fit the post-processing
+balanced by labelled frames); for each fold the *other* folds choose the epoch (per task, or by raw
+P_MTL with `select=total`, tracked during training by `FoldTracker`) and fit the post-processing
 (`abaw.pipeline.crossfit.fit_postfit`, the same search as the run's own), which is then
 applied to the fold's videos. The pooled predictions of all folds give the estimate.
 
@@ -47,14 +47,19 @@ def crossfit_config(cfg: Any) -> CrossfitConfig:
 
 
 class FoldTracker:
-    """Per fold: the best epoch by raw P_MTL on the OTHER folds, and that epoch's outputs."""
+    """Per fold: the best epoch on the OTHER folds, and that epoch's outputs.
 
-    def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int):
+    `per_task=True` (the run's `select=task`): one best epoch per task, by that task's raw
+    score; otherwise one epoch for all tasks by raw P_MTL.
+    """
+
+    def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int, per_task: bool = False):
         self.fold = assign_folds(video_idx, folds)
         self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
         self.labels = labels
-        self.best_score = [-np.inf] * self.k
-        self.best_epoch = [0] * self.k
+        self.per_task = bool(per_task)
+        self.best_score: list[dict[str, float]] = [{} for _ in range(self.k)]
+        self.best_epoch: list[dict[str, int]] = [{} for _ in range(self.k)]
         self.outputs: list[dict[str, np.ndarray] | None] = [None] * self.k
 
     @property
@@ -65,12 +70,19 @@ class FoldTracker:
         """Consider one epoch's raw validation outputs (rows aligned with the labels)."""
         if not self.usable:
             return
+        groups = {t: (t,) for t in tasks} if self.per_task else {"total": tuple(tasks)}
         for f in range(self.k):
             rows = np.flatnonzero(self.fold != f)
-            sc = score_outputs(outputs.only(tasks).take(rows), self.labels.take(rows)).total
-            if sc > self.best_score[f] + 1e-12:
-                self.best_score[f], self.best_epoch[f] = float(sc), int(epoch)
-                self.outputs[f] = {t: getattr(outputs, t).copy() for t in tasks if getattr(outputs, t) is not None}
+            sc = score_outputs(outputs.only(tasks).take(rows), self.labels.take(rows))
+            for key, members in groups.items():
+                v = getattr(sc, key)
+                if v is None or not v > self.best_score[f].get(key, -np.inf) + 1e-12:
+                    continue
+                self.best_score[f][key], self.best_epoch[f][key] = float(v), int(epoch)
+                self.outputs[f] = dict(self.outputs[f] or {})
+                for t in members:
+                    if getattr(outputs, t) is not None:
+                        self.outputs[f][t] = getattr(outputs, t).copy()
 
     def state(self) -> dict[str, Any]:
         """For the resume state (tensors and JSON types)."""
@@ -81,8 +93,9 @@ class FoldTracker:
     def load(self, st: dict[str, Any] | None) -> None:
         if not st or len(st.get("score", [])) != self.k:
             return
-        self.best_score = [float(x) for x in st["score"]]
-        self.best_epoch = [int(x) for x in st["epoch"]]
+        as_dict = lambda x: dict(x) if isinstance(x, dict) else {"total": x}  # noqa: E731  (older states: P_MTL)
+        self.best_score = [{k: float(v) for k, v in as_dict(x).items()} for x in st["score"]]
+        self.best_epoch = [{k: int(v) for k, v in as_dict(x).items()} for x in st["epoch"]]
         self.outputs = [None if o is None else {t: a.numpy() for t, a in o.items()} for o in st["outputs"]]
 
     def estimate(self, template: FrameOutputs, cfg: CrossfitConfig) -> dict[str, Any] | None:
@@ -92,12 +105,13 @@ class FoldTracker:
         tasks = tuple(self.outputs[0])
         values = {t: np.zeros_like(self.outputs[0][t], dtype=np.float64) for t in tasks}
         thr = np.full((len(self.fold), self.outputs[0]["au"].shape[1]), 0.5) if "au" in tasks else None
-        series: dict[int, Any] = {}  # folds that chose the same epoch share its (smoothed) outputs
+        series: dict[tuple, Any] = {}  # folds that chose the same epochs share their (smoothed) outputs
         for f in range(self.k):
-            if self.best_epoch[f] not in series:
+            chosen = tuple(sorted(self.best_epoch[f].items()))
+            if chosen not in series:
                 out = template.with_values(**{t: self.outputs[f].get(t) for t in TASKS})
-                series[self.best_epoch[f]] = make_series(out, self.labels, cfg)
-            s = series[self.best_epoch[f]]
+                series[chosen] = make_series(out, self.labels, cfg)
+            s = series[chosen]
             inside = self.fold == f
             pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
             for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
@@ -107,7 +121,8 @@ class FoldTracker:
         whole = make_series(template.with_values(**{t: values.get(t) for t in TASKS}), self.labels,
                             CrossfitConfig(smoothing=False))
         scores = {t: None for t in TASKS} | score_values(values, whole, thr)
-        return {"step": "honest", **scores, "folds": self.k, "fold_epochs": list(self.best_epoch)}
+        epochs = [dict(e) if self.per_task else e.get("total", 0) for e in self.best_epoch]
+        return {"step": "honest", **scores, "folds": self.k, "fold_epochs": epochs}
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from abaw.errors import AbawError
-from abaw.heads.model import ModelSpec
+from abaw.data.labels import TASKS
+from abaw.heads.model import ModelSpec, n_snapshots
 from abaw.pipeline.train.run import load_checkpoint
 
 
@@ -29,6 +31,7 @@ def init_from_runs(model: nn.Module, spec: ModelSpec, runs: tuple[str, ...]) -> 
         if not (p / "result.json").exists():
             raise AbawError(f"--init-from {rd}: not a finished run directory")
         src, sd, _ = load_checkpoint(p / "best.pt")
+        src, sd = plain_state(src, sd)
         key_map = {i: spec.keys.index(k) for i, k in enumerate(src.keys) if k in spec.keys}
         n = 0
         for name, t in sd.items():
@@ -57,6 +60,24 @@ def init_from_runs(model: nn.Module, spec: ModelSpec, runs: tuple[str, ...]) -> 
     report["fresh"] = sorted(k for k in target if k not in assigned)
     report["loaded"] = len(assigned)
     return report
+
+
+def plain_state(spec: ModelSpec, sd: dict[str, torch.Tensor]) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The state of one plain model from a checkpoint that may hold per-task copies
+    (`TaskSnapshots`): each task head from its own copy, the rest from the copy most tasks use."""
+    if n_snapshots(spec) == 1:
+        return spec, sd
+    copy_of = {t: int(spec.snapshots[TASKS.index(t)]) for t in spec.tasks}
+    counts = [list(copy_of.values()).count(i) for i in range(n_snapshots(spec))]
+    main = int(np.argmax(counts))
+    out: dict[str, torch.Tensor] = {}
+    for name, v in sd.items():
+        _, i, rest = name.split(".", 2)
+        parts = rest.split(".")
+        wanted = copy_of[parts[1]] if parts[0] == "heads" else main
+        if int(i) == wanted:
+            out[rest] = v
+    return replace(spec, snapshots=(0, 0, 0)), out
 
 
 def feature_stats(feats: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.heads.losses import MultiTaskLoss, inverse_frequency_weights, positive_weights
-from abaw.heads.model import ModelSpec, build_model
+from abaw.heads.model import ModelSpec, build_model, combine_snapshots
 from abaw.io import read_json, write_json
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.dataset import (
@@ -218,8 +218,10 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
 
     history: list[dict[str, Any]] = []
-    tracker = FoldTracker(val_fs.video_idx, val_fs.labels, cfg.honest_folds)
+    per_task = cfg.select == "task"
+    tracker = FoldTracker(val_fs.video_idx, val_fs.labels, cfg.honest_folds, per_task=per_task)
     best = {"score": -math.inf, "epoch": 0}
+    task_best = {t: {"score": -math.inf, "epoch": 0} for t in spec.tasks}
     bad_epochs = 0
     start_epoch = 0
     init_report = None
@@ -234,6 +236,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             torch.cuda.set_rng_state(st["cuda_rng"], device)
         start_epoch = int(st["epoch"])
         best = {"score": float(st["best_score"]), "epoch": int(st["best_epoch"])}
+        task_best.update(json.loads(st.get("task_best_json", "{}")))
         bad_epochs = int(st["bad_epochs"])
         history = json.loads(st["history_json"])
         tracker.load(st.get("honest"))
@@ -290,14 +293,22 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
             tracker.update(epoch + 1, val_out, score_tasks)
             if improved:
                 best = {"score": sc.total, "epoch": epoch + 1}
-                bad_epochs = 0
-                save_checkpoint(out / "best.pt", model, spec, epoch=epoch + 1, val=rec["val"])
-            else:
-                bad_epochs += 1
+                if not per_task:
+                    save_checkpoint(out / "best.pt", model, spec, epoch=epoch + 1, val=rec["val"])
+            if per_task:
+                better = [t for t in spec.tasks if (getattr(sc, t) is not None
+                                                    and getattr(sc, t) > task_best[t]["score"] + 1e-12)]
+                for t in better:
+                    task_best[t] = {"score": float(getattr(sc, t)), "epoch": epoch + 1}
+                    save_checkpoint(out / f"best-{t}.pt", model, spec, epoch=epoch + 1, val=rec["val"])
+                rec["best_tasks"] = better
+                improved = bool(better)
+            bad_epochs = 0 if improved else bad_epochs + 1
             history.append(rec)
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                   "epoch": epoch + 1, "best_score": best["score"], "best_epoch": best["epoch"],
                   "bad_epochs": bad_epochs, "history_json": json.dumps(history),
+                  "task_best_json": json.dumps(task_best),
                   "honest": tracker.state()}
             if device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -313,7 +324,8 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         if bar is not None:
             bar.close()
     return _finish(out, cfg, spec, model, val_fs, val_ctx, keys, device, val_b, history, best,
-                   len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker)
+                   len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker,
+                   task_best if per_task else None)
 
 
 
@@ -403,10 +415,23 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: MultiTas
 def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_fs: FrameSet, val_ctx: FrameSet,
             keys: tuple[str, ...], device: torch.device, val_b: Batcher, history: list[dict[str, Any]],
             best: dict[str, Any], stopped_early: bool, seconds: float, table: FeatureTable,
-            tracker: FoldTracker) -> Run:
-    """Reload the best checkpoint, fit post-processing on validation, write the summary."""
-    _, sd, _ = load_checkpoint(out / "best.pt")
-    model.load_state_dict(sd)
+            tracker: FoldTracker, task_best: dict[str, dict[str, Any]] | None = None) -> Run:
+    """Reload the best checkpoint, fit post-processing on validation, write the summary.
+
+    With `task_best` (select=task) the best checkpoint is assembled first from each task's
+    best-<task>.pt: one model when all tasks peaked at the same epoch, else `TaskSnapshots`.
+    """
+    task_epochs = None
+    if task_best is not None:
+        states = {t: load_checkpoint(out / f"best-{t}.pt")[1] for t in spec.tasks}
+        task_epochs = {t: int(task_best[t]["epoch"]) for t in spec.tasks}
+        spec, sd = combine_snapshots(spec, states, task_epochs)
+        model = build_model(spec).to(device)
+        model.load_state_dict(sd)
+        save_checkpoint(out / "best.pt", model, spec, epoch=max(task_epochs.values()), task_epochs=task_epochs)
+    else:
+        _, sd, _ = load_checkpoint(out / "best.pt")
+        model.load_state_dict(sd)
     val_out = predict_frameset(model, val_ctx, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
     val_out.save(out / "val_outputs.npz")
     if cfg.au_thresholds or cfg.smoothing:
@@ -418,12 +443,14 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps, "honest": honest})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
     data = read_json(out / "data.json")
-    result = TrainResult(path=str(out), best_epoch=best["epoch"], epochs_run=len(history),
+    result = TrainResult(path=str(out), best_epoch=best["epoch"], task_epochs=task_epochs, epochs_run=len(history),
                          stopped_early=stopped_early, steps=tuple(steps), honest=honest,
                          train_seconds_this_call=seconds,
                          device=str(device), missing={s: data[s].get("missing") for s in ("train", "val")})
     write_json(out / "result.json", result.record())
     (out / "last.pt").unlink(missing_ok=True)
+    for t in spec.tasks:  # folded into best.pt
+        (out / f"best-{t}.pt").unlink(missing_ok=True)
     model.eval()
     return Run(path=out, config=cfg, spec=spec, model=model, postprocess=pp,
                fingerprints=data.get("fingerprints", {}), history=history, result=result, device=device,

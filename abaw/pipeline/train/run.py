@@ -7,7 +7,9 @@ A run directory holds:
                        reports, backbone fingerprints, init-from report
     metrics.json       one record per epoch (losses, per-task validation scores, timings)
     best.pt            best checkpoint: {"format", "spec": ModelSpec, "state_dict", "epoch", "val"}
-                       (plain tensors and JSON types: torch.load(weights_only=True) reads it)
+                       (plain tensors and JSON types: torch.load(weights_only=True) reads it);
+                       with select=task, assembled at the end from each task's best epoch
+                       (`TaskSnapshots` when they differ; best-<task>.pt while training)
     last.pt            resume state of an unfinished run (deleted when the run finishes)
     val_outputs.npz    raw per-frame validation outputs of the best checkpoint (for ensembles)
     postprocess.json   fitted PostProcess and the P_MTL before/after each step
@@ -122,7 +124,7 @@ class TrainResult(Result):
     """What `abaw train-heads` reports about a finished run (`result.json` + missing frames)."""
 
     path: str
-    best_epoch: int
+    best_epoch: int  # the epoch of the best raw validation P_MTL
     epochs_run: int
     stopped_early: bool
     steps: tuple[dict[str, Any], ...]  # validation scores after each post-processing step (optimistic)
@@ -130,6 +132,7 @@ class TrainResult(Result):
     train_seconds_this_call: float = 0.0
     device: str = "cpu"
     missing: dict[str, Any] = field(default_factory=dict)  # split -> missing-frame report (or None)
+    task_epochs: dict[str, int] | None = None  # select=task: the epoch whose weights predict each task
 
     @property
     def val_raw(self) -> dict[str, Any]:
@@ -144,7 +147,8 @@ class TrainResult(Result):
 
     def record(self) -> dict[str, Any]:
         """The `result.json` of the run folder."""
-        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+        return {"best_epoch": self.best_epoch, "task_epochs": self.task_epochs, "epochs_run": self.epochs_run,
+                "stopped_early": self.stopped_early,
                 "val_raw": self.val_raw, "val_final": self.val_final, "steps": list(self.steps),
                 "honest": self.honest,
                 "train_seconds_this_call": self.train_seconds_this_call, "device": self.device}
@@ -157,7 +161,7 @@ class TrainResult(Result):
         data = read_json(path / "data.json") if (path / "data.json").exists() else {}
         return cls(path=str(path), best_epoch=int(res["best_epoch"]), epochs_run=int(res["epochs_run"]),
                    stopped_early=bool(res.get("stopped_early", False)), steps=tuple(res["steps"]),
-                   honest=res.get("honest"),
+                   honest=res.get("honest"), task_epochs=res.get("task_epochs"),
                    train_seconds_this_call=float(res.get("train_seconds_this_call", 0.0)),
                    device=str(res.get("device", "cpu")),
                    missing={s: (data.get(s) or {}).get("missing") for s in ("train", "val")})
@@ -168,7 +172,9 @@ class TrainResult(Result):
             if miss:
                 lines.append(f"skipped {miss['missing']} of {miss['labelled']} labelled {split} frames without a "
                              f"cached feature (e.g. {', '.join(miss['examples'][:3])})")
-        lines.append(f"best epoch {self.best_epoch} of {self.epochs_run}; validation P_MTL by post-processing step:")
+        per = (" (weights per task from epochs " + ", ".join(f"{t} {e}" for t, e in self.task_epochs.items()) + ")"
+               if self.task_epochs else "")
+        lines.append(f"best epoch {self.best_epoch} of {self.epochs_run}{per}; validation P_MTL by post-processing step:")
         for s in self.steps:
             extra = ""
             if "windows" in s:
