@@ -282,16 +282,18 @@ def cache_verify_cmd(store: str, repair: bool, json_out: str | None) -> None:
         sys.exit(1)
 
 
-# ---------------------------------------------------------------- training, search, predict, report, demo
+# ---------------------------------------------------------------- training, search, blend, predict, report, demo
 
 
 def _add_commands() -> None:
+    from abaw.commands.blend import blend
     from abaw.commands.predict import export_system, predict
+    from abaw.commands.recipes import recipes
     from abaw.commands.report import demo, report
     from abaw.commands.search import search
     from abaw.commands.train import finetune, train_heads
 
-    for cmd in (finetune, train_heads, search, predict, export_system, report, demo):
+    for cmd in (finetune, train_heads, search, blend, predict, export_system, report, demo, recipes):
         main.add_command(cmd)
 
 

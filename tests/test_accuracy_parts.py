@@ -52,7 +52,7 @@ def linear_data(tmp_path_factory, synthetic_split):
 def test_linear_head_trains_predicts_and_reloads(linear_data, tmp_path):
     tr, va, table = linear_data
     cfg = TrainConfig.create(arch="linear", temporal="none", epochs=30, min_steps=0, batch_frames=128, lr=1e-2, dropout=0.0,
-                      au_pos_weight="auto", smoothing=False, patience=100)
+                      au_pos_weight="auto", smoothing=False, patience=100, select="total")
     run = train(cfg, table, tr, va, tmp_path / "lin", progress=False)
     final = run.result["val_final"]
     assert final["va"] > 0.6 and final["expr"] > 0.5 and final["au"] > 0.6, final
@@ -177,13 +177,18 @@ def test_fold_tracker_chooses_each_folds_epoch_without_it():
     tr = FoldTracker(vid, labels, 4)
     tr.update(1, e1, ("va",))
     tr.update(2, e2, ("va",))
-    assert tr.best_epoch == [1, 1, 1, 1]  # on every fold's complement epoch 1 is better
+    assert tr.best_epoch == [{"total": 1}] * 4  # on every fold's complement epoch 1 is better
     h = tr.estimate(e1, CrossfitConfig(smoothing=False, thresholds=False))
     assert h["folds"] == 4 and h["va"] < 0.6  # video 3 is scored with epoch 1's (bad) outputs
     st = tr.state()
     again = FoldTracker(vid, labels, 4)
     again.load(st)
     assert again.best_epoch == tr.best_epoch and np.array_equal(again.outputs[3]["va"], tr.outputs[3]["va"])
+    per = FoldTracker(vid, labels, 4, per_task=True)  # select=task: the same choice, per task
+    per.update(1, e1, ("va",))
+    per.update(2, e2, ("va",))
+    assert per.best_epoch == [{"va": 1}] * 4 and per.estimate(e1, CrossfitConfig(smoothing=False, thresholds=False))[
+        "fold_epochs"] == [{"va": 1}] * 4
 
 
 def test_min_steps_spread_over_epochs_and_honest_reported(linear_data, tmp_path):

@@ -1,6 +1,6 @@
-"""Settings files (`train-heads --config`, `--write-default-config`) and the recipes in
-recipes/: each runs end to end on tiny `abaw synth` data, with `train-heads --config` and
-with `abaw search --space`."""
+"""Settings files (`train-heads --config`, `--write-default-config`) and the recipes shipped in
+abaw/recipes/ (`abaw recipes`): each runs end to end on tiny `abaw synth` data, with
+`train-heads --config` and with `abaw search --space`, by path and by name."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from abaw.pipeline.train.settings import read_settings, resolve, write_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # found from a fresh clone
+RECIPES = Path(__file__).resolve().parents[1] / "abaw" / "recipes"  # package data, found from a fresh clone
 NAMES = ("abaw7-winner", "hsemotion", "abaw4-aim3")
 SPEC = "timm:test_efficientnet_gn?size=32&pretrained=0"
 TINY = ["--epochs", "1", "--min-steps", "0", "--d-model", "32", "--layers", "1", "--batch-frames", "64", "--quiet"]
@@ -98,8 +98,36 @@ def test_recipe_runs_end_to_end_on_synth(name, recipe_cache, tmp_path):
     assert (run_settings["epochs"], run_settings["d_model"]) == (1, 32)
     res = json.loads((out / "result.json").read_text())
     assert res["val_final"]["total"] is not None
-    # the same file as a search space (one config of its grid)
-    s = CliRunner().invoke(main, ["search", "--space", recipe, "--cache", str(store), "--data", str(root),
+    # the same recipe, by name, as a search space (one config of its grid)
+    s = CliRunner().invoke(main, ["search", "--space", name, "--cache", str(store), "--data", str(root),
                                   "--out", str(tmp_path / "search"), "--budget", "1", "--set", "epochs=1", "--set", "min_steps=0",
                                   "--set", "d_model=32", "--set", "layers=1", "--set", "batch_frames=64", "--quiet"])
     assert s.exit_code == 0, s.output
+
+
+def test_recipes_are_listed_shown_and_found_by_name(tmp_path, monkeypatch):
+    from abaw.recipes import RECIPES_DIR, find_recipe
+
+    assert RECIPES_DIR == RECIPES.resolve() and sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(NAMES)
+    cfg = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    assert "abaw.recipes = *.yaml" in cfg  # shipped as package data: found when pip-installed too
+    r = CliRunner().invoke(main, ["recipes"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line for line in r.output.splitlines()[1:len(NAMES) + 1]}
+    assert set(rows) == set(NAMES)
+    assert "1.5286" in rows["abaw7-winner"] and "1.4939" in rows["hsemotion"] and "1.7607" in rows["abaw4-aim3"]
+    r = CliRunner().invoke(main, ["recipes", "show", "hsemotion"])
+    assert r.exit_code == 0 and r.output == (RECIPES / "hsemotion.yaml").read_text()
+    monkeypatch.chdir(tmp_path)  # by name from anywhere; a path keeps working
+    for ref in ("abaw7-winner", "abaw7-winner.yaml", str(RECIPES / "abaw7-winner.yaml")):
+        out = tmp_path / f"{Path(ref).name}.out.yaml"
+        r = CliRunner().invoke(main, ["train-heads", "--config", ref, "--write-default-config", str(out)])
+        assert r.exit_code == 0, r.output
+        assert read_settings(out)[0] == read_settings(tmp_path / "abaw7-winner.out.yaml")[0]
+    assert read_settings(out)[0]["fusion"] == "ffm"
+    (tmp_path / "hsemotion").mkdir()  # a folder of that name is not a settings file: the recipe is used
+    assert find_recipe("hsemotion") == RECIPES_DIR / "hsemotion.yaml"
+    for args in (["train-heads", "--config", "nope"], ["recipes", "show", "nope"],
+                 ["search", "--space", "nope", "--cache", ".", "--out", "s", "--data", "."]):
+        r = CliRunner().invoke(main, args + (["--write-default-config", "x.yaml"] if args[0] == "train-heads" else []))
+        assert r.exit_code == 1 and "nope: no such file, nor a recipe name (recipes: abaw4-aim3" in r.output, r.output

@@ -15,8 +15,9 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
 @click.option("--train-ann", type=click.Path(exists=True, dir_okay=False), help="Training annotation file.")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False), help="Validation annotation file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Search folder (resumable).")
-@click.option("--space", "space_file", type=click.Path(exists=True, dir_okay=False),
-              help="Search-space file (YAML/JSON with base/grid/random sections).")
+@click.option("--space", "space_file", metavar="FILE|RECIPE",
+              help="Search-space file (YAML/JSON with base/grid/random sections) or a shipped recipe's name "
+                   "(`abaw recipes`).")
 @click.option("--tasks", "tasks_opt", multiple=True,
               help="Grid over task sets, repeatable: --tasks va,expr,au --tasks au --tasks expr ...")
 @click.option("--backbones", "backbones_opt", multiple=True,
@@ -53,7 +54,9 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
     from abaw.pipeline.search.space import SearchSpace, load_space, space_from_dict
 
     tr, va = split_paths(data, train_ann, val_ann)
-    space = load_space(space_file) if space_file else SearchSpace()
+    from abaw.recipes import find_recipe
+
+    space = load_space(find_recipe(space_file)) if space_file else SearchSpace()
     grid = dict(space.grid)
     for key, vals in (("tasks", list(tasks_opt)), ("backbones", list(backbones_opt)),
                       ("fusion", fusion_opt.split(",") if fusion_opt else []),

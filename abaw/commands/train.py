@@ -10,9 +10,10 @@ from abaw.commands.options import echo_result, json_option, parse_task_weights, 
 
 
 @click.command("train-heads")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_file", metavar="FILE|RECIPE",
               help="Settings file: YAML/JSON of training settings, or a search space (its base + the first "
-                   "value of each grid entry), e.g. recipes/abaw7-winner.yaml. Flags given explicitly override it.")
+                   "value of each grid entry), or a shipped recipe's name (`abaw recipes`), e.g. abaw7-winner. "
+                   "Flags given explicitly override it.")
 @click.option("--write-default-config", "write_config", type=click.Path(dir_okay=False),
               help="Write the settings (defaults, plus --config and the flags given) to this YAML file and exit.")
 @click.option("--cache", type=click.Path(exists=True, file_okay=False),
@@ -117,6 +118,10 @@ def train_heads(ctx: click.Context, config_file: str | None, write_config: str |
                                task_windows=parse_task_windows(task_windows), init_from=init_from, **opts).flat()
     explicit = {k: flags[k] for k in ctx.params
                 if k in flags and ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
+    if config_file:
+        from abaw.recipes import find_recipe
+
+        config_file = str(find_recipe(config_file))
     file_settings, notes = read_settings(config_file) if config_file else ({}, [])
     cfg = resolve(flags, file_settings, explicit, config_file or "train-heads")
     for note in notes:

@@ -262,6 +262,31 @@ def crossfit(s: Series, cfg: CrossfitConfig = CrossfitConfig(), fit_fn: FitFn = 
     return CrossfitResult(optimistic, honest, raw, pf_all, folds)
 
 
+def crossfit_folds(fold: np.ndarray, series_of: Callable[[int], Series], cfg: CrossfitConfig = CrossfitConfig()
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[int, PostFit]]:
+    """Fold by fold (`fold`: a fold id per row): the post-processing fitted on the OTHER folds'
+    rows of `series_of(f)` (the outputs that fold uses, e.g. its epoch or its blend weights,
+    row-aligned with `fold`) and applied to the fold's rows. Returns the pooled per-task
+    values, the per-row AU thresholds ([N, 12], None without AU) and each fold's PostFit;
+    score them with `score_values(values, series, thr)`."""
+    values: dict[str, np.ndarray] = {}
+    thr = None
+    fits: dict[int, PostFit] = {}
+    for f in np.unique(fold):
+        s = series_of(int(f))
+        inside = fold == f
+        pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
+        fits[int(f)] = pf
+        for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
+            values.setdefault(t, np.zeros((len(fold),) + a.shape[1:]))[inside] = a
+        if "au" in s.tasks:
+            if thr is None:
+                thr = np.full((len(fold), s.outputs["au"].shape[1]), 0.5)
+            if pf.au_thresholds is not None:
+                thr[inside] = np.asarray(pf.au_thresholds)
+    return values, thr, fits
+
+
 def apply_to(outputs: Any, pf: PostFit) -> dict[str, np.ndarray]:
     """Apply a PostFit (e.g. fitted on all validation videos) to other outputs (e.g. test)."""
     vid, fr = np.asarray(outputs.video_idx), np.asarray(outputs.frame)

@@ -8,7 +8,8 @@ loading it back from a folder, a URL or a Hugging Face Hub repo (`--system`).
 
 The manifest (`"abaw_system": 1`) holds: the abaw version and date; which runs serve
 each task; per run its TrainConfig, ModelSpec, fitted post-processing (smoothing
-windows, AU thresholds) and its heads file with SHA-256; the backbones (spec,
+windows, AU thresholds) and its heads file with SHA-256; for a blend (`abaw blend`),
+`blend`: the per-task run weights, their space and the blend's own post-processing; the backbones (spec,
 preprocessing, weight SHA-256 and source: everything `create_backbone` needs to rebuild
 them, refusing other weights); the label sets (EXPR and AU orders); the crop (112 px,
 5-point template); a summary of the training data (videos, labelled frames per task,
@@ -131,6 +132,9 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
                               "standard 112 px template (abaw.extract.faces)"},
             "synthetic": synthetic, "files": files,
         }
+        if system.blended:  # `abaw blend`: per-task run weights, their space, the blend's post-processing
+            manifest["blend"] = {"weights": {t: list(w) for t, w in system.weights.items()}, "space": system.space,
+                                 "postprocess": to_dict(system.postprocess)}
         write_json(tmp / MANIFEST, manifest)
         if archive:
             _archive(tmp, dest)
@@ -332,7 +336,11 @@ def load_exported(ref: str, device: str = "cpu"):
             runs[rid] = Run(path=folder / "heads" / rid, config=TrainConfig.from_dict(e["config"]), spec=spec,
                             model=model.to(dev).eval(), postprocess=from_dict(PostProcess, e["postprocess"]),
                             fingerprints=e.get("fingerprints", {}), device=dev)
-        system = System({t: [runs[r] for r in rs] for t, rs in m["tasks"].items()})
+        blend = m.get("blend")
+        extra = {} if not blend else {"weights": {t: tuple(float(x) for x in w) for t, w in blend["weights"].items()},
+                                      "space": str(blend["space"]),
+                                      "postprocess": from_dict(PostProcess, blend["postprocess"])}
+        system = System({t: [runs[r] for r in rs] for t, rs in m["tasks"].items()}, **extra)
     except (KeyError, TypeError, RuntimeError) as e:
         raise AbawError(f"{folder / MANIFEST}: cannot rebuild the system ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:150]})") from None

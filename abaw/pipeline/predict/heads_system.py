@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from abaw.data.labels import N_AU, TASKS
+from abaw.data.labels import TASKS
 from abaw.pipeline.predict.zeroshot import Track
 
 
@@ -29,14 +29,13 @@ class RunsSystem:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from abaw.pipeline.predict.system import _thresholds, system_backbones
+        from abaw.pipeline.predict.system import system_backbones
 
         self.backbones = system_backbones(self.system)
         for bb in self.backbones:
             bb.model.to(self.device).eval()
         self.tasks = self.system.tasks
-        self.au_thresholds = (_thresholds([r.postprocess for r in self.system.runs["au"]])
-                              if "au" in self.tasks else np.full(N_AU, 0.5))
+        self.au_thresholds = self.system.au_thresholds()
         self._fingerprints = {bb.key: bb.fingerprint() for bb in self.backbones}
 
     @property

@@ -20,7 +20,7 @@ refused unless `allow_missing_videos`). The file is validated before it is repor
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,17 @@ POSTPROCESS_MODES = ("each", "refit", "none")
 
 @dataclass
 class System:
-    """Which runs supply each task."""
+    """Which runs supply each task; a blend (`abaw blend`) adds the weights of each task's
+    runs, the space they are averaged in and the post-processing fitted on the blend."""
 
     runs: dict[str, list[Any]]  # task -> [Run]
+    weights: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> one per run (blend)
+    space: str = "prob"  # prob | logit: how a blend averages EXPR/AU (abaw.pipeline.train.outputs.combine)
+    postprocess: Any = None  # the blend's own PostProcess (None: each run's)
+
+    @property
+    def blended(self) -> bool:
+        return self.postprocess is not None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -63,8 +71,20 @@ class System:
                     prints.setdefault(k, r.fingerprints[k])
         return prints
 
+    def au_thresholds(self) -> np.ndarray:
+        """The AU thresholds of the system's own post-processing: the blend's, else the mean of the runs'."""
+        if self.blended:
+            pp = self.postprocess.au_thresholds
+            return np.full(N_AU, 0.5) if pp is None else np.asarray(pp, float)
+        return _thresholds([r.postprocess for r in self.runs["au"]]) if self.runs.get("au") else np.full(N_AU, 0.5)
+
     def describe(self) -> str:
-        return "; ".join(f"{t.upper()}: {', '.join(str(r.path) for r in self.runs[t])}" for t in self.tasks)
+        def runs(t: str) -> str:
+            w = self.weights.get(t)
+            return ", ".join(f"{r.path}" + (f" x{w[i]:.2f}" if w else "") for i, r in enumerate(self.runs[t]))
+
+        return "; ".join(f"{t.upper()}: {runs(t)}" for t in self.tasks) + (
+            f" (blend, {self.space} space)" if self.blended else "")
 
 
 @dataclass(frozen=True)
@@ -138,9 +158,12 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
         return cache[key]
 
     runs: dict[str, list[Any]] = {t: [] for t in TASKS}
+    extra: dict[str, Any] = {}
     if composed:
+        from abaw.pipeline.blend import read_blend
         from abaw.pipeline.search.runner import read_composed
 
+        extra = read_blend(composed)
         for t, dirs in read_composed(composed).items():
             for d in dirs:
                 r = get(str(d))
@@ -152,7 +175,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
             r = get(d)
             for t in r.tasks:
                 runs[t].append(r)
-    system = System({t: rs for t, rs in runs.items() if rs})
+    system = System({t: rs for t, rs in runs.items() if rs}, **extra)
     if not system.tasks:
         raise AbawError("the runs predict no task")
     return system
@@ -169,7 +192,7 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
 
     Returns (FrameOutputs with every task the system has, AU thresholds, info).
     """
-    from abaw.pipeline.train.outputs import FrameOutputs
+    from abaw.pipeline.train.outputs import FrameOutputs, combine
     from abaw.pipeline.train.postprocess import (
         apply_postprocess,
         fit_postprocess_annotations,
@@ -189,9 +212,11 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
         arrs = []
         for r in system.runs[t]:
             o = raw(r, tbl, key)
-            if smooth:
+            if smooth and not system.blended:
                 o = apply_postprocess(o, r.postprocess)
             arrs.append(getattr(o, t))
+        if t in system.weights:  # a blend: its weights, in its space, before its own post-processing
+            return combine(t, arrs, system.weights[t], system.space)
         return np.mean(arrs, axis=0)
 
     first = raw(system.runs[system.tasks[0]][0], table, "test")
@@ -206,8 +231,10 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
     arrays = {t: task_mean(t, table, "test", smooth) for t in system.tasks}
     out = replace(first, **{t: arrays.get(t) for t in TASKS})
     thr = np.full(N_AU, 0.5)
-    if postprocess == "each" and "au" in system.tasks:
-        thr = _thresholds([r.postprocess for r in system.runs["au"]])
+    if postprocess == "each":
+        if system.blended:
+            out = apply_postprocess(out, system.postprocess)
+        thr = system.au_thresholds()
     elif postprocess == "refit":
         if val_table is None or val_ann is None:
             raise AbawError("postprocess refit needs validation annotations and their cached features")

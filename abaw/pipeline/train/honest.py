@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from abaw.data.labels import TASKS
-from abaw.pipeline.crossfit import CrossfitConfig, apply_postfit, fit_postfit, make_series, score_values
+from abaw.pipeline.crossfit import CrossfitConfig, crossfit_folds, make_series, score_values
 from abaw.pipeline.train.dataset import Labels
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 
@@ -102,25 +102,17 @@ class FoldTracker:
         """The pooled honest scores (None when fewer than two folds or no epoch was seen)."""
         if not self.usable or any(o is None for o in self.outputs):
             return None
-        tasks = tuple(self.outputs[0])
-        values = {t: np.zeros_like(self.outputs[0][t], dtype=np.float64) for t in tasks}
-        thr = np.full((len(self.fold), self.outputs[0]["au"].shape[1]), 0.5) if "au" in tasks else None
         series: dict[tuple, Any] = {}  # folds that chose the same epochs share their (smoothed) outputs
-        for f in range(self.k):
+
+        def series_of(f: int):
             chosen = tuple(sorted(self.best_epoch[f].items()))
             if chosen not in series:
                 out = template.with_values(**{t: self.outputs[f].get(t) for t in TASKS})
                 series[chosen] = make_series(out, self.labels, cfg)
-            s = series[chosen]
-            inside = self.fold == f
-            pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
-            for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
-                values[t][inside] = a
-            if thr is not None and pf.au_thresholds is not None:
-                thr[inside] = np.asarray(pf.au_thresholds)
-        whole = make_series(template.with_values(**{t: values.get(t) for t in TASKS}), self.labels,
-                            CrossfitConfig(smoothing=False))
-        scores = {t: None for t in TASKS} | score_values(values, whole, thr)
+            return series[chosen]
+
+        values, thr, _ = crossfit_folds(self.fold, series_of, cfg)
+        scores = {t: None for t in TASKS} | score_values(values, series_of(0), thr)
         epochs = [dict(e) if self.per_task else e.get("total", 0) for e in self.best_epoch]
         return {"step": "honest", **scores, "folds": self.k, "fold_epochs": epochs}
 

@@ -90,6 +90,35 @@ def mean_outputs(outputs: list[FrameOutputs]) -> FrameOutputs:
     return replace(first, **arrays)
 
 
+SPACES = ("prob", "logit")
+
+
+def combine(task: str, arrays: list[np.ndarray], weights, space: str = "prob") -> np.ndarray:
+    """Weighted mean of several runs' outputs of one task (weights >= 0, summing to 1).
+
+    `prob`: VA values and EXPR/AU probabilities averaged as they are; `logit`: EXPR
+    log-probabilities (then softmax) and AU logits (then sigmoid) averaged. VA values are
+    averaged as values in both spaces. One run with weight 1 returns its outputs unchanged.
+    """
+    if space not in SPACES:
+        raise AbawError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
+    w = np.asarray(weights, np.float64)
+    if len(arrays) != len(w) or not len(w) or (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
+        raise AbawError(f"combine {task}: need one non-negative weight per run summing to 1 (got {w.tolist()})")
+    if len(arrays) == 1:
+        return np.asarray(arrays[0], np.float32)
+    x = np.stack([np.asarray(a, np.float64) for a in arrays])
+    if space == "prob" or task == "va":
+        return np.tensordot(w, x, 1).astype(np.float32)
+    p = np.clip(x, 1e-7, 1 - 1e-7)
+    if task == "au":
+        z = np.tensordot(w, np.log(p) - np.log1p(-p), 1)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    z = np.tensordot(w, np.log(p), 1)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return (z / z.sum(-1, keepdims=True)).astype(np.float32)
+
+
 def align_annotations(outputs: FrameOutputs, ann: Annotations) -> tuple[np.ndarray, Labels]:
     """Rows of `outputs` for every annotated frame, and the labels in that order.
 

@@ -55,6 +55,14 @@ class PostProcess:
         """(kernel, window) of a task."""
         return getattr(self, f"kernel_{task}"), getattr(self, f"smooth_{task}")
 
+    @classmethod
+    def from_postfit(cls, pf: Any, tasks: tuple[str, ...], au_thresholds: bool = True) -> PostProcess:
+        """From a crossfit `PostFit` (kernel and window per task, AU thresholds)."""
+        chosen = {t: pf.smooth.get(t, ("box", 1)) for t in tasks}
+        return cls(au_thresholds=pf.au_thresholds if au_thresholds else None,
+                   **{f"smooth_{t}": w for t, (_, w) in chosen.items()},
+                   **{f"kernel_{t}": k for t, (k, _) in chosen.items()})
+
 
 def smooth_series(values: np.ndarray, video_idx: np.ndarray, frame: np.ndarray, window: int,
                   kernel: str = "box") -> np.ndarray:
@@ -125,9 +133,7 @@ def fit_postprocess(outputs: FrameOutputs, labels: Labels, au_thresholds: bool =
         series = make_series(outputs, labels, cfg, rows)
         pf = fit_postfit(series, cfg)
         chosen = {t: pf.smooth.get(t, ("box", 1)) for t in outputs.tasks}
-        pp = PostProcess(au_thresholds=pf.au_thresholds if fit_thr else None,
-                         **{f"smooth_{t}": w for t, (_, w) in chosen.items()},
-                         **{f"kernel_{t}": k for t, (k, _) in chosen.items()})
+        pp = PostProcess.from_postfit(pf, outputs.tasks, bool(fit_thr))
         steps.append({"step": "smoothing", "windows": {t: w for t, (_, w) in chosen.items()},
                       "kernels": {t: k for t, (k, _) in chosen.items()},
                       **score_summary(apply_postprocess(outputs, pp), labels, pp.au_thresholds, rows)})

@@ -1,0 +1,46 @@
+"""`abaw blend`."""
+
+from __future__ import annotations
+
+import click
+
+from abaw.commands.options import echo_result, json_option
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The blend file to write (JSON; abaw predict --compose / export-system take it).")
+@click.option("--space", default="prob", show_default=True, type=click.Choice(["prob", "logit"]),
+              help="Average EXPR/AU probabilities (prob) or log-probabilities/logits (logit); VA as values.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(1),
+              help="Weight grid: multiples of 1/STEPS.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
+              help="Folds of validation videos for the honest (cross-fitted) estimate.")
+@click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
+              help="Validation annotations (default: those each run recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@json_option
+def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, val_ann: str | None,
+          overwrite: bool, json_out: str | None) -> None:
+    """Blend several runs per task with weights searched on validation (HSEmotion's last step).
+
+    SOURCES: run folders (each serves the tasks it trained) and search folders or
+    composed.json files (each task's chosen config). Per task the weights (>= 0, sum 1)
+    and then the runs' post-processing (smoothing, AU thresholds) are fitted on the
+    validation outputs; the optimistic score and an honest one (weights and
+    post-processing fitted on other validation-video folds) are printed and saved.
+
+    \b
+    Examples:
+      abaw blend runs/a runs/b -o blend.json
+      abaw blend search/ runs/hsemotion --space logit -o blend.json
+      abaw predict --compose blend.json --cache cache.zarr --test-list MTL.txt --out submission.txt
+    """
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.blend import BlendConfig
+    from abaw.pipeline.blend import blend as run_blend
+
+    res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds),
+                    read_annotations(val_ann) if val_ann else None, overwrite=overwrite)
+    echo_result(res, json_out)

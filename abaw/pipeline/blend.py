@@ -1,0 +1,399 @@
+"""`abaw blend`: per-task weighted blends of several runs, weights searched on validation.
+
+HSEmotion's last step (validation 1.4805 -> 1.4939 blending two backbones): per task the
+runs' raw validation outputs (VA values, EXPR/AU probabilities; `space="logit"`: EXPR
+log-probabilities and AU logits) are averaged with non-negative weights summing to 1,
+chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate search
+when the grid is too large), each task on its own score (AU at per-AU thresholds fitted on
+the same frames). The post-processing the runs use (`abaw.pipeline.crossfit`: smoothing
+kernel and window per task, AU thresholds fitted jointly) is then fitted on the blend.
+
+Members: a run folder serves every task it trained; a search folder / composed.json serves
+each task with its chosen config (k-fold configs: their folds' validation outputs together,
+i.e. out-of-fold). All members must have validation outputs for the same frames.
+
+Scores: `optimistic` (weights and post-processing fitted on all validation frames and
+scored on them) and `honest`: the validation videos in `folds` folds (whole videos,
+`abaw.pipeline.train.honest.assign_folds`); for each fold the weights AND the
+post-processing are fitted on the other folds and applied to it (`crossfit_folds`); the
+pooled predictions are scored. Every member alone gets the same three numbers.
+
+The blend is written as a composed-like JSON (`tasks: {t: {runs, weights, members}}`,
+`postprocess`, `space`, `scores`, `folds`, `config`) that `abaw predict --compose` and
+`abaw export-system` load (`read_blend`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from abaw.data.annotations import Annotations
+from abaw.data.labels import TASKS
+from abaw.errors import AbawError
+from abaw.io import read_json, write_json
+from abaw.pipeline.crossfit import (
+    CrossfitConfig,
+    Series,
+    apply_postfit,
+    crossfit_folds,
+    fit_postfit,
+    fit_thresholds,
+    make_series,
+    score_values,
+    task_score,
+)
+from abaw.pipeline.train.honest import assign_folds, crossfit_config
+from abaw.pipeline.train.outputs import SPACES, FrameOutputs, align_annotations, combine
+from abaw.results import Result, fmt_score
+
+BLEND_VERSION = 1
+MAX_GRID = 3000  # simplex points searched exhaustively; beyond: pairwise coordinate search
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How a blend is fitted (saved in the blend file)."""
+
+    space: str = "prob"  # prob | logit (EXPR/AU; VA is averaged as values)
+    steps: int = 10  # weights are multiples of 1/steps
+    folds: int = 5  # validation-video folds of the honest estimate
+
+    def validate(self) -> BlendConfig:
+        if self.space not in SPACES:
+            raise AbawError(f"--space must be one of {', '.join(SPACES)}")
+        if self.steps < 1 or self.folds < 2:
+            raise AbawError("--steps must be >= 1 and --folds >= 2")
+        return self
+
+
+@dataclass(frozen=True)
+class Member:
+    """One blended model: runs averaged with equal weights (one run, or a k-fold config)."""
+
+    name: str
+    runs: tuple[Path, ...]
+    tasks: tuple[str, ...]
+
+
+def members_of(sources: list[str]) -> list[Member]:
+    """Run folders (every task they trained) and search folders / composed.json (per task)."""
+    from abaw.pipeline.search.runner import read_composed
+    from abaw.pipeline.train.run import read_config
+
+    out: list[Member] = []
+    for src in sources:
+        p = Path(src)
+        if (p / "config.json").exists():
+            if not (p / "result.json").exists():
+                raise AbawError(f"{p}: the run is not finished (no result.json)")
+            out.append(Member(str(p), (p,), read_config(p).tasks))
+            continue
+        f = p / "composed.json" if p.is_dir() else p
+        if f.is_file() and read_json(f).get("mode") == "blend":
+            raise AbawError(f"{f}: is a blend; give its sources instead")
+        for t, runs in read_composed(p).items():
+            out.append(Member(f"{src}:{t}", tuple(runs), (t,)))
+    if not out:
+        raise AbawError("blend: no source")
+    return out
+
+
+# ------------------------------------------------------------------ validation outputs of members
+
+
+def _keys(o: FrameOutputs) -> list[tuple[str, int]]:
+    return list(zip(np.asarray(o.videos, dtype=object)[o.video_idx].tolist(), o.frame.tolist()))
+
+
+def _concat(outs: list[FrameOutputs]) -> FrameOutputs:
+    """Outputs on disjoint videos (k folds) as one, rows grouped by video and sorted by frame."""
+    videos = tuple(sorted({v for o in outs for v in o.videos}))
+    index = {v: i for i, v in enumerate(videos)}
+    vidx = np.concatenate([np.array([index[o.videos[i]] for i in o.video_idx], np.int32) for o in outs])
+    frame = np.concatenate([o.frame for o in outs]).astype(np.int32)
+    order = np.lexsort((frame, vidx))
+    arrays = {t: np.concatenate([getattr(o, t) for o in outs])[order] for t in TASKS
+              if all(getattr(o, t) is not None for o in outs)}
+    return FrameOutputs(videos, vidx[order], frame[order], **arrays)
+
+
+def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutputs, Annotations]:
+    """The member's raw validation outputs and labels (k-fold runs: out-of-fold, together)."""
+    from abaw.pipeline.report.evaluate import run_labels
+
+    outs = [FrameOutputs.load(r / "val_outputs.npz") for r in m.runs]
+    if len(outs) == 1 or all(_keys(o) == _keys(outs[0]) for o in outs[1:]):
+        out = outs[0].with_values(**{t: combine(t, [getattr(o, t) for o in outs], [1 / len(outs)] * len(outs))
+                                     for t in outs[0].tasks})
+        return out, run_labels(m.runs[0], val_ann)
+    if any(set(a.videos) & set(b.videos) for a, b in itertools.combinations(outs, 2)):
+        raise AbawError(f"{m.name}: its runs' validation frames neither coincide nor are disjoint")
+    ann = val_ann or Annotations.concat([run_labels(r) for r in m.runs])
+    return _concat(outs), ann
+
+
+@dataclass(frozen=True, eq=False)
+class BlendData:
+    """Every member's outputs on the same frames, with the labelled `rows` and their labels."""
+
+    template: FrameOutputs  # the frames (all of them are smoothing context)
+    rows: np.ndarray  # rows of `template` with labels, in label order
+    labels: Any  # Labels aligned with `template.take(rows)`
+    arrays: dict[str, list[np.ndarray]]  # task -> one array per member serving it, over `template`'s frames
+    names: dict[str, list[str]]  # task -> member names, same order
+    cfg: CrossfitConfig
+
+    def base(self) -> Series:
+        """The labelled rows (no smoothing): labels and video ids for scores and folds."""
+        return make_series(self.template.only(()), self.labels, CrossfitConfig(smoothing=False), self.rows)
+
+    def blended(self, weights: dict[str, tuple[float, ...]], space: str) -> FrameOutputs:
+        return self.template.with_values(**{t: (combine(t, self.arrays[t], weights[t], space)
+                                                if t in weights else None) for t in TASKS})
+
+    def series(self, weights: dict[str, tuple[float, ...]], space: str) -> Series:
+        return make_series(self.blended(weights, space), self.labels, self.cfg, self.rows)
+
+    def alone(self, name: str) -> BlendData:
+        """This data restricted to one member (the tasks it serves)."""
+        keep = {t: [i for i, n in enumerate(ns) if n == name] for t, ns in self.names.items()}
+        return BlendData(self.template, self.rows, self.labels,
+                         {t: [self.arrays[t][i] for i in ix] for t, ix in keep.items() if ix},
+                         {t: [name] for t, ix in keep.items() if ix}, self.cfg)
+
+
+def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig) -> BlendData:
+    """Load every member's validation outputs, aligned on the first member's frames."""
+    ref, ann = member_validation(members[0], val_ann)
+    ref_keys = {k: i for i, k in enumerate(_keys(ref))}
+    arrays: dict[str, list[np.ndarray]] = {}
+    names: dict[str, list[str]] = {}
+    for m in members:
+        out = ref if m is members[0] else member_validation(m, val_ann)[0]
+        keys = _keys(out)
+        pos = np.array([ref_keys.get(k, -1) for k in keys], np.int64)
+        if len(keys) != len(ref_keys) or (pos < 0).any():
+            raise AbawError(f"{m.name}: its validation frames differ from those of {members[0].name} "
+                            f"({len(keys)} vs {len(ref_keys)} frames); blend runs validated on the same videos")
+        inv = np.empty(len(pos), np.int64)
+        inv[pos] = np.arange(len(pos))
+        for t in m.tasks:
+            if getattr(out, t) is None:
+                raise AbawError(f"{m.name}: no {t.upper()} validation outputs")
+            arrays.setdefault(t, []).append(getattr(out, t)[inv])
+            names.setdefault(t, []).append(m.name)
+    try:
+        rows, labels = align_annotations(ref, ann)
+    except AbawError as e:
+        raise AbawError(f"{members[0].name}: {e}") from None
+    return BlendData(ref.only(()), rows, labels, arrays, names, cfg)
+
+
+# ------------------------------------------------------------------ weights
+
+
+def simplex_grid(m: int, steps: int) -> np.ndarray:
+    """Every weight vector of `m` non-negative multiples of 1/steps summing to 1 [G, m]."""
+    pts = [np.diff([0, *c, steps + m]) - 1 for c in itertools.combinations(range(1, steps + m), m - 1)]
+    return np.asarray(pts, np.float64).reshape(-1, m) / steps
+
+
+def search_weights(score: Callable[[np.ndarray], float], m: int, steps: int) -> tuple[float, ...]:
+    """Weights maximising `score` on the simplex grid (ties: closest to equal weights)."""
+    if m == 1:
+        return (1.0,)
+
+    def key(w: np.ndarray) -> float:
+        return score(w) - 1e-9 * float(((w - 1 / m) ** 2).sum())
+
+    if math.comb(steps + m - 1, m - 1) <= MAX_GRID:
+        grid = simplex_grid(m, steps)
+        return tuple(float(x) for x in grid[int(np.argmax([key(w) for w in grid]))])
+    # pairwise coordinate search from the grid point nearest equal weights: move 1/steps from j to i while it helps
+    w = np.array([steps // m + (i < steps % m) for i in range(m)], np.float64) / steps
+    best = key(w)
+    for _ in range(50 * m):
+        cands = [w + (np.eye(m)[i] - np.eye(m)[j]) / steps for i in range(m) for j in range(m)
+                 if i != j and w[j] >= 1 / steps - 1e-12]
+        vals = [key(np.clip(c, 0, 1)) for c in cands]
+        if not vals or max(vals) <= best + 1e-12:
+            break
+        best, w = max(vals), np.clip(cands[int(np.argmax(vals))], 0, 1)
+    return tuple(float(x) for x in w / w.sum())
+
+
+def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int) -> dict[str, tuple[float, ...]]:
+    """Per task, the weights scoring best on the labelled rows `sel` of `data` (AU: at thresholds
+    fitted on those rows when the post-processing fits thresholds)."""
+    s = data.base().take(sel)
+    rows = data.rows[sel]
+    out = {}
+    for t, arrs in data.arrays.items():
+        parts = [a[rows] for a in arrs]
+
+        def score(w: np.ndarray, t: str = t, parts: list = parts) -> float:
+            v = combine(t, parts, w, space).astype(np.float64)
+            thr = None
+            if t == "au" and data.cfg.thresholds and s.labels["au_valid"].any():
+                thr = fit_thresholds(v, s.labels["au"], s.labels["au_valid"], data.cfg.grid)
+            sc = task_score(t, v, s, thr)
+            return -np.inf if sc is None else sc
+
+        out[t] = search_weights(score, len(parts), steps)
+    return out
+
+
+# ------------------------------------------------------------------ the estimate
+
+
+@dataclass(frozen=True)
+class BlendFit:
+    weights: dict[str, tuple[float, ...]]
+    postfit: Any  # PostFit fitted on all validation frames
+    raw: dict[str, float | None]
+    optimistic: dict[str, float | None]
+    honest: dict[str, float | None]
+    fold_videos: list[list[str]]
+    fold_weights: list[dict[str, tuple[float, ...]]]  # fold f: fitted on the other folds only
+    fold_postfits: list[Any]
+
+
+def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
+    """Weights + post-processing fitted on all validation (optimistic) and cross-fitted by video fold."""
+    base = data.base()
+    if len(base.videos()) < 2:
+        raise AbawError("blend: the honest estimate needs at least two validation videos")
+    everything = np.arange(len(base))
+    w_all = fit_weights(data, everything, cfg.space, cfg.steps)
+    s_all = data.series(w_all, cfg.space)
+    pf_all = fit_postfit(s_all, data.cfg)
+    raw = score_values({t: s_all.outputs[t] for t in s_all.tasks}, s_all, None)
+    optimistic = score_values(apply_postfit(s_all, pf_all), s_all, pf_all.au_thresholds)
+    fold = assign_folds(base.video_idx, cfg.folds)
+    k = int(fold.max()) + 1
+    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps) for f in range(k)]
+    cache: dict[str, Series] = {}
+
+    def series_of(f: int) -> Series:
+        key = repr(sorted(fold_w[f].items()))
+        if key not in cache:
+            cache[key] = data.series(fold_w[f], cfg.space)
+        return cache[key]
+
+    values, thr, fits = crossfit_folds(fold, series_of, data.cfg)
+    honest = score_values(values, base, thr)
+    vids = data.template.videos
+    fold_videos = [sorted({vids[v] for v in np.unique(base.video_idx[fold == f])}) for f in range(k)]
+    return BlendFit(w_all, pf_all, raw, optimistic, honest, fold_videos, fold_w, [fits[f] for f in range(k)])
+
+
+# ------------------------------------------------------------------ the command
+
+
+@dataclass(frozen=True)
+class BlendResult(Result):
+    out: str
+    space: str
+    tasks: dict[str, dict[str, Any]]  # task -> {members: [{source, weight}], score, honest}
+    scores: dict[str, dict[str, float | None]]  # raw / optimistic / honest
+    members: tuple[dict[str, Any], ...]  # each member alone: source, tasks, raw, optimistic, honest
+    folds: int
+
+    def format(self) -> str:
+        def line(name: str, sc: dict[str, Any]) -> str:
+            return (f"  {name:<34} P {sc['optimistic']['total']:.4f}  honest {sc['honest']['total']:.4f}  "
+                    f"raw {sc['raw']['total']:.4f}   " + "  ".join(
+                        f"{t.upper()} {fmt_score(sc['optimistic'].get(t))}/{fmt_score(sc['honest'].get(t))}"
+                        for t in TASKS if t in sc["optimistic"]))
+
+        lines = [f"validation P_MTL (optimistic: fitted and scored on all validation; honest: weights and "
+                 f"post-processing fitted on the other of {self.folds} folds of validation videos; "
+                 "per task optimistic/honest):"]
+        lines += [line(m["source"], m) for m in self.members]
+        lines.append(line(f"blend ({self.space})", self.scores))
+        for t, e in self.tasks.items():
+            lines.append(f"  {t.upper()} weights: " + ", ".join(f"{m['source']} {m['weight']:.2f}" for m in e["members"]))
+        lines.append(f"blend written to {self.out} (abaw predict --compose {self.out})")
+        return "\n".join(lines)
+
+
+def blend(sources: list[str], out: str | os.PathLike, cfg: BlendConfig = BlendConfig(),
+          val_ann: Annotations | None = None, overwrite: bool = False) -> BlendResult:
+    """Fit the per-task blend of `sources` on validation and write it to `out` (a JSON file)."""
+    from abaw.config import to_dict
+    from abaw.pipeline.train.postprocess import PostProcess
+    from abaw.pipeline.train.run import read_config
+
+    cfg.validate()
+    dest = Path(out)
+    if dest.is_dir():
+        raise AbawError(f"{dest}: is a folder; -o names the blend's JSON file (e.g. {dest / 'blend.json'})")
+    if dest.exists() and not overwrite:
+        raise AbawError(f"{dest}: exists; choose another -o or pass --overwrite")
+    members = members_of(list(sources))
+    cf = crossfit_config(read_config(members[0].runs[0]))  # the runs' own post-processing search
+    data = blend_data(members, val_ann, cf)
+    fit = evaluate_blend(data, cfg)
+    alone = []
+    for m in dict.fromkeys(n for ns in data.names.values() for n in ns):
+        f = evaluate_blend(data.alone(m), cfg)
+        alone.append({"source": m, "tasks": [t for t in TASKS if m in data.names.get(t, [])],
+                      "raw": f.raw, "optimistic": f.optimistic, "honest": f.honest})
+    base_dir = dest.resolve().parent
+    by_name = {m.name: m for m in members}
+    tasks: dict[str, dict[str, Any]] = {}
+    for t in TASKS:
+        if t not in data.names:
+            continue
+        runs, weights, mem = [], [], []
+        for name, w in zip(data.names[t], fit.weights[t]):
+            m = by_name[name]
+            mem.append({"source": name, "runs": [os.path.relpath(r.resolve(), base_dir) for r in m.runs],
+                        "weight": w})
+            runs += mem[-1]["runs"]
+            weights += [w / len(m.runs)] * len(m.runs)
+        tasks[t] = {"runs": runs, "weights": weights, "members": mem,
+                    "score": fit.optimistic[t], "honest": fit.honest[t]}
+    pp = PostProcess.from_postfit(fit.postfit, tuple(tasks), cf.thresholds)
+    scores = {"raw": fit.raw, "optimistic": fit.optimistic, "honest": fit.honest}
+    doc = {"abaw_blend": BLEND_VERSION, "mode": "blend", "space": cfg.space, "tasks": tasks,
+           "postprocess": to_dict(pp), "total": fit.optimistic["total"], "honest": fit.honest["total"],
+           "scores": scores, "members": alone,
+           "folds": {"videos": fit.fold_videos, "weights": [dict(w) for w in fit.fold_weights],
+                     "postprocess": [asdict(p) for p in fit.fold_postfits]},
+           "config": {**asdict(cfg), "postprocess_search": asdict(cf), "sources": [str(s) for s in sources]}}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dest, doc)
+    return BlendResult(out=str(dest), space=cfg.space, tasks=tasks, scores=scores, members=tuple(alone),
+                       folds=len(fit.fold_videos))
+
+
+def read_blend(path: str | os.PathLike) -> dict[str, Any]:
+    """The `System` fields of a blend file (weights, space, post-processing); {} for a composed.json."""
+    from abaw.config import from_dict
+    from abaw.pipeline.train.postprocess import PostProcess
+
+    p = Path(path)
+    p = p / "composed.json" if p.is_dir() else p
+    data = read_json(p) if p.is_file() else {}
+    if data.get("mode") != "blend":
+        return {}
+    try:
+        if data.get("abaw_blend") != BLEND_VERSION or data["space"] not in SPACES:
+            raise KeyError("abaw_blend")
+        weights = {t: tuple(float(x) for x in e["weights"]) for t, e in data["tasks"].items()}
+        if any(len(w) != len(data["tasks"][t]["runs"]) for t, w in weights.items()):
+            raise KeyError("weights")
+        return {"weights": weights, "space": data["space"], "postprocess": from_dict(PostProcess, data["postprocess"])}
+    except (KeyError, TypeError, ValueError, AbawError) as e:
+        raise AbawError(f"{p}: not a blend written by abaw blend ({e})") from None
+
+
+__all__ = ["BlendConfig", "BlendResult", "blend", "evaluate_blend", "read_blend", "search_weights", "simplex_grid"]

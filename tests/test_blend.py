@@ -1,0 +1,160 @@
+"""`abaw blend`: per-task weights on the simplex, cross-fitted over validation-video folds,
+loaded by `predict --compose` and `export-system`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from abaw.cache.store import FeatureStore
+from abaw.cli import main
+from abaw.data.annotations import read_annotations
+from abaw.errors import AbawError
+from abaw.pipeline.blend import BlendConfig, BlendData, evaluate_blend, search_weights, simplex_grid
+from abaw.pipeline.crossfit import CrossfitConfig
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.dataset import Labels
+from abaw.pipeline.train.loop import train
+from abaw.pipeline.train.outputs import FrameOutputs, combine
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FILES = ("training_set_annotations.txt", "validation_set_annotations.txt", "test_set_annotations.txt")
+SMALL = dict(temporal="none", d_model=16, window=8, batch_frames=64, epochs=2, min_steps=0, lr=3e-3,
+             smooth_windows=(1, 3, 5), smooth_kernels=("box", "gaussian"))
+
+
+def cli(*args) -> str:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_synth, tmp_path_factory):
+    """Two runs on tiny_synth, each on its own synthetic backbone ('a' cleaner than 'b')."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("blend")
+    fs = FeatureStore(root / "cache.zarr", "a")
+    anns = [read_annotations(tiny_synth / f) for f in FILES]
+    proj = {k: rng.standard_normal((22, 12)).astype(np.float32) for k in ("a", "b")}
+    for ann in anns:
+        for v in ann.videos:
+            sl = ann.video_slice(v)
+            fr = ann.frame[sl]
+            lab = np.concatenate([np.clip(ann.va[sl], -1, 1), np.eye(8)[np.maximum(ann.expr[sl], 0)],
+                                  np.maximum(ann.au[sl], 0)], 1)
+            fs.write_video(v, fr, fr / 30.0, np.ones(len(fr), bool), {})
+            for k, noise in (("a", 1.0), ("b", 2.0)):
+                x = lab @ proj[k] + noise * rng.standard_normal((len(fr), 12))
+                fs.write_features(v, k, x.astype(np.float32), {"spec": f"synthetic:{k}", "dim": 12,
+                                                               "preprocess": {}, "weights_sha256": "0"})
+    runs = {}
+    for k in ("a", "b"):
+        cfg = TrainConfig.create(backbones=(k,), **SMALL)
+        runs[k] = train(cfg, fs, anns[0], anns[1], root / f"run_{k}", progress=False).path
+    return root, runs
+
+
+def test_blend_of_two_runs_predicts_and_exports(two_runs, tiny_synth, tmp_path):
+    root, runs = two_runs
+    out = cli("blend", runs["a"], runs["b"], "-o", tmp_path / "blend.json", "--steps", "4")
+    assert "honest" in out and "blend (prob)" in out
+    doc = json.loads((tmp_path / "blend.json").read_text())
+    assert doc["mode"] == "blend" and set(doc["tasks"]) == {"va", "expr", "au"}
+    for e in doc["tasks"].values():
+        w = np.array([m["weight"] for m in e["members"]])
+        assert len(w) == 2 and (w >= 0).all() and abs(w.sum() - 1) < 1e-9
+        assert all(abs(x * 4 - round(x * 4)) < 1e-9 for x in w)  # on the grid of --steps 4
+        assert abs(sum(e["weights"]) - 1) < 1e-9
+    k = len(doc["folds"]["videos"])
+    assert k == 3 and sorted(v for f in doc["folds"]["videos"] for v in f) == \
+        sorted(read_annotations(tiny_synth / FILES[1]).videos)  # every validation video in one fold
+    assert len(doc["folds"]["weights"]) == k and doc["scores"]["honest"]["total"] == doc["honest"]
+    assert [m["source"] for m in doc["members"]] == [str(runs["a"]), str(runs["b"])]  # each alone, scored too
+    assert all(m["honest"]["total"] is not None for m in doc["members"])
+
+    sub = tmp_path / "sub.txt"
+    out = cli("predict", "--compose", tmp_path / "blend.json", "--cache", root / "cache.zarr",
+              "--test-list", tiny_synth / "MTL.txt", "--out", sub, "--quiet")
+    assert "blend, prob space" in out
+    cli("export-system", tmp_path / "blend.json", "-o", tmp_path / "system")
+    manifest = json.loads((tmp_path / "system" / "system.json").read_text())
+    assert manifest["blend"]["space"] == "prob" and set(manifest["blend"]["weights"]) == {"va", "expr", "au"}
+    # (the synthetic backbones cannot be rebuilt, so `predict --system` is not run here)
+    assert manifest["blend"]["postprocess"] == doc["postprocess"]
+    assert manifest["blend"]["weights"] == {t: e["weights"] for t, e in doc["tasks"].items()}
+    # the logit space is a different blend of the same runs, also loadable
+    cli("blend", runs["a"], runs["b"], "-o", tmp_path / "logit.json", "--space", "logit", "--steps", "2")
+    cli("predict", "--compose", tmp_path / "logit.json", "--cache", root / "cache.zarr",
+        "--test-list", tiny_synth / "MTL.txt", "--out", tmp_path / "sub3.txt", "--quiet")
+
+
+def test_one_run_blend_equals_the_run(two_runs, tiny_synth, tmp_path):
+    root, runs = two_runs
+    cli("blend", runs["a"], "-o", tmp_path / "one.json")
+    doc = json.loads((tmp_path / "one.json").read_text())
+    own = json.loads((runs["a"] / "postprocess.json").read_text())["postprocess"]
+    assert doc["postprocess"] == own  # the same post-processing search on the same outputs
+    assert all(e["weights"] == [1.0] for e in doc["tasks"].values())
+    args = ["--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt", "--quiet"]
+    cli("predict", "--compose", tmp_path / "one.json", "--out", tmp_path / "blend.txt", *args)
+    cli("predict", "--run", runs["a"], "--out", tmp_path / "run.txt", *args)
+    assert (tmp_path / "blend.txt").read_text() == (tmp_path / "run.txt").read_text()
+
+
+def test_bad_blend_inputs_are_one_line_errors(two_runs, tmp_path):
+    root, runs = two_runs
+    first = tmp_path / "b.json"
+    cli("blend", runs["a"], "-o", first, "--steps", "1")
+    before = first.read_text()
+    for args, msg in (([runs["a"], "-o", first], "exists; choose another -o or pass --overwrite"),
+                      ([first, "-o", tmp_path / "c.json"], "is a blend; give its sources"),
+                      ([root, "-o", tmp_path / "d.json"], "no such file")):
+        r = CliRunner().invoke(main, ["blend", *map(str, args)])
+        assert r.exit_code == 1 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert first.read_text() == before and not (tmp_path / "c.json").exists()
+
+
+def _constructed(n0: int = 40, n1: int = 30) -> BlendData:
+    """Two videos; member A knows VA on video 0 only, member B on video 1 only."""
+    rng = np.random.default_rng(3)
+    n = n0 + n1
+    truth = np.clip(np.cumsum(rng.standard_normal((n, 2)) * 0.2, 0), -1, 1).astype(np.float32)
+    noise = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    in0 = np.arange(n) < n0
+    a = np.where(in0[:, None], truth, noise)
+    b = np.where(in0[:, None], noise, truth)
+    frame = np.r_[np.arange(1, n0 + 1), np.arange(1, n1 + 1)].astype(np.int32)
+    tmpl = FrameOutputs(("v0", "v1"), (~in0).astype(np.int32), frame)
+    labels = Labels(truth, np.full(n, -1, np.int64), np.full((n, 12), -1, np.int8), np.ones(n, bool),
+                    np.zeros(n, bool), np.zeros(n, bool))
+    return BlendData(tmpl, np.arange(n), labels, {"va": [a, b]}, {"va": ["A", "B"]},
+                     CrossfitConfig(windows=(1, 3), kernels=("box",)))
+
+
+def test_a_folds_weights_never_saw_the_fold():
+    fit = evaluate_blend(_constructed(), BlendConfig(steps=10, folds=2))
+    assert fit.fold_videos == [["v0"], ["v1"]]  # the larger video first
+    # fold 0 (v0, where only A is right) was blended with weights fitted on v1: all on B, and vice versa
+    assert fit.fold_weights == [{"va": (0.0, 1.0)}, {"va": (1.0, 0.0)}]
+    assert 0.0 < fit.weights["va"][0] < 1.0  # fitted on both videos: a mix
+    assert fit.honest["va"] < 0.2 < fit.optimistic["va"]  # each video scored with the other's (wrong) member
+
+
+def test_weights_on_the_simplex():
+    g = simplex_grid(3, 5)
+    assert len(g) == 21 and np.allclose(g.sum(1), 1) and (g >= 0).all()
+    assert search_weights(lambda w: -abs(w[0] - 0.3), 2, 10) == pytest.approx((0.3, 0.7))
+    target = np.array([0.5, 0.2, 0.3] + [0.0] * 9)  # 12 members: too many for the grid, coordinate search
+    w = search_weights(lambda w: -float(((w - target) ** 2).sum()), 12, 10)
+    assert np.allclose(w, target) and abs(sum(w) - 1) < 1e-9
+    p = np.array([[0.2, 0.8], [0.6, 0.4]])
+    assert np.array_equal(combine("au", [p], [1.0], "logit"), p.astype(np.float32))
+    mixed = combine("expr", [p, p[::-1]], [0.5, 0.5], "logit")
+    assert np.allclose(mixed.sum(1), 1) and np.allclose(mixed[0], mixed[1])
+    with pytest.raises(AbawError, match="summing to 1"):
+        combine("va", [p, p], [0.5, 0.6])
