@@ -3,6 +3,7 @@
     python bench/bench_accuracy.py                               # small, seed 0, sparse (s-aff-wild2)
     python bench/bench_accuracy.py --sizes small,large --seeds 0,1 --profile dense
     python bench/bench_accuracy.py --config default --config 'e60=--epochs 60 --au-pos-weight auto'
+    python bench/bench_accuracy.py --config default --blend 'default+linear=default+linear'
 
 For each size x seed: `abaw synth` (small ~2.4k training frames, large ~14k), `abaw extract`
 of `mtcnn:onet` + `mtcnn:rnet` over `cropped_aligned/`, then on the SAME features, with the
@@ -211,6 +212,39 @@ def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, lo
     return ev
 
 
+def run_blend(d: Path, name: str, parts: list[str], seed: int, table, splits) -> dict:
+    """`abaw blend` of finished runs of this size/seed (per-task weights, cross-fitted honest score)."""
+    from abaw.pipeline.blend import BlendConfig, blend
+    from abaw.pipeline.predict.system import load_system
+    from abaw.pipeline.train.outputs import align_annotations, combine, score_outputs
+    from abaw.pipeline.train.postprocess import apply_postprocess
+
+    t0 = time.perf_counter()
+    out = d / "runs" / f"{name}-s{seed}.json"
+    res = blend([str(d / "runs" / f"{p}-s{seed}") for p in parts], out, BlendConfig(),
+                val_ann=splits["validation"].ann, overwrite=True)
+    system = load_system((), out)
+    preds: dict = {}
+    values = {}
+    for t, runs in system.runs.items():
+        arrs = []
+        for r in runs:
+            if str(r.path) not in preds:
+                o = r.predict(table, rows=splits["test"].rows)
+                preds[str(r.path)] = o.take(align_annotations(o, splits["test"].ann)[0])
+            arrs.append(getattr(preds[str(r.path)], t))
+        values[t] = combine(t, arrs, system.weights[t], system.space)
+    first = next(iter(preds.values()))
+    tl = align_annotations(first, splits["test"].ann)[1]
+    sc = score_outputs(apply_postprocess(first.with_values(**{t: values.get(t) for t in TASKS}), system.postprocess),
+                       tl, system.postprocess.au_thresholds)
+    pick = lambda x: {k: x.get(k) for k in (*TASKS, "total")}  # noqa: E731
+    return {"val_reported": pick(res.scores["optimistic"]), "val_honest": pick(res.scores["honest"]),
+            "test": {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total},
+            "weights": {t: list(w) for t, w in system.weights.items()}, "parts": parts,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _train_api(d: Path, out: Path, sets: list[str], seed: int) -> None:
     from abaw.pipeline.train.config import TrainConfig
     from abaw.pipeline.train import train
@@ -251,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", default=[],
                     help="name=train-heads flags (repeat); 'default' = no flags; '@api k=v ...' = TrainConfig fields")
     ap.add_argument("--no-linear", action="store_true", help="skip the built-in linear head")
+    ap.add_argument("--blend", action="append", default=[],
+                    help="NAME=A+B: `abaw blend` of the runs of configs A and B (after they are trained)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))
     ap.add_argument("--out", default=None, help="JSON path (default bench/out/accuracy-<profile>.json)")
     a = ap.parse_args(argv)
@@ -281,6 +317,9 @@ def main(argv=None) -> int:
             systems = {"baseline (box9)": b, "baseline (crossfit pp)": bf}
             for name, flags in configs.items():
                 systems[name] = run_heads(d, name, flags, seed, table, splits, log)
+            for spec in a.blend:
+                name, _, parts = spec.partition("=")
+                systems[name] = run_blend(d, name, parts.split("+"), seed, table, splits)
             best_base = {k: max(b["test"][k] or 0, bf["test"][k] or 0) for k in TASKS}  # the stronger baseline per task
             for name, ev in systems.items():
                 ratio = {k: (ev["test"][k] / best_base[k]) if best_base.get(k) else float("nan") for k in TASKS}
