@@ -63,7 +63,9 @@ def _is_synthetic(ann_files: list[str]) -> bool:
     return any((Path(a).parent / "synth.json").exists() for a in ann_files)
 
 
-def _training_data(run: Any) -> dict[str, Any]:
+def training_data(run: Any) -> dict[str, Any]:
+    """A run's training-data summary for the manifest (labelled frames per split, annotation files,
+    whether synthetic), from its data.json."""
     from abaw.io import read_json
 
     p = run.path / "data.json"
@@ -114,7 +116,7 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
             with atomic_write(tmp / rel, "wb") as f:
                 f.write(st_save(sd))
             files[rel] = _sha(tmp / rel)
-            td = _training_data(r)
+            td = training_data(r)
             data.append(td)
             run_entries[rid] = {"source": r.path.name, "heads": rel, "config": to_dict(r.config),
                                 "spec": to_dict(r.spec), "postprocess": to_dict(r.postprocess),
