@@ -393,6 +393,29 @@ def test_hf_hub_system_round_trip_plots_and_a_tampered_file(onet_run, tiny_synth
                                                      "Hub (OSError: no network)")
 
 
+def test_runs_on_dense_frames_predict_at_the_training_time_scale(onet_run, tiny_synth, tmp_path):
+    """--run --video on every frame (a labelled-context run trained on sparse labels): predicted in
+    `step` passes at the training gap, said per input; synthetic runs are flagged."""
+    from abaw.pipeline.predict.anyinput import predict_inputs
+    from abaw.pipeline.predict.heads_system import RunsSystem
+    from abaw.pipeline.predict.system import load_system
+
+    crops = sorted((tiny_synth / "cropped_aligned").iterdir())[0]
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    for i, f in enumerate(sorted(crops.iterdir()), 1):  # the same crops as consecutive frames
+        shutil.copy(f, dense / f"{i:05d}.jpg")
+    system = RunsSystem.of_runs(load_system([str(onet_run)]))
+    assert system.synthetic and system.info["runs"]["va"] == [str(onet_run)]
+    res = predict_inputs(system, [str(dense)], tmp_path / "out", kind="crops", plots=False)
+    (scale,) = res.inputs[0]["time_scale"].values()
+    train_gap = json.loads((onet_run / "data.json").read_text())["time_scale"]["window_gap"]
+    assert scale["mode"] == "subsampled" and scale["frames_gap"] == 1 and scale["step"] == round(train_gap) > 1
+    assert f"predicting frames 1 apart in {scale['step']} passes" in res.format()
+    assert "plots" not in res.inputs[0] and not list((tmp_path / "out").glob("*.png"))
+    assert any("trained on synthetic data" in w for w in res.warnings)
+
+
 def test_kind_crops_skips_detection_and_warns_on_photos(tmp_path, tiny_synth):
     _fer_or_skip()
     from abaw.pipeline.predict.anyinput import predict_inputs
