@@ -68,9 +68,7 @@ class RunsSystem:
     def of_runs(cls, system: Any, device: str = "cpu") -> RunsSystem:
         """The crop system of loaded runs (`load_system`); synthetic when any run was trained
         on `abaw synth` data."""
-        from abaw.pipeline.predict.export import training_data
-
-        return cls(system, device=device, synthetic=any(training_data(r)["synthetic"] for r in system.all_runs()),
+        return cls(system, device=device, synthetic=any(r.training_data()["synthetic"] for r in system.all_runs()),
                    info={"runs": {t: [str(r.path) for r in system.runs[t]] for t in system.tasks}})
 
     @property
