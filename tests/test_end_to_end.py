@@ -212,7 +212,7 @@ def test_predict_video_real_face(world, searched, tmp_path):
     df = read_results(tmp_path / "video")
     assert len(df) == n == 72 and df["frame"].tolist() == list(range(1, n + 1))  # one row per decoded frame
     assert (df["face"] == 1).all() and (df["face_id"] == 0).all() and df["synthetic"].all()
-    np.testing.assert_allclose(df[list(EXPR_COLUMNS)].sum(1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(df[list(EXPR_COLUMNS)].sum(axis=1), 1.0, atol=1e-3)
     assert df["valence"].between(-1, 1).all() and df["AU12"].notna().all()
     png = tmp_path / "video" / "single_face_face0.png"
     with Image.open(png) as im:
