@@ -88,48 +88,57 @@ def learning_curve(path: str | os.PathLike, epochs: Sequence[int], losses: dict[
     return _save(fig, path)
 
 
-def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray, expr_prob: np.ndarray,
-             au_prob: np.ndarray, face: np.ndarray, title: str = "", xlabel: str = "time (s)") -> Path:
-    """V/A curves, an expression band and an AU heat map over time for one video."""
+def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray | None, expr_prob: np.ndarray | None,
+             au_prob: np.ndarray | None, face: np.ndarray, title: str = "", xlabel: str = "time (s)") -> Path:
+    """V/A curves, an expression band and an AU heat map over time for one person; a task
+    given as None has no panel (at least one must be given). No-face spans are shaded."""
     plt = _plt()
     t = np.asarray(t, dtype=float)
     face = np.asarray(face, bool)
-    fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True,
-                             gridspec_kw={"height_ratios": [2.2, 0.6, 2.4]})
-    ax = axes[0]
-    v = np.where(face, va[:, 0], np.nan)
-    a = np.where(face, va[:, 1], np.nan)
-    ax.plot(t, v, color="#1976d2", lw=1.3, label="valence")
-    ax.plot(t, a, color="#e64a19", lw=1.3, label="arousal")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("VA")
-    ax.legend(loc="upper right", ncol=2, fontsize=8)
+    panels = [(k, r) for k, a, r in (("va", va, 2.2), ("expr", expr_prob, 0.6), ("au", au_prob, 2.4))
+              if a is not None]
+    if not panels:
+        raise ValueError("timeline: no task to plot")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, max(2.2, 1 + 1.06 * sum(r for _, r in panels))),
+                             sharex=True, squeeze=False, gridspec_kw={"height_ratios": [r for _, r in panels]})
+    axes = axes[:, 0]
+    ax_of = {k: axes[i] for i, (k, _) in enumerate(panels)}
     if title:
-        ax.set_title(title)
-    # no-face spans shaded on every panel
-    for axx in axes:
+        axes[0].set_title(title)
+    for axx in axes:  # no-face spans shaded on every panel
         _shade_missing(axx, t, face)
     # cell edges halfway between timestamps: exact for variable-frame-rate videos too
     edges = _edges(t)
-    ax = axes[1]
-    e = np.argmax(expr_prob, axis=1)
-    colours = np.array([_hex_rgb(c) for c in EXPR_COLOURS])[e]
-    colours[~face] = 1.0
-    ax.pcolormesh(edges, [0, 1], colours[None], shading="flat")
-    ax.set_yticks([])
-    ax.set_ylabel("EXPR", rotation=0, ha="right", va="center")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in EXPR_COLOURS]
-    ax.legend(handles, EXPR_NAMES, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=8, fontsize=7, frameon=False)
-    ax = axes[2]
-    heat = np.where(face[:, None], au_prob, np.nan).T
-    im = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1) - 0.5, np.ma.masked_invalid(heat), cmap="magma",
-                       vmin=0, vmax=1, shading="flat")
-    ax.invert_yaxis()
-    ax.set_yticks(range(len(AU_NAMES)))
-    ax.set_yticklabels(AU_NAMES, fontsize=7)
-    ax.set_xlabel(xlabel)
-    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="AU probability")
+    if va is not None:
+        ax = ax_of["va"]
+        ax.plot(t, np.where(face, va[:, 0], np.nan), color="#1976d2", lw=1.3, label="valence")
+        ax.plot(t, np.where(face, va[:, 1], np.nan), color="#e64a19", lw=1.3, label="arousal")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel("VA")
+        ax.legend(loc="upper right", ncol=2, fontsize=8)
+    if expr_prob is not None:
+        ax = ax_of["expr"]
+        ok = face & np.isfinite(expr_prob).all(1)
+        colours = np.array([_hex_rgb(c) for c in EXPR_COLOURS])[np.argmax(np.nan_to_num(expr_prob), axis=1)]
+        colours[~ok] = 1.0
+        ax.pcolormesh(edges, [0, 1], colours[None], shading="flat")
+        ax.set_yticks([])
+        ax.set_ylabel("EXPR", rotation=0, ha="right", va="center")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in EXPR_COLOURS]
+        below = -0.3 if ax is axes[-1] else -0.15  # under the time axis' label when it is the last panel
+        ax.legend(handles, EXPR_NAMES, loc="upper center", bbox_to_anchor=(0.5, below), ncol=8, fontsize=7,
+                  frameon=False)
+    if au_prob is not None:
+        ax = ax_of["au"]
+        heat = np.where(face[:, None], au_prob, np.nan).T
+        im = ax.pcolormesh(edges, np.arange(len(AU_NAMES) + 1) - 0.5, np.ma.masked_invalid(heat), cmap="magma",
+                           vmin=0, vmax=1, shading="flat")
+        ax.invert_yaxis()
+        ax.set_yticks(range(len(AU_NAMES)))
+        ax.set_yticklabels(AU_NAMES, fontsize=7)
+        fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01, label="AU probability")
+    axes[-1].set_xlabel(xlabel)
     return _save(fig, path)
 
 

@@ -195,24 +195,33 @@ def test_report_on_search_and_runs(world, searched, tmp_path):
 
 
 def test_predict_video_real_face(world, searched, tmp_path):
+    """--compose --video: the one per-frame table (standard columns) and a timeline per person."""
+    from PIL import Image
+
+    from abaw.pipeline.predict.table import EXPR_COLUMNS, read_results
     from tests.conftest import REAL_FACES
 
     clip = REAL_FACES / "single_face.mp4"
     if not clip.exists():
         pytest.skip("shared/data/real_faces is absent")
-    out = cli("predict", "--video", clip, "--compose", searched, "--out", tmp_path / "video")
+    r = CliRunner().invoke(main, ["predict", "--video", str(clip), "--compose", str(searched), "--face", "largest",
+                                  "--out", str(tmp_path / "video"), "-q"])
+    assert r.exit_code == 0, r.output
     with av.open(str(clip)) as c:
         n = sum(1 for _ in c.decode(video=0))
-    rows = list(csv.DictReader((tmp_path / "video" / "single_face.csv").open()))
-    assert len(rows) == n == 72  # one row per decoded frame
-    assert [int(r["frame"]) for r in rows] == list(range(1, n + 1))
-    assert all(r["face"] == "1" for r in rows)
-    probs = np.array([[float(r[f"p_{e}"]) for e in ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness",
-                                                     "Surprise", "Other")] for r in rows])
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
-    assert all(-1 <= float(r["valence"]) <= 1 for r in rows)
-    assert (tmp_path / "video" / "single_face.png").read_bytes()[:4] == b"\x89PNG"
-    assert "72 frames (72 with a face)" in out
+    df = read_results(tmp_path / "video")
+    assert len(df) == n == 72 and df["frame"].tolist() == list(range(1, n + 1))  # one row per decoded frame
+    assert (df["face"] == 1).all() and (df["face_id"] == 0).all() and df["synthetic"].all()
+    np.testing.assert_allclose(df[list(EXPR_COLUMNS)].sum(axis=1), 1.0, atol=1e-3)
+    assert df["valence"].between(-1, 1).all() and df["AU12"].notna().all()
+    png = tmp_path / "video" / "single_face_face0.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 500
+    assert "single_face.mp4: 72 frames, 72 face rows, 1 person" in r.stdout and f"timeline: {png}" in r.stdout
+    assert "trained on synthetic data" in r.stderr
+    r = CliRunner().invoke(main, ["predict", "--video", str(clip), "--compose", str(searched), "--cache", "c.zarr",
+                                  "--out", str(tmp_path / "v2")])
+    assert r.exit_code == 2 and "--cache is only for --test-list" in r.output and not (tmp_path / "v2").exists()
 
 
 def test_demo_quick(tmp_path):
@@ -221,7 +230,8 @@ def test_demo_quick(tmp_path):
     lines: list[str] = []
     res = run_demo(tmp_path / "demo", DemoConfig.quick(), progress=False, log=lines.append)
     assert Path(res["submission"]).exists() and Path(res["report"]).exists()
-    assert res["video"] and all(Path(v["csv"]).exists() for v in res["video"])
+    assert Path(res["video"]["out"]).exists() and res["video"]["synthetic"]
+    assert all(Path(png).exists() for r in res["video"]["inputs"] for png in r["plots"])
     assert "[8/8] done" in "\n".join(lines)
     verified = [ln for ln in lines if ln.startswith("  cache verify: ")]
     assert len(verified) == 1 and verified[0].endswith(" verified, 0 legacy (unverifiable), 0 damaged"), verified

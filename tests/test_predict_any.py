@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,6 +158,45 @@ def test_csv_round_trip_and_parquet_needs_pyarrow(tmp_path):
         read_results(tmp_path / "bad.csv")
 
 
+def _png_ok(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_timelines_per_input_and_person(tmp_path):
+    """Two people in a 6-frame video (one missing in frames 3-4), EXPR only; a photo gets none;
+    two inputs with the same stem get distinct files."""
+    from abaw.pipeline.predict.timelines import write_timelines
+
+    rng = np.random.default_rng(0)
+    frame = np.array([1, 1, 2, 2, 3, 4, 5, 5, 6, 6])
+    fid = np.array([0, 1, 0, 1, 0, 0, 0, 1, 0, 1])
+    expr = rng.dirichlet(np.ones(8), len(frame))
+    box, lm = np.tile([10.0, 10, 50, 60], (len(frame), 1)), np.zeros((len(frame), 5, 2))
+    video = results_frame("a/clip.mp4", frame, frame / 25.0, fid, np.full(len(frame), 0.99), box, lm,
+                          {"expr": expr})
+    frames = results_frame("b/clip", np.array([1, 2, 3]), np.full(3, np.nan), np.array([0, -1, 0]),
+                           np.full(3, 0.99), box[:3], lm[:3], {"expr": expr[:3]})
+    photo = results_frame("c.jpg", np.array([1]), np.array([np.nan]), np.array([0]), np.array([0.99]),
+                          box[:1], lm[:1], {"expr": expr[:1]})
+    df = pd.concat([video, frames, photo], ignore_index=True)
+    got = write_timelines(df, tmp_path)
+    assert got == {"a/clip.mp4": [str(tmp_path / "clip_face0.png"), str(tmp_path / "clip_face1.png")],
+                   "b/clip": [str(tmp_path / "clip_2_face0.png")], "c.jpg": []}
+    sizes = [_png_ok(p) for ps in got.values() for p in ps]
+    assert all(w > 500 and h > 100 for w, h in sizes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_2_face0.png", "clip_face0.png", "clip_face1.png"]
+    # every task present: three panels, a taller figure than EXPR alone
+    full = results_frame("d.mp4", frame, frame / 25.0, fid, np.full(len(frame), 0.99), box, lm,
+                         {"va": rng.uniform(-1, 1, (len(frame), 2)), "expr": expr, "au": rng.uniform(0, 1, (10, 12))})
+    (tall,) = write_timelines(full[full["face_id"] == 0], tmp_path)["d.mp4"]
+    assert _png_ok(tall)[1] > sizes[0][1]
+
+
 # ---------------------------------------------------------------------- the fer system on real faces
 
 
@@ -243,7 +284,6 @@ def test_export_serve_fetch_predict_round_trip(onet_run, tiny_synth, tmp_path, m
     r = CliRunner().invoke(main, ["export-system", str(onet_run), "-o", str(tmp_path / "sys")])
     assert r.exit_code == 0, r.output
     assert "trained on SYNTHETIC data" in r.output
-    import json
 
     m = json.loads((tmp_path / "sys" / "system.json").read_text())
     assert m["synthetic"] is True and set(m["tasks"]) == {"va", "expr", "au"}
@@ -297,6 +337,83 @@ def test_export_serve_fetch_predict_round_trip(onet_run, tiny_synth, tmp_path, m
         pd.testing.assert_frame_equal(df[cols], ref[cols], check_exact=False, rtol=1e-5, atol=1e-6)
     r = CliRunner().invoke(main, ["predict", "--system", str(tmp_path), "--video", img, "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "not a system" in r.output
+
+
+def test_hf_hub_system_round_trip_plots_and_a_tampered_file(onet_run, tiny_synth, tmp_path, monkeypatch):
+    """`--system hf:REPO@REV` through huggingface_hub.snapshot_download (monkeypatched to serve
+    an exported folder): the same table as the folder itself; a hub file whose SHA-256 differs
+    from the manifest is refused on one line. Also: timelines written and listed, --no-plots."""
+    import huggingface_hub
+
+    from abaw.pipeline.predict.export import export_system
+
+    export_system([str(onet_run)], tmp_path / "sys")
+    hub = tmp_path / "hub"
+    shutil.copytree(tmp_path / "sys", hub / "owner--repo")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, cache_dir=None, **kw):
+        calls.append((repo_id, revision))
+        dest = Path(cache_dir) / repo_id.replace("/", "--") / (revision or "main")
+        shutil.copytree(hub / repo_id.replace("/", "--"), dest, dirs_exist_ok=True)
+        return str(dest)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("ABAW_CACHE", str(tmp_path / "cache"))
+    crops = sorted((tiny_synth / "cropped_aligned").iterdir())[0]  # aligned 112 px frames: no detection
+
+    def predict(ref: str, out: str, *more: str):
+        return CliRunner().invoke(main, ["predict", "--system", ref, "--video", str(crops), "--kind", "crops",
+                                         "--out", str(tmp_path / out), "-q", *more])
+
+    r = predict("hf:owner/repo@v1", "hf")
+    assert r.exit_code == 0, r.output
+    assert calls == [("owner/repo", "v1")] and "trained on synthetic data" in r.stderr
+    png = tmp_path / "hf" / f"{crops.name}_face0.png"
+    assert f"timeline: {png}" in r.stdout and _png_ok(png)[0] > 500
+    r = predict(str(tmp_path / "sys"), "folder", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert "timeline" not in r.stdout and not list((tmp_path / "folder").glob("*.png"))
+    got, ref = read_results(tmp_path / "hf"), read_results(tmp_path / "folder")
+    assert len(got) == len(list(crops.iterdir())) and got["valence"].notna().all() and got["AU01"].notna().all()
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    # a hub file that does not match the manifest: refused, one line, nothing written
+    head = hub / "owner--repo" / next(p for p in json.loads((tmp_path / "sys" / "system.json").read_text())["files"])
+    head.write_bytes(head.read_bytes()[:-4] + b"xxxx")
+    r = predict("hf:owner/repo@v2", "bad")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.output
+    assert "SHA-256 differs from the manifest" in r.stderr and not (tmp_path / "bad").exists()
+    # the hub's own errors: one line naming the reference
+    def offline(**kw):
+        raise OSError("no network\nmore")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    r = predict("hf:owner/other", "off")
+    assert r.exit_code == 1 and r.stderr.strip() == ("error: hf:owner/other: cannot download from the Hugging Face "
+                                                     "Hub (OSError: no network)")
+
+
+def test_runs_on_dense_frames_predict_at_the_training_time_scale(onet_run, tiny_synth, tmp_path):
+    """--run --video on every frame (a labelled-context run trained on sparse labels): predicted in
+    `step` passes at the training gap, said per input; synthetic runs are flagged."""
+    from abaw.pipeline.predict.anyinput import predict_inputs
+    from abaw.pipeline.predict.heads_system import RunsSystem
+    from abaw.pipeline.predict.system import load_system
+
+    crops = sorted((tiny_synth / "cropped_aligned").iterdir())[0]
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    for i, f in enumerate(sorted(crops.iterdir()), 1):  # the same crops as consecutive frames
+        shutil.copy(f, dense / f"{i:05d}.jpg")
+    system = RunsSystem.of_runs(load_system([str(onet_run)]))
+    assert system.synthetic and system.info["runs"]["va"] == [str(onet_run)]
+    res = predict_inputs(system, [str(dense)], tmp_path / "out", kind="crops", plots=False)
+    (scale,) = res.inputs[0]["time_scale"].values()
+    train_gap = json.loads((onet_run / "data.json").read_text())["time_scale"]["window_gap"]
+    assert scale["mode"] == "subsampled" and scale["frames_gap"] == 1 and scale["step"] == round(train_gap) > 1
+    assert f"predicting frames 1 apart in {scale['step']} passes" in res.format()
+    assert "plots" not in res.inputs[0] and not list((tmp_path / "out").glob("*.png"))
+    assert any("trained on synthetic data" in w for w in res.warnings)
 
 
 def test_kind_crops_skips_detection_and_warns_on_photos(tmp_path, tiny_synth):

@@ -66,7 +66,7 @@ class DemoResult(Result):
     submission: str
     test_score: dict[str, Any]
     report: str
-    video: list[dict[str, Any]]
+    video: dict[str, Any]  # the InputPredictions of step 6 (table, per-input summary, timelines)
     seconds: dict[str, float]
     total_seconds: float
     real_video: dict[str, Any] | None = None
@@ -125,11 +125,9 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     from abaw.data.testlist import read_test_list
     from abaw.extract.runner import ExtractConfig, extract
     from abaw.metrics import score_annotations
-    from abaw.pipeline.predict.system import (
-        load_system,
-        predict_test_list,
-        predict_videos,
-    )
+    from abaw.pipeline.predict.anyinput import predict_inputs
+    from abaw.pipeline.predict.heads_system import RunsSystem
+    from abaw.pipeline.predict.system import load_system, predict_test_list
     from abaw.pipeline.report.command import report
     from abaw.pipeline.search.runner import (
         SearchSettings,
@@ -211,10 +209,11 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     test_clips = [c for c in clips if c["split"] == "test"]
     clip = max(test_clips, key=lambda c: c["people"])  # a two-person clip when there is one
     video = data / "videos" / f"{clip['clip']}.mp4"
-    vids = predict_videos(system, [str(video)], out / "video", face="left-right" if clip["people"] == 2 else "auto",
-                          progress=progress)
-    for v in vids:
-        log(f"  {v['video']}: {v['frames']} frames, {v['faces']} with a face -> {v['csv']}, {v['png']}")
+    vids = predict_inputs(RunsSystem.of_runs(system), [str(video)], out / "video",
+                          face="left-right" if clip["people"] == 2 else "track", progress=progress)
+    if vids.failed:
+        raise AbawError(vids.failed[0]["error"])
+    log("  " + "\n  ".join(vids.format().splitlines() + list(vids.warnings)))
     times["video"] = time.perf_counter() - t
 
     t = _step(log, 7, n, "real expressions on a real video: the zero-shot fer system (MTCNN, align, FER2013 "
@@ -230,7 +229,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: bool = T
     total = time.perf_counter() - t_all
     result = {"out": str(out), "data": str(data), "cache": str(cache), "search": str(search_dir),
               "leaderboard": str(search_dir / "leaderboard.csv"), "composed": composed, "submission": str(sub),
-              "test_score": score.to_dict(), "report": str(page), "video": list(vids.videos), "real_video": real,
+              "test_score": score.to_dict(), "report": str(page), "video": vids.to_dict(), "real_video": real,
               "seconds": times,
               "total_seconds": total}
     result = DemoResult(**result)

@@ -1,11 +1,13 @@
-"""Per-frame affect for any input with a crop system (`abaw predict --system S --video ...`).
+"""Per-frame affect for any input with a crop system (`abaw predict --video ...` with
+`--system S` or `--run/--compose`, whose runs become a crop system: heads_system.RunsSystem).
 
 For every input (abaw.pipeline.predict.inputs): decode the frames, detect the faces (MTCNN),
 choose the people (`face`: `track` / `largest` / `left-right` as in `abaw extract`, or
 `all`: every face, with ids from abaw.pipeline.predict.tracker), align each face to the
 112 px template, encode the crops with the system batch by batch, then decode each
 person's frames into outputs. The rows of all inputs form one table
-(abaw.pipeline.predict.table). An input that cannot be read is reported (one line naming
+(abaw.pipeline.predict.table); `predict_inputs` writes it with a timeline PNG per input and
+person (abaw.pipeline.predict.timelines). An input that cannot be read is reported (one line naming
 it) and skipped; the others complete (the CLI then exits with status 2).
 """
 
@@ -33,16 +35,21 @@ class InputPredictions(Result):
 
     system: str
     out: str | None
-    inputs: tuple[dict[str, Any], ...]  # {"input", "kind", "frames", "face_rows", "people"}
+    inputs: tuple[dict[str, Any], ...]  # {"input", "kind", "frames", "face_rows", "people", "time_scale", "plots"}
     failed: tuple[dict[str, str], ...]  # {"input", "error"}
     notes: tuple[str, ...] = ()
     synthetic: bool = False
 
     def format(self) -> str:
+        from abaw.pipeline.predict.system import time_scale_lines
+
         lines = [f"system: {self.system}"]
-        lines += [f"{r['input']}: {_n(r['frames'], 'frame')}, {_n(r['face_rows'], 'face row')}, "
-                  + (f"{r['people']} person" if r["people"] == 1 else f"{r['people']} people")
-                  + f" (faces from {r['faces_from']})" for r in self.inputs]
+        for r in self.inputs:
+            lines.append(f"{r['input']}: {_n(r['frames'], 'frame')}, {_n(r['face_rows'], 'face row')}, "
+                         + (f"{r['people']} person" if r["people"] == 1 else f"{r['people']} people")
+                         + f" (faces from {r['faces_from']})")
+            lines += [f"  {line}" for line in time_scale_lines(r.get("time_scale"))]
+            lines += [f"  timeline: {p}" for p in r.get("plots", ())]
         if self.out:
             lines.append(f"wrote {self.out}: {_n(sum(r['rows'] for r in self.inputs), 'row')} from "
                          f"{_n(len(self.inputs), 'input')}" + (f", {len(self.failed)} failed" if self.failed else ""))
@@ -81,8 +88,9 @@ def _as_crops(ch: Any, size: int, where: str, warned: list[str]):
 
 def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: float,
               skipped: list[str], kind: str = "detect",
-              warned: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Rows (frame, timestamp, face_id, score, box, landmarks) of one input and the system's outputs."""
+              warned: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Rows (frame, timestamp, face_id, score, box, landmarks) of one input, the system's outputs
+    and its time scale (`system.time_scale`) over the frames of the person seen longest."""
     import torch
 
     from abaw.extract.faces import FaceSelector, warp_faces
@@ -137,18 +145,23 @@ def _faces_of(item: Item, system: Any, detector: Any, face: str, min_score: floa
             "face_id": np.asarray(fid, np.int64), "score": np.asarray(score, np.float64),
             "box": np.stack(box).astype(np.float64), "landmarks": np.stack(lms).astype(np.float64)}
     outputs: dict[str, np.ndarray] = {}
+    scale: dict[str, Any] = {}
     if code_rows:
         enc = np.concatenate(codes)
         at = np.asarray(code_rows, np.int64)
         ids = rows["face_id"][at]
+        longest = 1  # a single frame has no time scale
         for person in np.unique(ids):
             sub = at[ids == person]  # rows in frame order
-            out = system.decode(Track(rows["frame"][sub], rows["timestamp"][sub], enc[ids == person]))
+            track = Track(rows["frame"][sub], rows["timestamp"][sub], enc[ids == person])
+            out = system.decode(track)
             for t, a in out.items():
                 if t not in outputs:
                     outputs[t] = np.full((len(frame),) + a.shape[1:], np.nan)
                 outputs[t][sub] = a
-    return rows, outputs
+            if len(sub) > longest:
+                longest, scale = len(sub), system.time_scale(track)
+    return rows, outputs, scale
 
 
 def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str = "track", device: str = "cpu",
@@ -182,7 +195,7 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
     for it in items:
         skipped: list[str] = []
         try:
-            rows, outputs = _faces_of(it, system, detector, face, min_score, skipped, kind, warned)
+            rows, outputs, scale = _faces_of(it, system, detector, face, min_score, skipped, kind, warned)
         except AbawError as e:
             failed.append({"input": it.path, "error": str(e)})
             continue
@@ -198,7 +211,7 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
                           "faces_from": "crops" if kind == "crops" and it.kind != "video" else "detection",
                           "frames": int(len(np.unique(rows["frame"]))),
                           "rows": int(len(rows["frame"])), "face_rows": int(has.sum()),
-                          "people": int(len(np.unique(rows["face_id"][has])))})
+                          "people": int(len(np.unique(rows["face_id"][has]))), "time_scale": scale})
     if bar is not None:
         bar.close()
     df = pd.concat(tables, ignore_index=True) if tables else empty_frame()
@@ -207,10 +220,12 @@ def predict_frames(system: Any, inputs: list[str] | tuple[str, ...], face: str =
 
 def predict_inputs(system: Any, inputs: list[str] | tuple[str, ...], out: str | os.PathLike, face: str = "track",
                    fmt: str = "csv", device: str = "cpu", detect_size: int = 640,
-                   progress: bool = False, kind: str = "detect") -> InputPredictions:
-    """Write `OUT/predictions.csv` (or `.parquet`) and `OUT/predictions.json` for the inputs."""
+                   progress: bool = False, kind: str = "detect", plots: bool = True) -> InputPredictions:
+    """Write `OUT/predictions.csv` (or `.parquet`), `OUT/predictions.json` and (`plots`) a
+    timeline PNG per input and person (abaw.pipeline.predict.timelines) for the inputs."""
     from abaw.io import write_json
     from abaw.pipeline.predict.table import FORMATS, write_results
+    from abaw.pipeline.predict.timelines import write_timelines
 
     if fmt not in FORMATS:
         raise AbawError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -224,6 +239,9 @@ def predict_inputs(system: Any, inputs: list[str] | tuple[str, ...], out: str | 
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     path = write_results(df, outdir / f"predictions.{fmt}", fmt)
+    if plots:
+        pngs = write_timelines(df, outdir, [r["input"] for r in summaries])
+        summaries = [{**r, "plots": pngs[r["input"]]} for r in summaries]
     res = InputPredictions(system=system.describe(), out=str(path), inputs=tuple(summaries), failed=tuple(failed),
                            notes=tuple(warned) + tuple(system.notes), synthetic=bool(system.synthetic))
     write_json(outdir / "predictions.json", {**res.to_dict(), "face": face, "system_info": system.info})

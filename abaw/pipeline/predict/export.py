@@ -59,23 +59,6 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _is_synthetic(ann_files: list[str]) -> bool:
-    """Annotation files written by `abaw synth` sit next to its `synth.json`."""
-    return any((Path(a).parent / "synth.json").exists() for a in ann_files)
-
-
-def _training_data(run: Any) -> dict[str, Any]:
-    from abaw.io import read_json
-
-    p = run.path / "data.json"
-    data = read_json(p) if p.exists() else {}
-    src = data.get("sources", {})
-    files = list(src.get("train_ann", [])) + list(src.get("val_ann", []))
-    return {"train": {k: v for k, v in data.get("train", {}).items() if k != "missing"},
-            "val": {k: v for k, v in data.get("val", {}).items() if k != "missing"},
-            "annotation_files": [os.path.basename(f) for f in files], "synthetic": _is_synthetic(files)}
-
-
 def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str | os.PathLike,
                   overwrite: bool = False) -> ExportResult:
     """Write the system of run folders (or of a composed.json / search folder) into `out`."""
@@ -115,7 +98,7 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
             with atomic_write(tmp / rel, "wb") as f:
                 f.write(st_save(sd))
             files[rel] = _sha(tmp / rel)
-            td = _training_data(r)
+            td = r.training_data()
             data.append(td)
             run_entries[rid] = {"source": r.path.name, "heads": rel, "config": to_dict(r.config),
                                 "spec": to_dict(r.spec), "postprocess": to_dict(r.postprocess),

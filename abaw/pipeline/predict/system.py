@@ -1,5 +1,8 @@
 """`abaw predict`: submissions from runs (single, ensembles, composed best-per-task).
 
+(Per-frame affect of videos and images, `--video`, goes through abaw.pipeline.predict.anyinput
+with the runs as a crop system: heads_system.RunsSystem.)
+
 A *system* says which runs supply each task: every given run for the tasks it trained
 (`--run A --run B` averages A and B), or the runs `abaw search --compose best-per-task`
 chose per task. For each task the runs' outputs are averaged (VA values, EXPR and AU
@@ -113,25 +116,6 @@ class SubmissionResult(Result):
         if not missing:
             return ()
         return (f"warning: no run predicts {', '.join(t.upper() for t in missing)}; those columns are placeholders",)
-
-
-@dataclass(frozen=True)
-class VideoPredictions(Result):
-    """Per-frame CSV + timeline PNG written for each person of each video."""
-
-    system: str
-    videos: tuple[dict[str, Any], ...]  # {"video", "frames", "faces", "csv", "png"}
-
-    def __iter__(self):
-        return iter(self.videos)
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def format(self) -> str:
-        return "\n".join([f"system: {self.system}"] + [
-            f"{r['video']}: {r['frames']} frames ({r['faces']} with a face) -> {r['csv']}, {r['png']}"
-            for r in self.videos] + time_scale_lines(self.videos[0].get("time_scale") if self.videos else None))
 
 
 def time_scale_lines(scales: dict[str, dict[str, Any]] | None) -> list[str]:
@@ -330,126 +314,3 @@ def predict_test_list(system: System, store: str | os.PathLike, test_list_path: 
     report["tasks"] = list(system.tasks)
     report["missing_tasks"] = [t for t in TASKS if t not in system.tasks]
     return SubmissionResult(out=str(out_file), test_list=str(test_list_path), system=system.describe(), report=report)
-
-
-# ------------------------------------------------------------------ any video -> per-frame CSV + timeline
-
-
-def system_backbones(system: System) -> list[Any]:
-    """Rebuild the backbones the runs were trained on, refusing any whose weights differ."""
-    from abaw.extract.backbones import create_backbone, same_features
-
-    bbs = []
-    for key, fp in sorted(system.fingerprints().items()):
-        spec = fp.get("spec")
-        if not spec:
-            raise AbawError(f"the runs do not record how backbone {key!r} was made (no spec in its fingerprint)")
-        bb = create_backbone(spec)
-        bb.key = key
-        if fp.get("weights_sha256") and not same_features(fp, bb.fingerprint()):
-            raise AbawError(f"backbone {spec!r} cannot be rebuilt as the runs saw it (different weights or "
-                            "preprocessing); extract the video with the original weights yourself and pass --cache")
-        bbs.append(bb)
-    missing = [k for k in system.keys() if k not in {b.key for b in bbs}]
-    if missing:
-        raise AbawError(f"the runs do not record the backbones {missing}")
-    return bbs
-
-
-def frame_table_csv(path: str | os.PathLike, frame: np.ndarray, timestamp: np.ndarray, face: np.ndarray,
-                    va: np.ndarray | None, expr: np.ndarray | None, au: np.ndarray | None,
-                    au_thresholds: np.ndarray) -> None:
-    """Per-frame CSV: frame, timestamp, face, V, A, expression (+8 probabilities), 12 AU probabilities and
-    decisions. Frames without a face (or a task the runs lack) have empty fields."""
-    import csv
-    import io
-
-    from abaw.data.labels import AU_NAMES, EXPR_NAMES
-    from abaw.io import atomic_write
-
-    cols = (["frame", "timestamp", "face", "valence", "arousal", "expression", "expression_name"]
-            + [f"p_{n}" for n in EXPR_NAMES] + [f"{a}_prob" for a in AU_NAMES] + list(AU_NAMES))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for i in range(len(frame)):
-        ts = "" if not np.isfinite(timestamp[i]) else f"{timestamp[i]:.4f}"
-        row: list[Any] = [int(frame[i]), ts, int(bool(face[i]))]
-        if face[i] and va is not None:
-            row += [f"{va[i, 0]:.4f}", f"{va[i, 1]:.4f}"]
-        else:
-            row += ["", ""]
-        if face[i] and expr is not None:
-            e = int(expr[i].argmax())
-            row += [e, EXPR_NAMES[e]] + [f"{p:.4f}" for p in expr[i]]
-        else:
-            row += [""] * (2 + len(EXPR_NAMES))
-        if face[i] and au is not None:
-            row += [f"{p:.4f}" for p in au[i]] + [int(p >= t) for p, t in zip(au[i], au_thresholds)]
-        else:
-            row += [""] * (2 * len(AU_NAMES))
-        w.writerow(row)
-    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-
-
-def predict_videos(system: System, videos: list[str], out_dir: str | os.PathLike, cache: str | os.PathLike | None = None,
-                   face: str = "auto", device: str = "auto", progress: bool = True) -> VideoPredictions:
-    """Extract what the runs need from each video, then write `<id>.csv` and `<id>.png` per person.
-
-    Returns one report per written video id (frames, frames with a face, paths).
-    """
-    from abaw import plots
-    from abaw.cache.store import FeatureStore, load_features
-    from abaw.extract.runner import ExtractConfig, discover, extract
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    store = Path(cache) if cache else out / "features.zarr"
-    sources = discover(videos, "videos")
-    bbs = system_backbones(system)
-    summary = extract([s.path for s in sources], store, bbs, ExtractConfig(face=face, device=device, kind="videos"),
-                      progress=progress, rank=0, world=1)
-    if summary.failed:
-        f = summary.failed[0]
-        raise AbawError(f"{f['source']}: {f['error']}")
-    fstore = FeatureStore(store, "r")
-    have = set(fstore.videos())
-    reports = []
-    for src in sources:
-        stem = Path(src.path).stem
-        ids = [v for v in (stem, f"{stem}_left", f"{stem}_right") if v in have]  # exact ids, never prefixes
-        for vid in ids:
-            table = load_features(fstore, system.keys(), videos=[vid])
-            n_face = int(table.face.sum())
-            n = len(table)
-            va = expr = au = None
-            thr = np.full(N_AU, 0.5)
-            scale: dict[str, Any] = {}
-            if n_face:
-                outs, thr, info = system_outputs(system, table, "each")
-                scale = info["time_scale"]
-                rows = np.full(n, -1, np.int64)
-                pos = {int(f): i for i, f in enumerate(outs.frame)}
-                rows[table.face] = [pos[int(f)] for f in table.frame[table.face]]
-
-                def expand(a: np.ndarray | None) -> np.ndarray | None:
-                    if a is None:
-                        return None
-                    full = np.zeros((n,) + a.shape[1:], np.float32)
-                    full[rows >= 0] = a[rows[rows >= 0]]
-                    return full
-
-                va, expr, au = expand(outs.va), expand(outs.expr), expand(outs.au)
-            csv_path = out / f"{vid}.csv"
-            frame_table_csv(csv_path, table.frame, table.timestamp, table.face, va, expr, au, thr)
-            png = None
-            if n:
-                ts = table.timestamp if np.isfinite(table.timestamp).all() else table.frame.astype(float)
-                png = plots.timeline(out / f"{vid}.png", ts, va if va is not None else np.zeros((n, 2)),
-                                     expr if expr is not None else np.full((n, 8), 1 / 8),
-                                     au if au is not None else np.zeros((n, N_AU)), table.face,
-                                     title=f"{vid}: {n_face}/{n} frames with a face")
-            reports.append({"video": vid, "source": str(src.path), "frames": n, "faces": n_face,
-                            "csv": str(csv_path), "png": None if png is None else str(png), "time_scale": scale})
-    return VideoPredictions(system=system.describe(), videos=tuple(reports))

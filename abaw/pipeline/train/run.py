@@ -263,6 +263,19 @@ class Run:
         out = predict_frameset(self.model, fs, self.keys, self.config.window, batch_frames, self.device, step=step)
         return apply_postprocess(out, self.postprocess) if postprocess else out
 
+    def training_data(self) -> dict[str, Any]:
+        """What the run was trained on, from its data.json (empty for an exported run): labelled
+        frames per split, the annotation file names, and whether synthetic (annotation files
+        written by `abaw synth` sit next to its `synth.json`)."""
+        p = self.path / "data.json"
+        data = read_json(p) if p.exists() else {}
+        src = data.get("sources", {})
+        files = list(src.get("train_ann", [])) + list(src.get("val_ann", []))
+        return {"train": {k: v for k, v in data.get("train", {}).items() if k != "missing"},
+                "val": {k: v for k, v in data.get("val", {}).items() if k != "missing"},
+                "annotation_files": [os.path.basename(f) for f in files],
+                "synthetic": any((Path(f).parent / "synth.json").exists() for f in files)}
+
     def val_outputs(self) -> FrameOutputs:
         """The saved raw validation outputs of the best checkpoint."""
         return FrameOutputs.load(self.path / "val_outputs.npz")
