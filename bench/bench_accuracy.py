@@ -4,6 +4,7 @@
     python bench/bench_accuracy.py --sizes small,large --seeds 0,1 --profile dense
     python bench/bench_accuracy.py --config default --config 'e60=--epochs 60 --au-pos-weight auto'
     python bench/bench_accuracy.py --config default --blend 'default+linear=default+linear'
+    python bench/bench_accuracy.py --config default --search 'grid=--temporal transformer,gru --lr 0.0005,0.001'
 
 For each size x seed: `abaw synth` (small ~2.4k training frames, large ~14k), `abaw extract`
 of `mtcnn:onet` + `mtcnn:rnet` over `cropped_aligned/`, then on the SAME features, with the
@@ -212,36 +213,49 @@ def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, lo
     return ev
 
 
+def system_test(path: Path, table, splits) -> dict:
+    """Test scores of a composed / blended system (`abaw predict --compose PATH`), its own post-processing."""
+    from abaw.pipeline.predict.system import load_system, system_outputs
+    from abaw.pipeline.train.outputs import align_annotations, score_outputs
+
+    system = load_system((), path)
+    out, thr, _ = system_outputs(system, table, "each", rows=splits["test"].rows)
+    rows, labels = align_annotations(out, splits["test"].ann)
+    sc = score_outputs(out.take(rows), labels, thr)
+    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total}
+
+
+def _pick(x: dict) -> dict:
+    return {k: x.get(k) for k in (*TASKS, "total")}
+
+
 def run_blend(d: Path, name: str, parts: list[str], seed: int, table, splits) -> dict:
     """`abaw blend` of finished runs of this size/seed (per-task weights, cross-fitted honest score)."""
     from abaw.pipeline.blend import BlendConfig, blend
-    from abaw.pipeline.predict.system import load_system
-    from abaw.pipeline.train.outputs import align_annotations, combine, score_outputs
-    from abaw.pipeline.train.postprocess import apply_postprocess
 
     t0 = time.perf_counter()
     out = d / "runs" / f"{name}-s{seed}.json"
     res = blend([str(d / "runs" / f"{p}-s{seed}") for p in parts], out, BlendConfig(),
                 val_ann=splits["validation"].ann, overwrite=True)
-    system = load_system((), out)
-    preds: dict = {}
-    values = {}
-    for t, runs in system.runs.items():
-        arrs = []
-        for r in runs:
-            if str(r.path) not in preds:
-                o = r.predict(table, rows=splits["test"].rows)
-                preds[str(r.path)] = o.take(align_annotations(o, splits["test"].ann)[0])
-            arrs.append(getattr(preds[str(r.path)], t))
-        values[t] = combine(t, arrs, system.weights[t], system.space)
-    first = next(iter(preds.values()))
-    tl = align_annotations(first, splits["test"].ann)[1]
-    sc = score_outputs(apply_postprocess(first.with_values(**{t: values.get(t) for t in TASKS}), system.postprocess),
-                       tl, system.postprocess.au_thresholds)
-    pick = lambda x: {k: x.get(k) for k in (*TASKS, "total")}  # noqa: E731
-    return {"val_reported": pick(res.scores["optimistic"]), "val_honest": pick(res.scores["honest"]),
-            "test": {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total},
-            "weights": {t: list(w) for t, w in system.weights.items()}, "parts": parts,
+    return {"val_reported": _pick(res.scores["optimistic"]), "val_honest": _pick(res.scores["honest"]),
+            "test": system_test(out, table, splits), "parts": parts,
+            "weights": {t: [m["weight"] for m in e["members"]] for t, e in res.tasks.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, log: Path) -> dict:
+    """`abaw search ... --compose best-per-task` (the linear config is always in it); the composed system."""
+    out = d / "runs" / f"search-{name}-s{seed}"
+    t0 = time.perf_counter()
+    sh([sys.executable, "-m", "abaw", "search", "--cache", str(d / "cache.zarr"), "--data", str(d / "data"),
+        "--out", str(out), "--seed", str(seed), "--compose", "best-per-task", "--quiet",
+        "--set", "allow_missing=true", "--set", f"seed={seed}", "--set", "device=cpu", *flags], log)
+    comp = json.loads((out / "composed.json").read_text())
+    val = {t: c["score"] for t, c in comp["tasks"].items()}
+    hon = {t: c.get("honest") for t, c in comp["tasks"].items()}
+    val["total"], hon["total"] = comp["total"], comp.get("honest")
+    return {"val_reported": _pick(val), "val_honest": _pick(hon), "test": system_test(out, table, splits),
+            "chosen": {t: c["config"] for t, c in comp["tasks"].items()}, "flags": flags,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -285,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", default=[],
                     help="name=train-heads flags (repeat); 'default' = no flags; '@api k=v ...' = TrainConfig fields")
     ap.add_argument("--no-linear", action="store_true", help="skip the built-in linear head")
+    ap.add_argument("--search", action="append", default=[],
+                    help="NAME=FLAGS: `abaw search FLAGS --compose best-per-task` (its composed system is a row)")
     ap.add_argument("--blend", action="append", default=[],
                     help="NAME=A+B: `abaw blend` of the runs of configs A and B (after they are trained)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))
@@ -295,9 +311,11 @@ def main(argv=None) -> int:
         name, _, flags = c.partition("=")
         configs[name] = shlex.split(flags)
     if not a.no_linear:  # the search's built-in baseline config, as train-heads flags
-        from abaw.pipeline.search.runner import BASELINE
+        from abaw.pipeline.search.runner import baseline_overrides
+        from abaw.pipeline.train.config import TrainConfig
 
-        configs.setdefault("linear", [x for k, v in BASELINE.items() for x in (f"--{k.replace('_', '-')}", str(v))])
+        configs.setdefault("linear", [x for k, v in baseline_overrides(TrainConfig()).items()
+                                      for x in (f"--{k.replace('_', '-')}", str(v))])
     pflags, profile = synth_profile(a.profile)
     work = Path(a.work) / profile
     work.mkdir(parents=True, exist_ok=True)
@@ -317,6 +335,9 @@ def main(argv=None) -> int:
             systems = {"baseline (box9)": b, "baseline (crossfit pp)": bf}
             for name, flags in configs.items():
                 systems[name] = run_heads(d, name, flags, seed, table, splits, log)
+            for spec in a.search:
+                name, _, flags = spec.partition("=")
+                systems[f"search {name}"] = run_search(d, name, shlex.split(flags), seed, table, splits, log)
             for spec in a.blend:
                 name, _, parts = spec.partition("=")
                 systems[name] = run_blend(d, name, parts.split("+"), seed, table, splits)

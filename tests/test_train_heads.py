@@ -240,8 +240,8 @@ def test_configs_load_from_json_files(tmp_path):
 def test_select_task_keeps_each_tasks_best_epoch(temporal_data, tmp_path):
     """select=task: every task is predicted by the weights of its own best raw validation epoch."""
     _, tr, va, table = temporal_data
-    cfg = TrainConfig.create(backbones=("synth",), epochs=6, au_thresholds=False, honest_folds=2, **SMALL)
-    assert cfg.select == "task"
+    cfg = TrainConfig.create(backbones=("synth",), epochs=6, au_thresholds=False, honest_folds=2, select="task",
+                             **SMALL)
     run = train(cfg, table, tr, va, tmp_path / "r", progress=False)
     hist = json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"]
     epochs = run.result.task_epochs

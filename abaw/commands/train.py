@@ -68,9 +68,9 @@ from abaw.commands.options import echo_result, json_option, parse_task_weights, 
 @click.option("--warmup", "warmup_epochs", default=1.0, show_default=True, help="Linear warm-up, in epochs.")
 @click.option("--patience", default=5, show_default=True,
               help="Early stopping: epochs without a better validation score (of any task, with --select task).")
-@click.option("--select", type=click.Choice(["task", "total"]), default="task", show_default=True,
-              help="Best epoch per task (each task predicted by the weights of its own best validation epoch) "
-                   "or one epoch for all by P_MTL.")
+@click.option("--select", type=click.Choice(["total", "task"]), default="total", show_default=True,
+              help="One best epoch for all tasks by validation P_MTL, or one per task (each task predicted by the "
+                   "weights of its own best validation epoch).")
 @click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
@@ -98,8 +98,9 @@ def train_heads(ctx: click.Context, config_file: str | None, write_config: str |
                 **opts) -> None:
     """Train fusion + temporal module + AU/EXPR/VA heads jointly from cached features.
 
-    Keeps each task's best epoch on validation (or one by P_MTL: --select total), then fits per-AU thresholds and temporal
-    smoothing on validation and reports P_MTL before and after each step, and the honest
+    Selects the best epoch on validation P_MTL (or one per task: --select task), then fits
+    per-AU thresholds and temporal smoothing on validation and reports P_MTL before and
+    after each step, and the honest
     estimate (epoch and post-processing fitted on other validation videos than those scored).
 
     Example: abaw train-heads --cache cache.zarr --data data/synth --out runs/joint

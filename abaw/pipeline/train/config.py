@@ -55,7 +55,7 @@ class TrainConfig:
     batch_frames: int = 256  # frames per batch (windows per batch = batch_frames // window)
     warmup_epochs: float = 1.0
     patience: int = 5  # early stopping: epochs without a better validation score (any task's, with select=task)
-    select: str = "task"  # task: each task keeps the weights of its own best epoch | total: one epoch by P_MTL
+    select: str = "total"  # total: one best epoch by P_MTL | task: each task keeps the weights of its own best epoch
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     seed: int = 0
     init_from: tuple[str, ...] = ()  # run directories to initialise from (progressive learning)
