@@ -260,14 +260,15 @@ class FeatureStore(StoreWriter):
         self._checked(video)
         return self._attrs(self._vdir(video), video, "zarr.json")
 
-    def read_index(self, video: str, light: bool = False) -> VideoIndex:
+    def read_index(self, video: str, light: bool = False, attrs: bool = True) -> VideoIndex:
         """The video's index; `light` checks only what it reads (the three arrays' chunks
-        and the group's zarr.json), as loading does."""
+        and the group's zarr.json), as loading does; `attrs=False` leaves `attrs` empty
+        (loading needs only the arrays; the zarr.json is still checked)."""
         st = self._checked(video, light=light)
         vdir = self._vdir(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
-                          attrs=self._attrs(vdir, video, "zarr.json", st))
+                          attrs=self._attrs(vdir, video, "zarr.json", st) if attrs else {})
 
     def read_array(self, video: str, name: str) -> np.ndarray | None:
         """An optional per-frame array of the video index (`box`, `landmarks`), or None."""
@@ -365,8 +366,9 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         raise AbawError("load_features: no backbone keys given")
     for k in keys:
         check_name(k, "backbone key")
-    wanted = fs.videos() if videos is None else list(dict.fromkeys(videos))
-    have = set(fs.videos())
+    listed = fs.videos()
+    wanted = listed if videos is None else list(dict.fromkeys(videos))
+    have = set(listed)
     root = os.path.join(os.fspath(fs.path), "videos")
 
     def meta(v: str) -> tuple[tuple[UnitState, ...], VideoIndex, list[dict[str, Any]], list[tuple[int, ...]]] | None:
@@ -380,11 +382,14 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         for k, st in zip(keys, sts):
             if st.state == "damaged":
                 fs._checked(v, k, light=True)  # raises the one-line damage error
-        return (sts, fs.read_index(v, light=True), [fs.fingerprint(v, k, st) for k, st in zip(keys, sts)],
+        return (sts, fs.read_index(v, light=True, attrs=False),
+                [fs.fingerprint(v, k, st) for k, st in zip(keys, sts)],
                 [fs.feature_shape(v, k, st) for k, st in zip(keys, sts)])
 
+    # the metadata in this thread: small files and JSON, held by the GIL (a pool of threads
+    # is slower: each returns from a read to wait for the GIL); the features on the pool
+    probed = [meta(v) for v in wanted]
     with ThreadPoolExecutor(_threads(len(wanted))) as pool:
-        probed = list(pool.map(meta, wanted))
         absent = [v for v, p in zip(wanted, probed) if p is None]
         if absent and missing == "error":
             raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
@@ -408,7 +413,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                 fp, shp, first = fp_of[j], shapes[j], found[0][1][3][j]
                 if k not in fps:
                     fps[k] = fp
-                elif not same_features(fps[k], fp):
+                elif fp != fps[k] and not same_features(fps[k], fp):  # equal dicts: the same features
                     raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
                                     f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
                 elif shp[1] != first[1]:
