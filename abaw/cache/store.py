@@ -34,7 +34,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -260,11 +260,13 @@ class FeatureStore(StoreWriter):
         self._checked(video)
         return self._attrs(self._vdir(video), video, "zarr.json")
 
-    def read_index(self, video: str, light: bool = False, attrs: bool = True) -> VideoIndex:
+    def read_index(self, video: str, light: bool = False, attrs: bool = True,
+                   state: UnitState | None = None) -> VideoIndex:
         """The video's index; `light` checks only what it reads (the three arrays' chunks
         and the group's zarr.json), as loading does; `attrs=False` leaves `attrs` empty
-        (loading needs only the arrays; the zarr.json is still checked)."""
-        st = self._checked(video, light=light)
+        (loading needs only the arrays; the zarr.json is still checked). `state`: the
+        index unit's state when the caller has checked it already."""
+        st = state or self._checked(video, light=light)
         vdir = self._vdir(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
@@ -331,6 +333,18 @@ class FeatureTable:
         return {k: int(v.shape[1]) for k, v in self.feats.items()}
 
 
+@dataclass
+class _Probe:
+    """One video in `load_features` after its first pass."""
+
+    video: str
+    vst: UnitState  # its index unit
+    sts: tuple[UnitState, ...]  # its feature units, one per key
+    n: int  # rows of its index
+    index: VideoIndex | None = None  # read in the first pass when rows are selected, else by the pool
+    rows: Any = field(default_factory=lambda: slice(None))  # a slice reads straight into the table
+
+
 def _threads(n_tasks: int) -> int:
     return max(1, min(LOAD_THREADS or (os.cpu_count() or 1), n_tasks))
 
@@ -348,10 +362,15 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     array). `faces_only` drops frames without a face. `frames` ({video: frame numbers})
     keeps only those frames (the ones the cache has); videos not in it are loaded whole,
     unless `videos` is None, in which case only its videos load.
-    The indexes are read first, then every (video, backbone) array is read by a pool of
-    threads straight into the preallocated table (checksummed chunks are read with one
-    `readinto` each), so loading runs near the speed of reading the bytes and the peak
-    memory is the table plus one video per thread.
+
+    Two passes. First, in this thread, every unit's done-marker and zarr.json (light
+    check), the fingerprints and shapes: every error is raised before a feature is read,
+    and the row counts come from the markers, so the table is allocated. Then a pool of
+    threads reads, one task per video, its index arrays and every backbone's array
+    straight into the table (one `readv` per chunk, its crc32c checked), so the small
+    reads of one video overlap the large reads of another. A video whose rows are
+    selected (`faces_only`, `frames`) or a legacy unit has its index read in the first
+    pass. Peak memory: the table plus one video per thread.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -371,78 +390,86 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     have = set(listed)
     root = os.path.join(os.fspath(fs.path), "videos")
 
-    def meta(v: str) -> tuple[tuple[UnitState, ...], VideoIndex, list[dict[str, Any]], list[tuple[int, ...]]] | None:
-        """Everything but the features of one video (None when it lacks some), in one task."""
+    def probe(v: str) -> _Probe | None:
+        """The states of one video's units (None when it lacks some); raises on damage."""
         if v not in have:
             return None
         check_name(v, "video id")
-        sts = tuple(unit_state(os.path.join(root, v, "feat", k), light=True) for k in keys)
+        vdir = os.path.join(root, v)
+        sts = tuple(unit_state(os.path.join(vdir, "feat", k), light=True) for k in keys)
         if any(st.state == "absent" for st in sts):
             return None
         for k, st in zip(keys, sts):
             if st.state == "damaged":
                 fs._checked(v, k, light=True)  # raises the one-line damage error
-        return (sts, fs.read_index(v, light=True, attrs=False),
-                [fs.fingerprint(v, k, st) for k, st in zip(keys, sts)],
-                [fs.feature_shape(v, k, st) for k, st in zip(keys, sts)])
-
-    # the metadata in this thread: small files and JSON, held by the GIL (a pool of threads
-    # is slower: each returns from a read to wait for the GIL); the features on the pool
-    probed = [meta(v) for v in wanted]
-    with ThreadPoolExecutor(_threads(len(wanted))) as pool:
-        absent = [v for v, p in zip(wanted, probed) if p is None]
-        if absent and missing == "error":
-            raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-        found = [(v, p) for v, p in zip(wanted, probed) if p is not None]
-        use = [v for v, _ in found]
-        indexes = [p[1] for _, p in found]
-        sel: list[Any] = []
-        for v, idx in zip(use, indexes):
-            rows: Any = idx.face if faces_only else slice(None)  # a slice reads straight into the table
+        vst = unit_state(vdir, light=True)
+        if vst.state not in ("ok", "legacy"):
+            fs._checked(v, light=True)  # raises the one-line error (damaged, or removed meanwhile)
+        p = _Probe(v, vst, sts, 0)
+        if vst.state != "ok" or faces_only or (chosen is not None and v in chosen):
+            p.index = fs.read_index(v, light=True, attrs=False, state=vst)
+            p.n = len(p.index.frame)
+            if faces_only:
+                p.rows = p.index.face
             if chosen is not None and v in chosen:
-                pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
-                rows = pick & idx.face if faces_only else pick
-            sel.append(rows)
-        counts = [len(idx.frame) if isinstance(s, slice) else int(np.count_nonzero(s)) for idx, s in zip(indexes, sel)]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        n = int(offsets[-1])
-        feats: dict[str, np.ndarray] = {}
-        fps: dict[str, dict[str, Any]] = {}
-        for j, k in enumerate(keys):
-            for v, (_, _, fp_of, shapes) in found:
-                fp, shp, first = fp_of[j], shapes[j], found[0][1][3][j]
-                if k not in fps:
-                    fps[k] = fp
-                elif fp != fps[k] and not same_features(fps[k], fp):  # equal dicts: the same features
-                    raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
-                                    f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
-                elif shp[1] != first[1]:
-                    raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {v!r}, "
-                                    f"{first[1]}-d elsewhere")
-            feats[k] = np.empty((n, found[0][1][3][j][1]), dtype=np.float16) if use else np.zeros((0, 0), np.float16)
+                pick = np.isin(p.index.frame, np.fromiter(chosen[v], dtype=np.int64))
+                p.rows = pick & p.index.face if faces_only else pick
+        else:
+            p.n = int(vst.marker["arrays"]["frame"]["shape"][0])
+        return p
 
-        def read(i: int) -> None:  # every backbone of one video
-            v, (sts, _, _, _) = found[i]
-            lo, hi = offsets[i], offsets[i + 1]
-            for k, st in zip(keys, sts):
-                if isinstance(sel[i], slice):
-                    fs.read_features(v, k, feats[k][lo:hi], st)
-                else:
-                    feats[k][lo:hi] = fs.read_features(v, k, state=st)[sel[i]]
+    probed = [probe(v) for v in wanted]  # small files and JSON: bound by the GIL, a pool only waits
+    absent = [v for v, p in zip(wanted, probed) if p is None]
+    if absent and missing == "error":
+        raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
+    found = [p for p in probed if p is not None]
+    use = [p.video for p in found]
+    counts = [p.n if isinstance(p.rows, slice) else int(np.count_nonzero(p.rows)) for p in found]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(offsets[-1])
+    feats: dict[str, np.ndarray] = {}
+    fps: dict[str, dict[str, Any]] = {}
+    for j, k in enumerate(keys):
+        dim = None
+        for p in found:
+            fp, shp = fs.fingerprint(p.video, k, p.sts[j]), fs.feature_shape(p.video, k, p.sts[j])
+            if shp[0] != p.n:
+                raise fs.damaged(p.video, f"feat/{k}", f"{shp[0]} rows, its index has {p.n}")
+            if k not in fps:
+                fps[k], dim = fp, shp[1]
+            elif fp != fps[k] and not same_features(fps[k], fp):  # equal dicts: the same features
+                raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
+                                f"(e.g. {use[0]!r} vs {p.video!r}); re-extract with --overwrite")
+            elif shp[1] != dim:
+                raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {p.video!r}, "
+                                f"{dim}-d elsewhere")
+        feats[k] = np.empty((n, dim), dtype=np.float16) if use else np.zeros((0, 0), np.float16)
 
-        # biggest first, so the pool's threads finish together
+    def read(i: int) -> None:  # the index (unless read) and every backbone of one video
+        p = found[i]
+        if p.index is None:
+            p.index = fs.read_index(p.video, light=True, attrs=False, state=p.vst)
+        lo, hi = offsets[i], offsets[i + 1]
+        for k, st in zip(keys, p.sts):
+            if isinstance(p.rows, slice):
+                fs.read_features(p.video, k, feats[k][lo:hi], st)
+            else:
+                feats[k][lo:hi] = fs.read_features(p.video, k, state=st)[p.rows]
+
+    with ThreadPoolExecutor(_threads(len(use))) as pool:  # biggest first: the threads finish together
         list(pool.map(read, sorted(range(len(use)), key=lambda i: -counts[i])))
 
-    def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
+    def cat(name: str, dtype) -> np.ndarray:
+        xs = [getattr(p.index, name)[p.rows] for p in found]
         return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
     return FeatureTable(
         keys=keys,
         videos=tuple(use),
         video_idx=np.repeat(np.arange(len(use), dtype=np.int32), counts),
-        frame=cat([idx.frame[s] for idx, s in zip(indexes, sel)], np.int32),
-        face=cat([idx.face[s] for idx, s in zip(indexes, sel)], bool),
-        timestamp=cat([idx.timestamp[s] for idx, s in zip(indexes, sel)], np.float64),
+        frame=cat("frame", np.int32),
+        face=cat("face", bool),
+        timestamp=cat("timestamp", np.float64),
         feats=feats,
         fingerprints=fps,
         store=str(fs.path),
