@@ -84,7 +84,7 @@ class FeatureStore(StoreWriter):
         self.path = Path(path)
         self.mode = mode
         self._lock: str | None = None
-        self._dirs: dict[Any, Path] = {}  # unit folders by video / (video, key): loading asks thousands of times
+        self._dirs: dict[tuple[str, str | None], str] = {}  # see _unit
         root_meta = self.path / "zarr.json"
         if mode == "r":
             if not root_meta.exists():
@@ -152,19 +152,25 @@ class FeatureStore(StoreWriter):
 
     # ------------------------------------------------------------------ listing
 
-    def _vdir(self, video: str) -> Path:
-        d = self._dirs.get(video)
-        if d is None:
-            check_name(video, "video id")
-            d = self._dirs[video] = self.path / "videos" / video
-        return d
-
-    def _fdir(self, video: str, key: str) -> Path:
+    def _unit(self, video: str, key: str | None = None) -> str:
+        """The folder of a video's index unit, or of its `key` features (a str: loading
+        asks thousands of times, and pathlib is slow to build paths)."""
         d = self._dirs.get((video, key))
         if d is None:
-            check_name(key, "backbone key")
-            d = self._dirs[video, key] = self._vdir(video) / "feat" / key
+            if key is None:
+                check_name(video, "video id")
+                d = os.path.join(os.fspath(self.path), "videos", video)
+            else:
+                check_name(key, "backbone key")
+                d = os.path.join(self._unit(video), "feat", key)
+            self._dirs[video, key] = d
         return d
+
+    def _vdir(self, video: str) -> Path:
+        return Path(self._unit(video))
+
+    def _fdir(self, video: str, key: str) -> Path:
+        return Path(self._unit(video, key))
 
     def videos(self) -> list[str]:
         """Ids of videos present in the cache, sorted (a damaged index counts as present:
@@ -176,10 +182,10 @@ class FeatureStore(StoreWriter):
                       and ((p / "zarr.json").exists() or (p / integrity.MARKER).exists()))
 
     def video_state(self, video: str, light: bool = False) -> UnitState:
-        return unit_state(self._vdir(video), light)
+        return unit_state(self._unit(video), light)
 
     def feature_state(self, video: str, key: str, light: bool = False) -> UnitState:
-        return unit_state(self._fdir(video, key), light)
+        return unit_state(self._unit(video, key), light)
 
     def _usable(self, unit: Path, st: UnitState, deep: bool) -> bool:
         if st.state == "ok" and deep:
@@ -234,14 +240,14 @@ class FeatureStore(StoreWriter):
             msg = str(e).splitlines()[0][:160] if str(e) else ""
             raise self.damaged(video, array, f"unreadable: {type(e).__name__} {msg}".strip()) from None
 
-    def _attrs(self, unit: Path, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
+    def _attrs(self, unit: str, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
         try:
-            raw = st.meta["zarr.json"] if st is not None and st.meta else (unit / "zarr.json").read_bytes()
+            raw = st.meta["zarr.json"] if st is not None and st.meta else Path(unit, "zarr.json").read_bytes()
             return dict(json.loads(raw).get("attributes") or {})
         except (ValueError, AttributeError, OSError):
             raise self.damaged(video, array, "zarr.json is not valid JSON") from None
 
-    def _read(self, video: str, st: UnitState, unit: Path, rel: str, label: str,
+    def _read(self, video: str, st: UnitState, unit: str, rel: str, label: str,
               out: np.ndarray | None = None) -> np.ndarray:
         """One array of a checked unit, into `out` when given (marked units only)."""
         if st.state == "ok":
@@ -249,8 +255,8 @@ class FeatureStore(StoreWriter):
                 return integrity.read_array(unit, rel, st.marker["arrays"][rel], out)
             except Damage as d:
                 raise self.damaged(video, label, d.reason) from None
-        path = unit if rel == "." else unit / rel
-        a = self._legacy(video, label, lambda: np.asarray(_zarr().open_array(str(path), mode="r")[:]))
+        path = unit if rel == "." else os.path.join(unit, rel)
+        a = self._legacy(video, label, lambda: np.asarray(_zarr().open_array(path, mode="r")[:]))
         if out is not None:
             out[...] = a
             return out
@@ -258,7 +264,7 @@ class FeatureStore(StoreWriter):
 
     def video_attrs(self, video: str) -> dict[str, Any]:
         self._checked(video)
-        return self._attrs(self._vdir(video), video, "zarr.json")
+        return self._attrs(self._unit(video), video, "zarr.json")
 
     def read_index(self, video: str, light: bool = False, attrs: bool = True,
                    state: UnitState | None = None) -> VideoIndex:
@@ -267,7 +273,7 @@ class FeatureStore(StoreWriter):
         (loading needs only the arrays; the zarr.json is still checked). `state`: the
         index unit's state when the caller has checked it already."""
         st = state or self._checked(video, light=light)
-        vdir = self._vdir(video)
+        vdir = self._unit(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
                           attrs=self._attrs(vdir, video, "zarr.json", st) if attrs else {})
@@ -275,8 +281,8 @@ class FeatureStore(StoreWriter):
     def read_array(self, video: str, name: str) -> np.ndarray | None:
         """An optional per-frame array of the video index (`box`, `landmarks`), or None."""
         st = self._checked(video)
-        vdir = self._vdir(video)
-        if st.state == "ok" and name not in st.marker["arrays"] or not (vdir / name / "zarr.json").exists():
+        vdir = self._unit(video)
+        if st.state == "ok" and name not in st.marker["arrays"] or not os.path.exists(os.path.join(vdir, name, "zarr.json")):
             return None
         return self._read(video, st, vdir, name, name)
 
@@ -285,7 +291,7 @@ class FeatureStore(StoreWriter):
         """The whole float16 [N, D] feature array of one backbone for one video (checked:
         damaged or non-finite features raise a one-line AbawError naming the video)."""
         st = state or self._checked(video, key)
-        f = self._read(video, st, self._fdir(video, key), ".", f"feat/{key}", out)
+        f = self._read(video, st, self._unit(video, key), ".", f"feat/{key}", out)
         if st.state == "legacy" and not integrity.all_finite(f):  # marked units were checked when written
             raise AbawError(f"{self.path}: video {video!r}, array 'feat/{key}' holds non-finite features (NaN/inf); "
                             f"re-extract it (`abaw extract ... --overwrite`)")
@@ -300,7 +306,7 @@ class FeatureStore(StoreWriter):
 
     def fingerprint(self, video: str, key: str, state: UnitState | None = None) -> dict[str, Any]:
         st = state or self._checked(video, key)
-        return self._attrs(self._fdir(video, key), video, f"feat/{key}", st).get("fingerprint", {})
+        return self._attrs(self._unit(video, key), video, f"feat/{key}", st).get("fingerprint", {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -388,21 +394,18 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     listed = fs.videos()
     wanted = listed if videos is None else list(dict.fromkeys(videos))
     have = set(listed)
-    root = os.path.join(os.fspath(fs.path), "videos")
 
     def probe(v: str) -> _Probe | None:
         """The states of one video's units (None when it lacks some); raises on damage."""
         if v not in have:
             return None
-        check_name(v, "video id")
-        vdir = os.path.join(root, v)
-        sts = tuple(unit_state(os.path.join(vdir, "feat", k), light=True) for k in keys)
+        sts = tuple(unit_state(fs._unit(v, k), light=True) for k in keys)
         if any(st.state == "absent" for st in sts):
             return None
         for k, st in zip(keys, sts):
             if st.state == "damaged":
                 fs._checked(v, k, light=True)  # raises the one-line damage error
-        vst = unit_state(vdir, light=True)
+        vst = unit_state(fs._unit(v), light=True)
         if vst.state not in ("ok", "legacy"):
             fs._checked(v, light=True)  # raises the one-line error (damaged, or removed meanwhile)
         p = _Probe(v, vst, sts, 0)
