@@ -88,9 +88,16 @@ def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]],
 
 
 def _read_small(path: str) -> bytes:
-    """A small file's bytes (unbuffered: one fstat and one read; loading reads thousands)."""
-    with open(path, "rb", buffering=0) as f:
-        return f.readall()
+    """A small file's bytes, to its end (os-level calls: open, read, read, close; about
+    half the time of `open().read()`, and loading reads thousands)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while part := os.read(fd, 1 << 16):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def read_marker(unit: Path | str) -> dict[str, Any] | None:
