@@ -407,7 +407,7 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
                 fs._checked(v, k, light=True)  # raises the one-line damage error
         vst = unit_state(fs._unit(v), light=True)
         if vst.state not in ("ok", "legacy"):
-            fs._checked(v, light=True)  # raises the one-line error (damaged, or removed meanwhile)
+            vst = fs._checked(v, light=True)  # raises the one-line error (damaged, or removed meanwhile)
         p = _Probe(v, vst, sts, 0)
         if vst.state != "ok" or faces_only or (chosen is not None and v in chosen):
             p.index = fs.read_index(v, light=True, attrs=False, state=vst)
