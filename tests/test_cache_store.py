@@ -79,3 +79,44 @@ def test_not_a_cache(tmp_path):
     fs = FeatureStore(tmp_path / "c.zarr", "a")
     with pytest.raises(AbawError, match="cannot be stored"):
         fs.write_video("../evil", [1], [0.0], [True], {})
+
+
+def test_load_selections_match_per_video_reads(tmp_path):
+    """Whole videos, `faces_only` and `frames` selections in one load give the rows that
+    reading each video does; the index of a whole video is read by the pool."""
+    fs = FeatureStore(tmp_path / "c.zarr", "a")
+    rng = np.random.default_rng(0)
+    faces = {v: rng.random(n) < 0.6 for v, n in [("a", 7), ("b", 1), ("c", 12), ("d", 0)]}
+    for v, face in faces.items():
+        _video(fs, v, len(face), face=face)
+        fs.write_features(v, "k2", rng.standard_normal((len(face), 3)), {**FP, "dim": 3})
+    for faces_only in (False, True):
+        for frames in (None, {"a": [2, 6, 99], "c": list(range(2, 25, 4))}):
+            t = load_features(fs, ["k", "k2"], videos=["c", "a", "b", "d"], faces_only=faces_only, frames=frames)
+            assert t.videos == ("c", "a", "b", "d") and t.dims() == {"k": 4, "k2": 3}
+            for v in t.videos:
+                idx = fs.read_index(v)
+                keep = np.isin(idx.frame, frames[v]) if frames and v in frames else np.ones(len(idx.frame), bool)
+                keep &= idx.face if faces_only else True
+                s = t.video_slice(v)
+                np.testing.assert_array_equal(t.frame[s], idx.frame[keep])
+                np.testing.assert_array_equal(t.face[s], idx.face[keep])
+                np.testing.assert_array_equal(t.timestamp[s], idx.timestamp[keep])
+                for k in ("k", "k2"):
+                    np.testing.assert_array_equal(t.feats[k][s], fs.read_features(v, k)[keep])
+
+
+def test_features_whose_rows_differ_from_the_index_are_damage(tmp_path):
+    import shutil
+
+    p = tmp_path / "c.zarr"
+    with FeatureStore(p, "a") as fs:
+        _video(fs, "a", 5)
+        _video(fs, "b", 6)
+    shutil.rmtree(p / "videos/a/feat/k")
+    shutil.copytree(p / "videos/b/feat/k", p / "videos/a/feat/k")  # a whole, marked unit of 6 rows
+    with pytest.raises(AbawError) as e:
+        load_features(p, ["k"])
+    msg = str(e.value)
+    assert "\n" not in msg and "video 'a', array 'feat/k' is damaged (6 rows, its index has 5)" in msg, msg
+    assert len(load_features(p, ["k"], videos=["b"])) == 6

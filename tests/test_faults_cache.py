@@ -173,6 +173,9 @@ def test_legacy_store_loads_and_verify_says_unverifiable(tmp_path):
     with FeatureStore(p, "a") as fs:
         fs.write_features("a", "k2", _feats(5, 5), FP)
     assert verify_store(p).verified == 1
+    t2 = load_features(p, ["k", "k2"], videos=["a"])  # a legacy index and features beside a marked unit
+    np.testing.assert_array_equal(t2.feats["k2"], _feats(5, 5))
+    np.testing.assert_array_equal(t2.feats["k"], t.feats["k"][t.video_slice("a")])
 
 
 def test_legacy_store_damage_and_nan(tmp_path):

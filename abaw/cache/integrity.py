@@ -87,12 +87,24 @@ def write_marker(unit: Path, arrays: dict[str, tuple[np.ndarray, int]],
     (unit / MARKER).write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 
-def read_marker(unit: Path) -> dict[str, Any] | None:
+def _read_small(path: str) -> bytes:
+    """A small file's bytes, to its end (os-level calls: open, read, read, close; about
+    half the time of `open().read()`, and loading reads thousands)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while part := os.read(fd, 1 << 16):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def read_marker(unit: Path | str) -> dict[str, Any] | None:
     """The unit's marker, None when it has none (legacy); Damage when it is unreadable."""
     try:
-        with open(os.path.join(os.fspath(unit), MARKER), "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
+        text = _read_small(os.path.join(os.fspath(unit), MARKER))
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         doc = json.loads(text)
@@ -111,7 +123,7 @@ def _owner(rel: str, marker: dict[str, Any]) -> str:
     return "." if "." in marker["arrays"] else rel  # a file of the unit itself (its zarr.json)
 
 
-def check_files(unit: Path, marker: dict[str, Any], light: bool = False) -> dict[str, bytes]:
+def check_files(unit: Path | str, marker: dict[str, Any], light: bool = False) -> dict[str, bytes]:
     """Every file the marker lists exists with its recorded size; metadata unchanged.
     Returns the metadata files' bytes (path inside the unit -> bytes). `light` checks only
     the unit's own zarr.json (for loading: `read_array` checks the chunks it reads)."""
@@ -127,8 +139,10 @@ def check_files(unit: Path, marker: dict[str, Any], light: bool = False) -> dict
     for rel, sha in marker["meta"].items():
         if light and rel != "zarr.json":
             continue
-        with open(os.path.join(base, rel), "rb") as f:
-            meta[rel] = f.read()
+        try:
+            meta[rel] = _read_small(os.path.join(base, rel))
+        except FileNotFoundError:
+            raise Damage(_owner(rel, marker), f"{rel} is missing") from None
         if hashlib.sha256(meta[rel]).hexdigest() != sha:
             raise Damage(_owner(rel, marker), f"{rel} was changed")
     return meta
@@ -225,16 +239,16 @@ class UnitState:
 def unit_state(unit: Path | str, light: bool = False) -> UnitState:
     """Cheap state of a unit directory (no chunk is read; `light`: see `check_files`)."""
     base = os.fspath(unit)
-    if not os.path.exists(os.path.join(base, "zarr.json")):
-        if os.path.exists(os.path.join(base, MARKER)):
-            return UnitState("damaged", None, ".", "zarr.json is missing")
-        return UnitState("absent")
-    try:
+    try:  # the marker first: a marked unit (the usual case) costs no extra stat
         marker = read_marker(base)
         if marker is None:
+            if not os.path.exists(os.path.join(base, "zarr.json")):
+                return UnitState("absent")
             if has_crc(Path(unit)):
                 return UnitState("damaged", None, ".", "done-marker is missing")
             return UnitState("legacy")
-        return UnitState("ok", marker, meta=check_files(unit, marker, light))
+        return UnitState("ok", marker, meta=check_files(base, marker, light))
     except Damage as d:
+        if not os.path.exists(os.path.join(base, "zarr.json")):
+            return UnitState("damaged", None, ".", "zarr.json is missing")
         return UnitState("damaged", None, d.array, d.reason)

@@ -34,7 +34,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ class FeatureStore(StoreWriter):
         self.path = Path(path)
         self.mode = mode
         self._lock: str | None = None
-        self._dirs: dict[Any, Path] = {}  # unit folders by video / (video, key): loading asks thousands of times
+        self._dirs: dict[tuple[str, str | None], str] = {}  # see _unit
         root_meta = self.path / "zarr.json"
         if mode == "r":
             if not root_meta.exists():
@@ -152,19 +152,25 @@ class FeatureStore(StoreWriter):
 
     # ------------------------------------------------------------------ listing
 
-    def _vdir(self, video: str) -> Path:
-        d = self._dirs.get(video)
-        if d is None:
-            check_name(video, "video id")
-            d = self._dirs[video] = self.path / "videos" / video
-        return d
-
-    def _fdir(self, video: str, key: str) -> Path:
+    def _unit(self, video: str, key: str | None = None) -> str:
+        """The folder of a video's index unit, or of its `key` features (a str: loading
+        asks thousands of times, and pathlib is slow to build paths)."""
         d = self._dirs.get((video, key))
         if d is None:
-            check_name(key, "backbone key")
-            d = self._dirs[video, key] = self._vdir(video) / "feat" / key
+            if key is None:
+                check_name(video, "video id")
+                d = os.path.join(os.fspath(self.path), "videos", video)
+            else:
+                check_name(key, "backbone key")
+                d = os.path.join(self._unit(video), "feat", key)
+            self._dirs[video, key] = d
         return d
+
+    def _vdir(self, video: str) -> Path:
+        return Path(self._unit(video))
+
+    def _fdir(self, video: str, key: str) -> Path:
+        return Path(self._unit(video, key))
 
     def videos(self) -> list[str]:
         """Ids of videos present in the cache, sorted (a damaged index counts as present:
@@ -176,10 +182,10 @@ class FeatureStore(StoreWriter):
                       and ((p / "zarr.json").exists() or (p / integrity.MARKER).exists()))
 
     def video_state(self, video: str, light: bool = False) -> UnitState:
-        return unit_state(self._vdir(video), light)
+        return unit_state(self._unit(video), light)
 
     def feature_state(self, video: str, key: str, light: bool = False) -> UnitState:
-        return unit_state(self._fdir(video, key), light)
+        return unit_state(self._unit(video, key), light)
 
     def _usable(self, unit: Path, st: UnitState, deep: bool) -> bool:
         if st.state == "ok" and deep:
@@ -234,14 +240,14 @@ class FeatureStore(StoreWriter):
             msg = str(e).splitlines()[0][:160] if str(e) else ""
             raise self.damaged(video, array, f"unreadable: {type(e).__name__} {msg}".strip()) from None
 
-    def _attrs(self, unit: Path, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
+    def _attrs(self, unit: str, video: str, array: str, st: UnitState | None = None) -> dict[str, Any]:
         try:
-            raw = st.meta["zarr.json"] if st is not None and st.meta else (unit / "zarr.json").read_bytes()
+            raw = st.meta["zarr.json"] if st is not None and st.meta else Path(unit, "zarr.json").read_bytes()
             return dict(json.loads(raw).get("attributes") or {})
         except (ValueError, AttributeError, OSError):
             raise self.damaged(video, array, "zarr.json is not valid JSON") from None
 
-    def _read(self, video: str, st: UnitState, unit: Path, rel: str, label: str,
+    def _read(self, video: str, st: UnitState, unit: str, rel: str, label: str,
               out: np.ndarray | None = None) -> np.ndarray:
         """One array of a checked unit, into `out` when given (marked units only)."""
         if st.state == "ok":
@@ -249,8 +255,8 @@ class FeatureStore(StoreWriter):
                 return integrity.read_array(unit, rel, st.marker["arrays"][rel], out)
             except Damage as d:
                 raise self.damaged(video, label, d.reason) from None
-        path = unit if rel == "." else unit / rel
-        a = self._legacy(video, label, lambda: np.asarray(_zarr().open_array(str(path), mode="r")[:]))
+        path = unit if rel == "." else os.path.join(unit, rel)
+        a = self._legacy(video, label, lambda: np.asarray(_zarr().open_array(path, mode="r")[:]))
         if out is not None:
             out[...] = a
             return out
@@ -258,22 +264,25 @@ class FeatureStore(StoreWriter):
 
     def video_attrs(self, video: str) -> dict[str, Any]:
         self._checked(video)
-        return self._attrs(self._vdir(video), video, "zarr.json")
+        return self._attrs(self._unit(video), video, "zarr.json")
 
-    def read_index(self, video: str, light: bool = False) -> VideoIndex:
+    def read_index(self, video: str, light: bool = False, attrs: bool = True,
+                   state: UnitState | None = None) -> VideoIndex:
         """The video's index; `light` checks only what it reads (the three arrays' chunks
-        and the group's zarr.json), as loading does."""
-        st = self._checked(video, light=light)
-        vdir = self._vdir(video)
+        and the group's zarr.json), as loading does; `attrs=False` leaves `attrs` empty
+        (loading needs only the arrays; the zarr.json is still checked). `state`: the
+        index unit's state when the caller has checked it already."""
+        st = state or self._checked(video, light=light)
+        vdir = self._unit(video)
         a = {n: self._read(video, st, vdir, n, n) for n in INDEX_ARRAYS}
         return VideoIndex(video=video, frame=a["frame"], timestamp=a["timestamp"], face=a["face"],
-                          attrs=self._attrs(vdir, video, "zarr.json", st))
+                          attrs=self._attrs(vdir, video, "zarr.json", st) if attrs else {})
 
     def read_array(self, video: str, name: str) -> np.ndarray | None:
         """An optional per-frame array of the video index (`box`, `landmarks`), or None."""
         st = self._checked(video)
-        vdir = self._vdir(video)
-        if st.state == "ok" and name not in st.marker["arrays"] or not (vdir / name / "zarr.json").exists():
+        vdir = self._unit(video)
+        if st.state == "ok" and name not in st.marker["arrays"] or not os.path.exists(os.path.join(vdir, name, "zarr.json")):
             return None
         return self._read(video, st, vdir, name, name)
 
@@ -282,7 +291,7 @@ class FeatureStore(StoreWriter):
         """The whole float16 [N, D] feature array of one backbone for one video (checked:
         damaged or non-finite features raise a one-line AbawError naming the video)."""
         st = state or self._checked(video, key)
-        f = self._read(video, st, self._fdir(video, key), ".", f"feat/{key}", out)
+        f = self._read(video, st, self._unit(video, key), ".", f"feat/{key}", out)
         if st.state == "legacy" and not integrity.all_finite(f):  # marked units were checked when written
             raise AbawError(f"{self.path}: video {video!r}, array 'feat/{key}' holds non-finite features (NaN/inf); "
                             f"re-extract it (`abaw extract ... --overwrite`)")
@@ -297,7 +306,7 @@ class FeatureStore(StoreWriter):
 
     def fingerprint(self, video: str, key: str, state: UnitState | None = None) -> dict[str, Any]:
         st = state or self._checked(video, key)
-        return self._attrs(self._fdir(video, key), video, f"feat/{key}", st).get("fingerprint", {})
+        return self._attrs(self._unit(video, key), video, f"feat/{key}", st).get("fingerprint", {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -330,6 +339,18 @@ class FeatureTable:
         return {k: int(v.shape[1]) for k, v in self.feats.items()}
 
 
+@dataclass
+class _Probe:
+    """One video in `load_features` after its first pass."""
+
+    video: str
+    vst: UnitState  # its index unit
+    sts: tuple[UnitState, ...]  # its feature units, one per key
+    n: int  # rows of its index
+    index: VideoIndex | None = None  # read in the first pass when rows are selected, else by the pool
+    rows: Any = field(default_factory=lambda: slice(None))  # a slice reads straight into the table
+
+
 def _threads(n_tasks: int) -> int:
     return max(1, min(LOAD_THREADS or (os.cpu_count() or 1), n_tasks))
 
@@ -347,10 +368,15 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
     array). `faces_only` drops frames without a face. `frames` ({video: frame numbers})
     keeps only those frames (the ones the cache has); videos not in it are loaded whole,
     unless `videos` is None, in which case only its videos load.
-    The indexes are read first, then every (video, backbone) array is read by a pool of
-    threads straight into the preallocated table (checksummed chunks are read with one
-    `readinto` each), so loading runs near the speed of reading the bytes and the peak
-    memory is the table plus one video per thread.
+
+    Two passes. First, in this thread, every unit's done-marker and zarr.json (light
+    check), the fingerprints and shapes: every error is raised before a feature is read,
+    and the row counts come from the markers, so the table is allocated. Then a pool of
+    threads reads, one task per video, its index arrays and every backbone's array
+    straight into the table (one `readv` per chunk, its crc32c checked), so the small
+    reads of one video overlap the large reads of another. A video whose rows are
+    selected (`faces_only`, `frames`) or a legacy unit has its index read in the first
+    pass. Peak memory: the table plus one video per thread.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -365,79 +391,88 @@ def load_features(store: str | os.PathLike | FeatureStore, keys: Iterable[str],
         raise AbawError("load_features: no backbone keys given")
     for k in keys:
         check_name(k, "backbone key")
-    wanted = fs.videos() if videos is None else list(dict.fromkeys(videos))
-    have = set(fs.videos())
-    root = os.path.join(os.fspath(fs.path), "videos")
+    listed = fs.videos()
+    wanted = listed if videos is None else list(dict.fromkeys(videos))
+    have = set(listed)
 
-    def meta(v: str) -> tuple[tuple[UnitState, ...], VideoIndex, list[dict[str, Any]], list[tuple[int, ...]]] | None:
-        """Everything but the features of one video (None when it lacks some), in one task."""
+    def probe(v: str) -> _Probe | None:
+        """The states of one video's units (None when it lacks some); raises on damage."""
         if v not in have:
             return None
-        check_name(v, "video id")
-        sts = tuple(unit_state(os.path.join(root, v, "feat", k), light=True) for k in keys)
+        sts = tuple(unit_state(fs._unit(v, k), light=True) for k in keys)
         if any(st.state == "absent" for st in sts):
             return None
         for k, st in zip(keys, sts):
             if st.state == "damaged":
                 fs._checked(v, k, light=True)  # raises the one-line damage error
-        return (sts, fs.read_index(v, light=True), [fs.fingerprint(v, k, st) for k, st in zip(keys, sts)],
-                [fs.feature_shape(v, k, st) for k, st in zip(keys, sts)])
-
-    with ThreadPoolExecutor(_threads(len(wanted))) as pool:
-        probed = list(pool.map(meta, wanted))
-        absent = [v for v, p in zip(wanted, probed) if p is None]
-        if absent and missing == "error":
-            raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
-        found = [(v, p) for v, p in zip(wanted, probed) if p is not None]
-        use = [v for v, _ in found]
-        indexes = [p[1] for _, p in found]
-        sel: list[Any] = []
-        for v, idx in zip(use, indexes):
-            rows: Any = idx.face if faces_only else slice(None)  # a slice reads straight into the table
+        vst = unit_state(fs._unit(v), light=True)
+        if vst.state not in ("ok", "legacy"):
+            vst = fs._checked(v, light=True)  # raises the one-line error (damaged, or removed meanwhile)
+        p = _Probe(v, vst, sts, 0)
+        if vst.state != "ok" or faces_only or (chosen is not None and v in chosen):
+            p.index = fs.read_index(v, light=True, attrs=False, state=vst)
+            p.n = len(p.index.frame)
+            if faces_only:
+                p.rows = p.index.face
             if chosen is not None and v in chosen:
-                pick = np.isin(idx.frame, np.fromiter(chosen[v], dtype=np.int64))
-                rows = pick & idx.face if faces_only else pick
-            sel.append(rows)
-        counts = [len(idx.frame) if isinstance(s, slice) else int(np.count_nonzero(s)) for idx, s in zip(indexes, sel)]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        n = int(offsets[-1])
-        feats: dict[str, np.ndarray] = {}
-        fps: dict[str, dict[str, Any]] = {}
-        for j, k in enumerate(keys):
-            for v, (_, _, fp_of, shapes) in found:
-                fp, shp, first = fp_of[j], shapes[j], found[0][1][3][j]
-                if k not in fps:
-                    fps[k] = fp
-                elif not same_features(fps[k], fp):
-                    raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
-                                    f"(e.g. {use[0]!r} vs {v!r}); re-extract with --overwrite")
-                elif shp[1] != first[1]:
-                    raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {v!r}, "
-                                    f"{first[1]}-d elsewhere")
-            feats[k] = np.empty((n, found[0][1][3][j][1]), dtype=np.float16) if use else np.zeros((0, 0), np.float16)
+                pick = np.isin(p.index.frame, np.fromiter(chosen[v], dtype=np.int64))
+                p.rows = pick & p.index.face if faces_only else pick
+        else:
+            p.n = int(vst.marker["arrays"]["frame"]["shape"][0])
+        return p
 
-        def read(i: int) -> None:  # every backbone of one video
-            v, (sts, _, _, _) = found[i]
-            lo, hi = offsets[i], offsets[i + 1]
-            for k, st in zip(keys, sts):
-                if isinstance(sel[i], slice):
-                    fs.read_features(v, k, feats[k][lo:hi], st)
-                else:
-                    feats[k][lo:hi] = fs.read_features(v, k, state=st)[sel[i]]
+    probed = [probe(v) for v in wanted]  # small files and JSON: bound by the GIL, a pool only waits
+    absent = [v for v, p in zip(wanted, probed) if p is None]
+    if absent and missing == "error":
+        raise AbawError(f"{fs.path}: {len(absent)} videos lack features for {list(keys)}, e.g. {absent[:5]}")
+    found = [p for p in probed if p is not None]
+    use = [p.video for p in found]
+    counts = [p.n if isinstance(p.rows, slice) else int(np.count_nonzero(p.rows)) for p in found]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(offsets[-1])
+    feats: dict[str, np.ndarray] = {}
+    fps: dict[str, dict[str, Any]] = {}
+    for j, k in enumerate(keys):
+        dim = None
+        for p in found:
+            fp, shp = fs.fingerprint(p.video, k, p.sts[j]), fs.feature_shape(p.video, k, p.sts[j])
+            if shp[0] != p.n:
+                raise fs.damaged(p.video, f"feat/{k}", f"{shp[0]} rows, its index has {p.n}")
+            if k not in fps:
+                fps[k], dim = fp, shp[1]
+            elif fp != fps[k] and not same_features(fps[k], fp):  # equal dicts: the same features
+                raise AbawError(f"{fs.path}: backbone {k!r} has different fingerprints across videos "
+                                f"(e.g. {use[0]!r} vs {p.video!r}); re-extract with --overwrite")
+            elif shp[1] != dim:
+                raise AbawError(f"{fs.path}: backbone {k!r} has {shp[1]}-d features in {p.video!r}, "
+                                f"{dim}-d elsewhere")
+        feats[k] = np.empty((n, dim), dtype=np.float16) if use else np.zeros((0, 0), np.float16)
 
-        # biggest first, so the pool's threads finish together
+    def read(i: int) -> None:  # the index (unless read) and every backbone of one video
+        p = found[i]
+        if p.index is None:
+            p.index = fs.read_index(p.video, light=True, attrs=False, state=p.vst)
+        lo, hi = offsets[i], offsets[i + 1]
+        for k, st in zip(keys, p.sts):
+            if isinstance(p.rows, slice):
+                fs.read_features(p.video, k, feats[k][lo:hi], st)
+            else:
+                feats[k][lo:hi] = fs.read_features(p.video, k, state=st)[p.rows]
+
+    with ThreadPoolExecutor(_threads(len(use))) as pool:  # biggest first: the threads finish together
         list(pool.map(read, sorted(range(len(use)), key=lambda i: -counts[i])))
 
-    def cat(xs: list[np.ndarray], dtype) -> np.ndarray:
+    def cat(name: str, dtype) -> np.ndarray:
+        xs = [getattr(p.index, name)[p.rows] for p in found]
         return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
     return FeatureTable(
         keys=keys,
         videos=tuple(use),
         video_idx=np.repeat(np.arange(len(use), dtype=np.int32), counts),
-        frame=cat([idx.frame[s] for idx, s in zip(indexes, sel)], np.int32),
-        face=cat([idx.face[s] for idx, s in zip(indexes, sel)], bool),
-        timestamp=cat([idx.timestamp[s] for idx, s in zip(indexes, sel)], np.float64),
+        frame=cat("frame", np.int32),
+        face=cat("face", bool),
+        timestamp=cat("timestamp", np.float64),
         feats=feats,
         fingerprints=fps,
         store=str(fs.path),
