@@ -150,7 +150,7 @@ def _loss_for(cfg: TrainConfig, spec: ModelSpec, train_fs: FrameSet) -> tuple[Mu
         w = positive_weights(lb.au[lb.au_valid], 20.0 if cfg.au_pos_weight == "auto" else np.inf)
         pw = torch.from_numpy(w)
         info["au_pos_weight"] = w.tolist()
-    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss), info
+    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss, va_dims=spec.va_dims), info
 
 
 # ---------------------------------------------------------------------------- train

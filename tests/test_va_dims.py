@@ -1,0 +1,105 @@
+"""V and A as separate targets: `--tasks au,v` trains valence only, scores it alone, predicts NaN arousal,
+and composition takes V and A from different runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import click
+import numpy as np
+import pytest
+import torch
+
+from abaw.cache.store import FeatureStore, load_features
+from abaw.commands.options import parse_tasks
+from abaw.data.labels import split_tasks, task_names
+from abaw.errors import AbawError
+from abaw.heads.losses import MultiTaskLoss
+from abaw.metrics import mtl_score
+from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.loop import train
+from abaw.pipeline.train.run import load_run, read_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(min_steps=0, d_model=16, heads=2, layers=1, lr=3e-3, window=16, batch_frames=128, epochs=3,
+            temporal="none", smoothing=False, honest_folds=2, patience=100)
+
+
+@pytest.fixture(scope="module")
+def va_data(tmp_path_factory, synthetic_split):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("vadims") / "t.zarr"
+    fs = FeatureStore(path, "a")
+    proj = rng.standard_normal((22, 16)).astype(np.float32)
+    tr = synthetic_split(fs, "t", 6, 80, proj, 2.0, rng)
+    va = synthetic_split(fs, "v", 3, 80, proj, 2.0, rng)
+    return tr, va, load_features(fs, ["synth"])
+
+
+def test_task_names_parse_v_and_a_and_reject_junk():
+    assert split_tasks(["au", "v"]) == (("au", "va"), ("valence",))
+    assert split_tasks(["expr", "v", "a"]) == (("expr", "va"), ("valence", "arousal"))
+    assert split_tasks(["a"]) == (("va",), ("arousal",))
+    assert task_names(("au", "va"), ("valence",)) == ("au", "v")
+    assert parse_tasks("AU, v") == ("au", "v") and parse_tasks("all") == ("va", "expr", "au")
+    for junk in ("vv", "au,au", "", "va,x", "valence"):
+        with pytest.raises(click.BadParameter):
+            parse_tasks(junk)
+    cfg = TrainConfig.create(tasks=("expr", "v", "a"))
+    assert cfg.tasks == ("expr", "va") and cfg.va_dims == ("valence", "arousal") and cfg.task_names == ("expr", "va")
+    cfg = TrainConfig.create(tasks=["au", "v"])
+    assert cfg.flat()["tasks"] == ["au", "v"] and TrainConfig.from_dict(cfg.flat()) == cfg
+    assert TrainConfig.from_dict({"tasks": ["va"]}).va_dims == ("valence", "arousal")  # old runs: both
+    with pytest.raises(AbawError, match="tasks"):
+        TrainConfig.create(tasks=["v", "x"])
+
+
+def test_va_loss_on_the_trained_dimension_only():
+    torch.manual_seed(0)
+    pred = torch.rand(1, 50, 2, requires_grad=True)
+    target = torch.rand(1, 50, 2)
+    batch = {"va": target, "va_valid": torch.ones(1, 50, dtype=torch.bool)}
+    for scale in ("mean", "sum"):
+        loss = MultiTaskLoss(("va",), {"va": 1.0}, va_scale=scale, va_dims=("valence",))
+        total, _ = loss({"va": pred}, batch)
+        noisy = {**batch, "va": torch.cat([target[..., :1], torch.randn(1, 50, 1)], -1)}
+        assert total.item() == pytest.approx(loss({"va": pred}, noisy)[0].item())
+        assert total.item() == pytest.approx(1 - mtl_score(pred.detach()[0].numpy(), target[0].numpy()).valence,
+                                             abs=1e-5)
+        total.backward()
+        assert pred.grad[..., 1].abs().sum() == 0 and pred.grad[..., 0].abs().sum() > 0
+        pred.grad = None
+
+
+def test_mtl_score_of_one_va_dimension_is_partial():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-1, 1, (40, 2))
+    pred = true + 0.3 * rng.standard_normal((40, 2))
+    full = mtl_score(pred, true)
+    pred[:, 1] = np.nan
+    part = mtl_score(pred, true)
+    assert part.arousal is None and part.valence == pytest.approx(full.valence) and part.va == part.valence
+    assert part.partial and not full.partial and "partial: VA scored on valence only" in part.format()
+
+
+def test_v_only_run_trains_on_valence_scores_it_and_predicts_nan_arousal(va_data, tmp_path):
+    tr, va, table = va_data
+    cfg = TrainConfig.create(backbones=("synth",), tasks=("au", "v"), **TINY)
+    run = train(cfg, table, tr, va, tmp_path / "v", progress=False)
+    raw = run.result.val_raw
+    assert raw["arousal"] is None and raw["valence"] is not None and raw["va"] == pytest.approx(raw["valence"])
+    assert run.result.honest["arousal"] is None and run.result.honest["valence"] is not None
+    assert "partial P_MTL" in run.result.format()
+    # arousal labels replaced by noise: the same run (loss, selection and post-processing ignore arousal)
+    rng = np.random.default_rng(1)
+    noisy = [replace(a, va=np.stack([a.va[:, 0], rng.uniform(-1, 1, len(a))], 1).astype(np.float32))
+             for a in (tr, va)]
+    again = train(cfg, table, *noisy, tmp_path / "noisy", progress=False)
+    assert again.result.val_raw == raw and again.result.steps == run.result.steps
+    # reloads: V only recorded, predicts NaN arousal and real valence
+    loaded = load_run(tmp_path / "v")
+    assert read_config(tmp_path / "v").task_names == ("au", "v") and loaded.spec.va_dims == ("valence",)
+    out = loaded.predict(table)
+    assert np.isnan(out.va[:, 1]).all() and np.isfinite(out.va[:, 0]).all()
+    np.testing.assert_array_equal(out.take(np.arange(3)).va[:, 0], out.va[:3, 0])
