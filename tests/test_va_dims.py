@@ -103,3 +103,89 @@ def test_v_only_run_trains_on_valence_scores_it_and_predicts_nan_arousal(va_data
     out = loaded.predict(table)
     assert np.isnan(out.va[:, 1]).all() and np.isfinite(out.va[:, 0]).all()
     np.testing.assert_array_equal(out.take(np.arange(3)).va[:, 0], out.va[:3, 0])
+
+
+def _row(cid, tasks, **scores):
+    """A finished leaderboard row with honest = val scores `scores` (va, valence, arousal, au, ...)."""
+    from abaw.pipeline.search.leaderboard import make_row
+
+    rec = {**scores, "total": sum(v for k, v in scores.items() if k in ("va", "expr", "au"))}
+    return make_row(cid, {}, tasks, [{"run": f"r/{cid}", "result": {"val_final": rec, "val_raw": rec, "honest": rec}}],
+                    [f"runs/{cid}"])
+
+
+def test_compose_takes_valence_and_arousal_from_the_configs_best_on_each():
+    from abaw.pipeline.search.leaderboard import compose_best_per_task
+
+    v_only = _row("v", ("au", "v"), va=0.6, valence=0.6, arousal=None, au=0.3)
+    a_only = _row("a", ("a",), va=0.5, valence=None, arousal=0.5)
+    both = _row("both", ("va", "au"), va=0.45, valence=0.4, arousal=0.5 - 0.01, au=0.5)
+    c = compose_best_per_task([v_only, a_only, both])
+    assert {t: e["config"] for t, e in c["tasks"].items()} == {"valence": "v", "arousal": "a", "au": "both"}
+    assert c["total"] == pytest.approx(0.6 / 2 + 0.5 / 2 + 0.5) and c["honest"] == pytest.approx(c["total"])
+    assert "partial" not in c
+    c = compose_best_per_task([v_only, both])
+    assert c["tasks"]["valence"]["config"] == "v" and c["tasks"]["arousal"]["config"] == "both"
+    c = compose_best_per_task([_row("x", ("va",), va=0.55, valence=0.7, arousal=0.4), v_only, both])
+    assert c["tasks"]["valence"]["config"] == "x" and c["tasks"]["arousal"]["config"] == "both"
+    c = compose_best_per_task([_row("x", ("va",), va=0.6, valence=0.7, arousal=0.5), v_only])
+    assert c["tasks"]["va"] == {"config": "x", "score": 0.6, "runs": ["runs/x"], "honest": 0.6}  # one config
+    c = compose_best_per_task([_row("x", ("va",), va=0.5, valence=0.7, arousal=0.3)])
+    assert set(c["tasks"]) == {"va"} and c["tasks"]["va"]["score"] == pytest.approx(0.5)
+    c = compose_best_per_task([v_only])  # nobody trained arousal: partial, valence worth all of P_VA
+    assert set(c["tasks"]) == {"valence", "au"} and c["partial"] == ["arousal"]
+    assert c["total"] == pytest.approx(0.6 + 0.3)
+    old = _row("old", ("va",), va=0.5)  # results without per-dimension scores: VA composed whole
+    assert set(compose_best_per_task([old])["tasks"]) == {"va"}
+
+
+@pytest.fixture(scope="module")
+def v_and_a_runs(va_data, tmp_path_factory):
+    tr, va, table = va_data
+    root = tmp_path_factory.mktemp("vaeruns")
+    cfgs = {"v": ("au", "v"), "a": ("a",), "both": ("va",)}
+    runs = {k: train(TrainConfig.create(backbones=("synth",), tasks=t, **TINY), table, tr, va, root / "runs" / k,
+                     progress=False) for k, t in cfgs.items()}
+    return root, runs, table
+
+
+def test_system_takes_valence_and_arousal_from_the_runs_that_trained_them(v_and_a_runs):
+    from abaw.io import write_json
+    from abaw.pipeline.predict.system import load_system, system_outputs
+
+    root, runs, table = v_and_a_runs
+    v = runs["v"].predict(table).va[:, 0]
+    a = runs["a"].predict(table).va[:, 1]
+    system = load_system([str(root / "runs" / "v"), str(root / "runs" / "a")])
+    out, _, _ = system_outputs(system, table, postprocess="none")
+    np.testing.assert_allclose(out.va, np.stack([v, a], 1), rtol=1e-6)  # each dimension from its own run
+    assert system.missing_va_dims() == [] and "valence" in system.describe()
+    # composed per dimension: valence from v, arousal from `both` (which trained both)
+    write_json(root / "composed.json", {"mode": "best-per-task", "tasks": {
+        "valence": {"config": "v", "score": 0.5, "runs": ["runs/v"]},
+        "arousal": {"config": "both", "score": 0.5, "runs": ["runs/both"]},
+        "au": {"config": "v", "score": 0.5, "runs": ["runs/v"]}}})
+    system = load_system(composed=root / "composed.json")
+    out, _, _ = system_outputs(system, table, postprocess="none")
+    np.testing.assert_allclose(out.va, np.stack([v, runs["both"].predict(table).va[:, 1]], 1), rtol=1e-6)
+    # a V-only system: arousal is NaN, never a made-up value
+    alone = load_system([str(root / "runs" / "v")])
+    out, _, _ = system_outputs(alone, table, postprocess="none")
+    assert np.isnan(out.va[:, 1]).all() and alone.missing_va_dims() == ["arousal"]
+    write_json(root / "bad.json", {"mode": "best-per-task", "tasks": {
+        "arousal": {"config": "v", "score": 0.5, "runs": ["runs/v"]}}})
+    with pytest.raises(AbawError, match="composed for arousal but the run did not train it"):
+        load_system(composed=root / "bad.json")
+
+
+def test_blend_refuses_one_dimension_va_members(v_and_a_runs, tmp_path):
+    from abaw.io import write_json
+    from abaw.pipeline.blend import blend
+
+    root, _, _ = v_and_a_runs
+    with pytest.raises(AbawError, match="trained valence only; abaw blend needs VA members"):
+        blend([str(root / "runs" / "v"), str(root / "runs" / "both")], tmp_path / "b.json")
+    write_json(tmp_path / "composed.json", {"mode": "best-per-task", "tasks": {
+        "valence": {"config": "v", "score": 0.5, "runs": [str(root / "runs" / "v")]}}})
+    with pytest.raises(AbawError, match="composes VA per dimension"):
+        blend([str(tmp_path / "composed.json")], tmp_path / "b.json")
