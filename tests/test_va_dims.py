@@ -189,3 +189,17 @@ def test_blend_refuses_one_dimension_va_members(v_and_a_runs, tmp_path):
         "valence": {"config": "v", "score": 0.5, "runs": [str(root / "runs" / "v")]}}})
     with pytest.raises(AbawError, match="composes VA per dimension"):
         blend([str(tmp_path / "composed.json")], tmp_path / "b.json")
+
+
+def test_submission_of_a_v_only_system_marks_arousal_as_a_placeholder(v_and_a_runs, va_data, tmp_path):
+    from abaw.data.submission import read_predictions
+    from abaw.pipeline.predict.system import load_system, predict_test_list
+
+    root, runs, table = v_and_a_runs
+    _, va, _ = va_data
+    lst = tmp_path / "test.txt"
+    lst.write_text("image,valence,arousal,expression,aus\n" + "".join(f"{n}\n" for n in va.images()[:30]))
+    res = predict_test_list(load_system([str(root / "runs" / "v")]), table.store, lst, tmp_path / "sub.txt")
+    assert res.report["missing_va_dims"] == ["arousal"] and any("no run trained arousal" in w for w in res.warnings)
+    sub = read_predictions(tmp_path / "sub.txt")
+    assert (sub.va[:, 1] == 0).all() and np.isfinite(sub.va[:, 0]).all() and sub.va[:, 0].std() > 0
