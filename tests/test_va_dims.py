@@ -53,6 +53,11 @@ def test_task_names_parse_v_and_a_and_reject_junk():
     assert TrainConfig.from_dict({"tasks": ["va"]}).va_dims == ("valence", "arousal")  # old runs: both
     with pytest.raises(AbawError, match="tasks"):
         TrainConfig.create(tasks=["v", "x"])
+    from abaw.pipeline.search.runner import config_from_overrides
+
+    base = TrainConfig.create(tasks=("au", "v"))
+    assert config_from_overrides(base, {"tasks": "v,au"}).task_names == ("au", "v")  # search spaces spell it so
+    assert config_from_overrides(base, {"tasks": ["va", "expr"]}).va_dims == ("valence", "arousal")
 
 
 def test_va_loss_on_the_trained_dimension_only():
@@ -105,13 +110,13 @@ def test_v_only_run_trains_on_valence_scores_it_and_predicts_nan_arousal(va_data
     np.testing.assert_array_equal(out.take(np.arange(3)).va[:, 0], out.va[:3, 0])
 
 
-def _row(cid, tasks, **scores):
-    """A finished leaderboard row with honest = val scores `scores` (va, valence, arousal, au, ...)."""
+def _row(cid, tasks, folds=1, **scores):
+    """A finished leaderboard row with honest = val scores `scores` (va, valence, arousal, au, ...) in each fold."""
     from abaw.pipeline.search.leaderboard import make_row
 
     rec = {**scores, "total": sum(v for k, v in scores.items() if k in ("va", "expr", "au"))}
-    return make_row(cid, {}, tasks, [{"run": f"r/{cid}", "result": {"val_final": rec, "val_raw": rec, "honest": rec}}],
-                    [f"runs/{cid}"])
+    res = [{"run": f"r/{cid}/{i}", "result": {"val_final": rec, "val_raw": rec, "honest": rec}} for i in range(folds)]
+    return make_row(cid, {}, tasks, res, [f"runs/{cid}"])
 
 
 def test_compose_takes_valence_and_arousal_from_the_configs_best_on_each():
@@ -137,6 +142,16 @@ def test_compose_takes_valence_and_arousal_from_the_configs_best_on_each():
     assert c["total"] == pytest.approx(0.6 + 0.3)
     old = _row("old", ("va",), va=0.5)  # results without per-dimension scores: VA composed whole
     assert set(compose_best_per_task([old])["tasks"]) == {"va"}
+
+
+def test_nested_estimate_composes_va_per_dimension():
+    from abaw.pipeline.search.leaderboard import nested_estimate
+
+    rows = [_row("v", ("au", "v"), 3, va=0.6, valence=0.6, arousal=None, au=0.3),
+            _row("a", ("a",), 3, va=0.5, valence=None, arousal=0.5)]
+    n = nested_estimate(rows)
+    assert n["composed"] == pytest.approx(0.6 / 2 + 0.5 / 2 + 0.3)
+    assert all(p["valence"] == "v" and p["arousal"] == "a" and p["au"] == "v" for p in n["picks"])
 
 
 @pytest.fixture(scope="module")

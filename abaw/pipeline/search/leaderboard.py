@@ -98,9 +98,11 @@ def nested_estimate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         best.append(chosen["honest_folds"][i]["total"])
         total, pick = 0.0, {"best": chosen["config"]}
         for t, part in _parts(ok, lambda r, t: r["honest_folds"][i].get(t) is not None):
-            c = max([r for r in ok if r["honest_folds"][i].get(t) is not None], key=lambda r: others(r, i, t))
-            total += part * c["honest_folds"][i][t]
-            pick[t] = c["config"]
+            cands = [r for r in ok if r["honest_folds"][i].get(t) is not None]
+            if cands:
+                c = max(cands, key=lambda r: others(r, i, t))
+                total += part * c["honest_folds"][i][t]
+                pick[t] = c["config"]
         composed.append(total)
         picks.append(pick)
     return {"folds": k, "best": float(np.mean(best)), "composed": float(np.mean(composed)), "picks": picks}

@@ -60,6 +60,7 @@ from abaw.pipeline.train.run import (
     prepare_run_dir,
     resolve_device,
     save_checkpoint,
+    va_name,
 )
 from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
 from abaw.rundir import data_identity, feature_fingerprints, load_state, save_state
@@ -349,7 +350,7 @@ def _epoch_line(rec: dict[str, Any]) -> str:
         return "  n/a " if x is None else f"{x:.4f}"
 
     return (f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}  "
-            f"VA {f(v['va'])}  EXPR {f(v['expr'])}  AU {f(v['au'])}  P {v['total']:.4f}"
+            f"{va_name(v)} {f(v['va'])}  EXPR {f(v['expr'])}  AU {f(v['au'])}  P {v['total']:.4f}"
             f"{'  *' if rec['best'] else ''}  ({rec['time']['train_s']:.1f}s)")
 
 
