@@ -9,7 +9,8 @@
 Undefined quantities are 0 (F1 with no positives predicted or present; CCC when both
 series are constant). A VA dimension predicted as NaN on every frame (a run that trained
 valence only, `--tasks au,v`) is not scored: its CCC is None and P_VA is the CCC of the
-dimension predicted; the score is then `partial` (the ABAW P_VA needs both). A task with no valid frame gets score None and is left out of the
+dimension predicted; the score is then `partial` (the ABAW P_VA needs both).
+A task with no valid frame gets score None and is left out of the
 total, which lists the tasks it sums.
 """
 

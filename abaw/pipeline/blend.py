@@ -97,8 +97,9 @@ def members_of(sources: list[str]) -> list[Member]:
                 raise AbawError(f"{p}: the run is not finished (no result.json)")
             cfg = read_config(p)
             if "va" in cfg.tasks and cfg.va_dims != VA_DIMS:
-                raise AbawError(f"{p}: trained {' and '.join(cfg.va_dims)} only; abaw blend needs VA members that "
-                                "train both valence and arousal (predict such runs with abaw predict --run / --compose)")
+                raise AbawError(f"{p}: trained {' and '.join(cfg.va_dims)} only; abaw blend needs VA members "
+                                "that train both valence and arousal (predict such runs with abaw predict --run "
+                                "/ --compose)")
             out.append(Member(str(p), (p,), cfg.tasks))
             continue
         f = p / "composed.json" if p.is_dir() else p

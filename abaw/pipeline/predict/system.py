@@ -134,7 +134,8 @@ class SubmissionResult(Result):
         dims = self.report.get("missing_va_dims") or []
         out = []
         if missing:
-            out.append(f"warning: no run predicts {', '.join(t.upper() for t in missing)}; those columns are placeholders")
+            out.append(f"warning: no run predicts {', '.join(t.upper() for t in missing)}; "
+                       "those columns are placeholders")
         if dims:
             out.append(f"warning: no run trained {', '.join(dims)} (VA runs trained on one dimension); "
                        "that column is a placeholder 0")
