@@ -120,9 +120,10 @@ def _row(cid, tasks, folds=1, **scores):
 
 
 def test_compose_takes_valence_and_arousal_from_the_configs_best_on_each():
-    from abaw.pipeline.search.leaderboard import compose_best_per_task
+    from abaw.pipeline.search.leaderboard import compose_best_per_task, format_leaderboard, rank
 
     v_only = _row("v", ("au", "v"), va=0.6, valence=0.6, arousal=None, au=0.3)
+    assert v_only["tasks"] == "au,v" and "P_MTL is partial" in format_leaderboard(rank([v_only]))
     a_only = _row("a", ("a",), va=0.5, valence=None, arousal=0.5)
     both = _row("both", ("va", "au"), va=0.45, valence=0.4, arousal=0.5 - 0.01, au=0.5)
     c = compose_best_per_task([v_only, a_only, both])

@@ -210,6 +210,9 @@ def format_leaderboard(rows: list[dict[str, Any]], top: int | None = None) -> st
     lines.append(f"(ranked by {'the honest estimate' if rank_key(rows) == 'honest' else 'P_MTL'}; P_MTL: "
                  "post-processing fitted and scored on validation; honest: epoch and post-processing fitted on "
                  "other validation videos)")
+    if any(set(r["tasks"].split(",")) & {"v", "a"} for r in rows[:top]):
+        lines.append("(tasks v / a: one VA dimension trained; P_VA is its CCC and P_MTL is partial — "
+                     "--compose best-per-task takes valence and arousal from the configs best on each)")
     return "\n".join(lines)
 
 
