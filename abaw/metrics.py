@@ -7,7 +7,10 @@
 - P_AU   = mean over the 12 AUs of each AU's binary F1 (positive class 1).
 
 Undefined quantities are 0 (F1 with no positives predicted or present; CCC when both
-series are constant). A task with no valid frame gets score None and is left out of the
+series are constant). A VA dimension predicted as NaN on every frame (a run that trained
+valence only, `--tasks au,v`) is not scored: its CCC is None and P_VA is the CCC of the
+dimension predicted; the score is then `partial` (the ABAW P_VA needs both).
+A task with no valid frame gets score None and is left out of the
 total, which lists the tasks it sums.
 """
 
@@ -112,6 +115,18 @@ class MTLScore:
         return tuple(t for t in ("va", "expr", "au") if getattr(self, t) is not None)
 
     @property
+    def partial(self) -> bool:
+        """VA scored on one dimension only (the other was not predicted)."""
+        return self.va is not None and (self.valence is None or self.arousal is None)
+
+    @property
+    def va_label(self) -> str:
+        """`VA`, or `V` / `A` when only valence / arousal was scored."""
+        if not self.partial:
+            return "VA"
+        return "V" if self.arousal is None else "A"
+
+    @property
     def total(self) -> float:
         """P_MTL over the scored tasks."""
         return float(sum(getattr(self, t) for t in self.tasks))
@@ -141,12 +156,15 @@ class MTLScore:
         def f(x: float | None) -> str:
             return "   n/a" if x is None else f"{x:6.4f}"
 
+        names = [self.va_label if t == "va" else t.upper() for t in self.tasks]
+        partial = (f"  partial: VA scored on {'valence' if self.arousal is None else 'arousal'} only"
+                   if self.partial else "")
         lines = [
             f"{'task':<10}{'score':>8}{'frames':>9}",
             f"{'VA':<10}{f(self.va):>8}{self.n_va:>9}    valence {f(self.valence)}  arousal {f(self.arousal)}",
             f"{'EXPR':<10}{f(self.expr):>8}{self.n_expr:>9}",
             f"{'AU':<10}{f(self.au):>8}{self.n_au:>9}",
-            f"{'P_MTL':<10}{self.total:8.4f}     ({' + '.join(t.upper() for t in self.tasks) or 'no task'})",
+            f"{'P_MTL':<10}{self.total:8.4f}     ({' + '.join(names) or 'no task'})" + partial,
         ]
         if self.expr_per_class is not None:
             lines.append("EXPR F1 per class: " + "  ".join(
@@ -170,8 +188,9 @@ def mtl_score(
         n_va = int(m.sum())
         if n_va:
             vp, vt = np.asarray(va_pred)[m], np.asarray(va_true)[m]
-            valence, arousal = ccc(vp[:, 0], vt[:, 0]), ccc(vp[:, 1], vt[:, 1])
-            va = (valence + arousal) / 2
+            valence, arousal = (None if np.isnan(vp[:, d]).all() else ccc(vp[:, d], vt[:, d]) for d in (0, 1))
+            dims = [x for x in (valence, arousal) if x is not None]
+            va = float(np.mean(dims)) if dims else None
     ex = per_cls = None
     n_ex = 0
     if expr_pred is not None and expr_true is not None:

@@ -58,12 +58,17 @@ def parse_task_windows(text: str) -> tuple[int, int, int]:
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
+    """`va,expr,au`, `all`, or with `v` / `a` for valence / arousal alone (`au,v`; `v,a` = `va`)."""
+    from abaw.data.labels import split_tasks
+
     tasks = tuple(t.strip().lower() for t in text.split(",") if t.strip())
     if tasks == ("all",):
         return ("va", "expr", "au")
-    bad = [t for t in tasks if t not in ("va", "expr", "au")]
-    if bad or not tasks:
-        raise click.BadParameter(f"{text!r}: a comma-separated subset of va, expr, au")
+    try:
+        split_tasks(tasks)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a comma-separated subset of va, expr, au (v / a: valence / "
+                                 "arousal alone)", param_hint="--tasks") from None
     return tasks
 
 

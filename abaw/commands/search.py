@@ -19,7 +19,7 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
               help="Search-space file (YAML/JSON with base/grid/random sections) or a shipped recipe's name "
                    "(`abaw recipes`).")
 @click.option("--tasks", "tasks_opt", multiple=True,
-              help="Grid over task sets, repeatable: --tasks va,expr,au --tasks au --tasks expr ...")
+              help="Grid over task sets, repeatable: --tasks va,expr,au --tasks au --tasks au,v ...")
 @click.option("--backbones", "backbones_opt", multiple=True,
               help="Grid over backbone sets (cache keys joined by +), repeatable.")
 @click.option("--fusion", "fusion_opt", help="Grid over fusions, comma-separated: sum,concat,attention.")

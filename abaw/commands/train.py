@@ -25,7 +25,8 @@ from abaw.commands.options import echo_result, json_option, parse_task_weights, 
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.  [required]")
 @click.option("--backbone", "backbones", multiple=True,
               help="Backbone features to use, by cache key or spec (repeat). Default: all in the cache.")
-@click.option("--tasks", default="va,expr,au", show_default=True, help="Tasks trained jointly (subset of va,expr,au).")
+@click.option("--tasks", default="va,expr,au", show_default=True,
+              help="Tasks trained jointly (subset of va,expr,au; v or a: valence or arousal alone, e.g. au,v).")
 @click.option("--arch", default="multitask", show_default=True,
               help="Head architecture: multitask (fusion + temporal module + heads) | linear (HSEmotion's recipe: "
                    "standardised features, a linear layer per task, no temporal context).")

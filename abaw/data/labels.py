@@ -13,10 +13,44 @@ EXPR_NAMES: tuple[str, ...] = (
 N_AU = len(AU_NAMES)
 N_EXPR = len(EXPR_NAMES)
 TASKS: tuple[str, ...] = ("va", "expr", "au")
+# The two dimensions of the VA task (the columns of its head) and the task names that train
+# only some of them: `v` (valence), `a` (arousal); `va` (or `v` and `a`) trains both.
+VA_DIMS: tuple[str, ...] = ("valence", "arousal")
+VA_TOKENS: dict[str, tuple[str, ...]] = {"v": ("valence",), "a": ("arousal",), "va": VA_DIMS}
+TASK_NAMES: tuple[str, ...] = ("va", "v", "a", "expr", "au")
 
 VA_INVALID = -5.0
 EXPR_INVALID = -1
 AU_INVALID = -1
+
+
+
+def split_tasks(names) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Task names as given (`va`, `v`, `a`, `expr`, `au`, in any order) -> (tasks, va_dims).
+
+    `tasks` is a subset of TASKS in the given order (`v` / `a` stand for `va`), `va_dims` the
+    VA dimensions trained, in VA_DIMS order (both when VA is not named). ValueError on an
+    unknown, repeated or missing name.
+    """
+    names = [str(n).strip().lower() for n in names]
+    bad = [n for n in names if n not in TASK_NAMES]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"tasks: a non-empty list of distinct names from {', '.join(TASK_NAMES)} "
+                         f"(v/a: valence/arousal only); got {','.join(names) or 'nothing'}")
+    dims = {d for n in names if n in VA_TOKENS for d in VA_TOKENS[n]}
+    tasks: list[str] = []
+    for n in names:
+        t = "va" if n in VA_TOKENS else n
+        if t not in tasks:
+            tasks.append(t)
+    return tuple(tasks), tuple(d for d in VA_DIMS if d in dims) if dims else VA_DIMS
+
+
+def task_names(tasks, va_dims=VA_DIMS) -> tuple[str, ...]:
+    """The inverse of `split_tasks`: `va` written `v` or `a` when only that dimension is trained."""
+    token = {VA_DIMS: "va", ("valence",): "v", ("arousal",): "a"}.get(tuple(va_dims), "va")
+    return tuple(token if t == "va" else t for t in tasks)
+
 
 # Frame numbers are 1-based and at most MAX_FRAME (2^31 - 1: two years of video at 30 fps,
 # and what the cache's int32 frame index holds). Parsers keep them as int64 and refuse

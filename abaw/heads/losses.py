@@ -7,7 +7,9 @@
 - VA:   1 - CCC for valence and for arousal, each over all valid frames of the batch
         (population moments, as in `abaw.metrics.ccc`), averaged (`va_loss="mean"`), or
         summed (`va_loss="sum"`, the ABAW7 winner's scale: VA then weighs twice as much
-        against EXPR and AU as with the mean, at equal task weights).
+        against EXPR and AU as with the mean, at equal task weights). A run that trains one
+        dimension only (`va_dims`, `--tasks au,v`) has the loss of that dimension alone
+        (mean and sum agree); the other output gets no gradient.
 
 A task with no valid frame in the batch contributes an exact zero (connected to the
 graph, so `backward()` works), never NaN.
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from abaw.data.labels import N_AU, N_EXPR
+from abaw.data.labels import N_AU, N_EXPR, VA_DIMS
 
 CCC_EPS = 1e-12  # same guard as abaw.metrics.ccc
 
@@ -47,15 +49,17 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 VA_LOSS_SCALES = ("mean", "sum")
 
 
-def va_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scale: str = "mean") -> torch.Tensor:
-    """Mean (`scale="sum"`: sum) of (1 - CCC) for valence and arousal over the valid frames; 0 if none."""
+def va_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scale: str = "mean",
+            dims: tuple[int, ...] = (0, 1)) -> torch.Tensor:
+    """Mean (`scale="sum"`: sum) of (1 - CCC) over the VA columns `dims` (0 valence, 1 arousal)
+    on the valid frames; 0 if none."""
     v = valid.reshape(-1)
     p = pred.reshape(-1, 2)[v]
     t = target.reshape(-1, 2)[v]
     if p.shape[0] == 0:
         return zero_loss(pred)
-    total = ccc_loss(p[:, 0], t[:, 0]) + ccc_loss(p[:, 1], t[:, 1])
-    return total if scale == "sum" else 0.5 * total
+    total = sum(ccc_loss(p[:, d], t[:, d]) for d in dims)
+    return total if scale == "sum" else total / len(dims)
 
 
 def expr_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
@@ -94,10 +98,13 @@ class MultiTaskLoss:
 
     def __init__(self, tasks: tuple[str, ...], weights: dict[str, float],
                  expr_class_weight: torch.Tensor | None = None, au_pos_weight: torch.Tensor | None = None,
-                 va_scale: str = "mean"):
+                 va_scale: str = "mean", va_dims: tuple[str, ...] = VA_DIMS):
         if va_scale not in VA_LOSS_SCALES:
             raise ValueError(f"va_scale: one of {VA_LOSS_SCALES}, got {va_scale!r}")
+        if not va_dims or any(d not in VA_DIMS for d in va_dims):
+            raise ValueError(f"va_dims: some of {VA_DIMS}, got {va_dims!r}")
         self.va_scale = va_scale
+        self.va_cols = tuple(VA_DIMS.index(d) for d in va_dims)
         self.tasks = tuple(t for t in tasks if weights.get(t, 1.0) != 0.0)
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
         self.expr_class_weight = expr_class_weight
@@ -114,7 +121,7 @@ class MultiTaskLoss:
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         if "va" in self.tasks:
-            parts["va"] = va_loss(outputs["va"], batch["va"], batch["va_valid"], self.va_scale)
+            parts["va"] = va_loss(outputs["va"], batch["va"], batch["va_valid"], self.va_scale, self.va_cols)
         if "expr" in self.tasks:
             parts["expr"] = expr_loss(outputs["expr"], batch["expr"], batch["expr_valid"], self.expr_class_weight)
         if "au" in self.tasks:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from abaw.data.labels import N_AU, N_EXPR, TASKS
+from abaw.data.labels import N_AU, N_EXPR, TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.heads.fusion import FUSIONS, create_fusion, native_width
 from abaw.heads.temporal import TEMPORALS, TemporalOptions, create_temporal, run_chunked
@@ -49,6 +49,8 @@ class ModelSpec:
     # of each window (0 = the whole window); the ABAW7 winner: va 30, expr 5, au 1
     snapshots: tuple[int, int, int] = (0, 0, 0)  # va, expr, au: which saved copy of the model predicts the
     # task (set by training when tasks peak at different epochs; not a training setting)
+    va_dims: tuple[str, ...] = VA_DIMS  # the VA dimensions trained (`--tasks au,v`: valence only); the
+    # head keeps its 2 outputs, an untrained one is predicted as NaN (set through `tasks`, see TrainConfig)
 
     def validate(self) -> ModelSpec:
         """Raise AbawError on an inconsistent architecture; return self."""
@@ -66,6 +68,8 @@ class ModelSpec:
                   (len(self.keys) == len(self.dims), "one dim per backbone key"),
                   (len(self.task_windows) == 3 and all(int(n) >= 0 for n in self.task_windows),
                    "task_windows: three frame counts >= 0 (va, expr, au; 0 = the whole window)"),
+                  (len(self.va_dims) > 0 and tuple(self.va_dims) == tuple(d for d in VA_DIMS if d in self.va_dims),
+                   f"va_dims: some of {', '.join(VA_DIMS)}, in that order"),
                   (len(self.snapshots) == 3 and all(int(n) >= 0 for n in self.snapshots),
                    "snapshots: three copy indexes >= 0 (va, expr, au)")]
         for ok, msg in checks:

@@ -10,7 +10,9 @@ kernel and window per task, AU thresholds fitted jointly) is then fitted on the 
 
 Members: a run folder serves every task it trained; a search folder / composed.json serves
 each task with its chosen config (k-fold configs: their folds' validation outputs together,
-i.e. out-of-fold). All members must have validation outputs for the same frames.
+i.e. out-of-fold). All members must have validation outputs for the same frames. VA is
+blended as one task: a run that trains one VA dimension only (`--tasks au,v`), or a
+composed.json whose VA was chosen per dimension, is refused (predict those with `abaw predict`).
 
 Scores: `optimistic` (weights and post-processing fitted on all validation frames and
 scored on them) and `honest`: the validation videos in `folds` folds (whole videos,
@@ -35,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
 from abaw.pipeline.crossfit import (
@@ -93,12 +95,21 @@ def members_of(sources: list[str]) -> list[Member]:
         if (p / "config.json").exists():
             if not (p / "result.json").exists():
                 raise AbawError(f"{p}: the run is not finished (no result.json)")
-            out.append(Member(str(p), (p,), read_config(p).tasks))
+            cfg = read_config(p)
+            if "va" in cfg.tasks and cfg.va_dims != VA_DIMS:
+                raise AbawError(f"{p}: trained {' and '.join(cfg.va_dims)} only; abaw blend needs VA members "
+                                "that train both valence and arousal (predict such runs with abaw predict --run "
+                                "/ --compose)")
+            out.append(Member(str(p), (p,), cfg.tasks))
             continue
         f = p / "composed.json" if p.is_dir() else p
         if f.is_file() and read_json(f).get("mode") == "blend":
             raise AbawError(f"{f}: is a blend; give its sources instead")
         for t, runs in read_composed(p).items():
+            if t in VA_DIMS:
+                raise AbawError(f"{f}: composes VA per dimension ({t} from its own config); abaw blend needs VA "
+                                "from configs that train both valence and arousal (predict it with abaw predict "
+                                "--compose)")
             out.append(Member(f"{src}:{t}", tuple(runs), (t,)))
     if not out:
         raise AbawError("blend: no source")

@@ -58,6 +58,12 @@ def smooth(values: np.ndarray, video_idx: np.ndarray, frame: np.ndarray, kernel:
     x = np.asarray(values, dtype=np.float64)
     if window <= 1 or len(x) == 0:
         return x.copy()
+    absent = np.isnan(x).all(0)  # a VA dimension the run did not train: stays NaN, other columns smoothed
+    if absent.any():
+        out = np.full_like(x, np.nan)
+        if not absent.all():
+            out[:, ~absent] = smooth(x[:, ~absent], video_idx, frame, kernel, window)
+        return out
     if kernel == "box":
         return _box(x, np.asarray(video_idx), np.asarray(frame).astype(np.int64), window // 2)
     h = window // 2
@@ -212,7 +218,8 @@ def apply_postfit(s: Series, pf: PostFit) -> dict[str, np.ndarray]:
 
 
 def score_values(values: dict[str, np.ndarray], s: Series, thr) -> dict[str, float | None]:
-    """Per-task scores and their sum `total` (AU decided at per-row thresholds `thr` [N, 12] or [12])."""
+    """Per-task scores and their sum `total` (AU decided at per-row thresholds `thr` [N, 12] or [12]);
+    with VA also `valence` and `arousal` (None: a dimension not predicted)."""
     out: dict[str, float | None] = {}
     for t, v in values.items():
         if t == "au" and thr is not None and np.ndim(thr) == 2:
@@ -220,6 +227,9 @@ def score_values(values: dict[str, np.ndarray], s: Series, thr) -> dict[str, flo
         else:
             out[t] = task_score(t, v, s, thr if t == "au" else None)
     out["total"] = float(sum(x for x in out.values() if x is not None))
+    if "va" in values and s.labels["va_valid"].any():
+        r = mtl_score(va_pred=np.clip(values["va"], -1, 1), va_true=s.labels["va"], va_mask=s.labels["va_valid"])
+        out["valence"], out["arousal"] = r.valence, r.arousal
     return out
 
 

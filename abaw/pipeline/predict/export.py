@@ -115,6 +115,8 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
                               "standard 112 px template (abaw.extract.faces)"},
             "synthetic": synthetic, "files": files,
         }
+        if system.va_dims:  # VA composed per dimension: the runs of valence and of arousal
+            manifest["va_dims"] = {d: [ids[str(r.path)] for r in rs] for d, rs in system.va_dims.items()}
         if system.blended:  # `abaw blend`: per-task run weights, their space, the blend's post-processing
             manifest["blend"] = {"weights": {t: list(w) for t, w in system.weights.items()}, "space": system.space,
                                  "postprocess": to_dict(system.postprocess)}
@@ -323,7 +325,8 @@ def load_exported(ref: str, device: str = "cpu"):
         extra = {} if not blend else {"weights": {t: tuple(float(x) for x in w) for t, w in blend["weights"].items()},
                                       "space": str(blend["space"]),
                                       "postprocess": from_dict(PostProcess, blend["postprocess"])}
-        system = System({t: [runs[r] for r in rs] for t, rs in m["tasks"].items()}, **extra)
+        system = System({t: [runs[r] for r in rs] for t, rs in m["tasks"].items()},
+                        va_dims={d: [runs[r] for r in rs] for d, rs in m.get("va_dims", {}).items()}, **extra)
     except (KeyError, TypeError, RuntimeError) as e:
         raise AbawError(f"{folder / MANIFEST}: cannot rebuild the system ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:150]})") from None

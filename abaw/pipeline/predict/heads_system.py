@@ -70,7 +70,7 @@ class RunsSystem:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        missing = [t.upper() for t in TASKS if t not in self.tasks]
+        missing = [t.upper() for t in TASKS if t not in self.tasks] + self.system.missing_va_dims()
         return (f"note: this system does not predict {', '.join(missing)}; those columns are empty",) if missing else ()
 
     def describe(self) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from abaw.data.labels import N_AU, TASKS, image_name
+from abaw.data.labels import N_AU, TASKS, VA_DIMS, image_name
 from abaw.errors import AbawError
 from abaw.pipeline.predict.fill import fill_rows
 from abaw.results import Result
@@ -43,6 +43,8 @@ class System:
     runs, the space they are averaged in and the post-processing fitted on the blend."""
 
     runs: dict[str, list[Any]]  # task -> [Run]
+    va_dims: dict[str, list[Any]] = field(default_factory=dict)  # valence / arousal -> the VA runs supplying
+    # it (a composition that chose them apart); empty: every VA run supplies the dimensions it trained
     weights: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> one per run (blend)
     space: str = "prob"  # prob | logit: how a blend averages EXPR/AU (abaw.pipeline.train.outputs.combine)
     postprocess: Any = None  # the blend's own PostProcess (None: each run's)
@@ -54,6 +56,16 @@ class System:
     @property
     def tasks(self) -> tuple[str, ...]:
         return tuple(t for t in TASKS if self.runs.get(t))
+
+    def va_sources(self) -> dict[str, list[Any]]:
+        """Each VA dimension -> the runs whose outputs make it (a dimension no run trained: [])."""
+        if self.va_dims:
+            return {d: list(self.va_dims.get(d, [])) for d in VA_DIMS}
+        return {d: [r for r in self.runs.get("va", []) if d in r.spec.va_dims] for d in VA_DIMS}
+
+    def missing_va_dims(self) -> list[str]:
+        """VA dimensions no run of the system predicts (when it has VA at all): predicted as NaN."""
+        return [d for d, rs in self.va_sources().items() if not rs] if self.runs.get("va") else []
 
     def all_runs(self) -> list[Any]:
         seen: dict[str, Any] = {}
@@ -86,7 +98,13 @@ class System:
             w = self.weights.get(t)
             return ", ".join(f"{r.path}" + (f" x{w[i]:.2f}" if w else "") for i, r in enumerate(self.runs[t]))
 
-        return "; ".join(f"{t.upper()}: {runs(t)}" for t in self.tasks) + (
+        def va() -> str:
+            src = self.va_sources()
+            if not self.va_dims and all(tuple(r.spec.va_dims) == VA_DIMS for r in self.runs["va"]):
+                return runs("va")
+            return ", ".join(f"{d} " + (", ".join(str(r.path) for r in src[d]) or "none (NaN)") for d in VA_DIMS)
+
+        return "; ".join(f"{t.upper()}: {va() if t == 'va' else runs(t)}" for t in self.tasks) + (
             f" (blend, {self.space} space)" if self.blended else "")
 
 
@@ -113,9 +131,15 @@ class SubmissionResult(Result):
     @property
     def warnings(self) -> tuple[str, ...]:
         missing = self.report.get("missing_tasks") or []
-        if not missing:
-            return ()
-        return (f"warning: no run predicts {', '.join(t.upper() for t in missing)}; those columns are placeholders",)
+        dims = self.report.get("missing_va_dims") or []
+        out = []
+        if missing:
+            out.append(f"warning: no run predicts {', '.join(t.upper() for t in missing)}; "
+                       "those columns are placeholders")
+        if dims:
+            out.append(f"warning: no run trained {', '.join(dims)} (VA runs trained on one dimension); "
+                       "that column is a placeholder 0")
+        return tuple(out)
 
 
 def time_scale_lines(scales: dict[str, dict[str, Any]] | None) -> list[str]:
@@ -142,6 +166,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
         return cache[key]
 
     runs: dict[str, list[Any]] = {t: [] for t in TASKS}
+    dims: dict[str, list[Any]] = {}
     extra: dict[str, Any] = {}
     if composed:
         from abaw.pipeline.blend import read_blend
@@ -151,6 +176,13 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
         for t, dirs in read_composed(composed).items():
             for d in dirs:
                 r = get(str(d))
+                if t in VA_DIMS:  # VA chosen per dimension
+                    if "va" not in r.tasks or t not in r.spec.va_dims:
+                        raise AbawError(f"{d}: composed for {t} but the run did not train it")
+                    dims.setdefault(t, []).append(r)
+                    if r not in runs["va"]:
+                        runs["va"].append(r)
+                    continue
                 if t not in r.tasks:
                     raise AbawError(f"{d}: composed for {t.upper()} but the run did not train it")
                 runs[t].append(r)
@@ -159,7 +191,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
             r = get(d)
             for t in r.tasks:
                 runs[t].append(r)
-    system = System({t: rs for t, rs in runs.items() if rs}, **extra)
+    system = System({t: rs for t, rs in runs.items() if rs}, va_dims=dims, **extra)
     if not system.tasks:
         raise AbawError("the runs predict no task")
     return system
@@ -201,6 +233,11 @@ def system_outputs(system: System, table, postprocess: str = "each", val_table=N
             arrs.append(getattr(o, t))
         if t in system.weights:  # a blend: its weights, in its space, before its own post-processing
             return combine(t, arrs, system.weights[t], system.space)
+        if t == "va":  # each dimension: the mean of the runs supplying it (none: NaN)
+            src = system.va_sources()
+            cols = [[a[:, i] for r, a in zip(system.runs[t], arrs) if r in src[d]] for i, d in enumerate(VA_DIMS)]
+            return np.stack([np.mean(c, axis=0) if c else np.full(len(arrs[0]), np.nan, np.float32)
+                             for c in cols], 1).astype(np.float32)
         return np.mean(arrs, axis=0)
 
     first = raw(system.runs[system.tasks[0]][0], table, "test")
@@ -276,7 +313,8 @@ def expand_to_entries(outputs, thresholds: np.ndarray, entries_video: list[str] 
         row_of.update({k: n_out + j for j, k in enumerate(missing_keys)})
         rows = np.array([row_of[(v, int(f))] for v, f in zip(ent_v, ent_f.tolist())], dtype=np.int64)
         result = {t: filled[t][rows] for t in outputs.tasks}
-    va = np.clip(result["va"], -1, 1) if "va" in result else np.zeros((m, 2))
+    va = np.nan_to_num(np.clip(result["va"], -1, 1)) if "va" in result else np.zeros((m, 2))  # NaN: an untrained
+    # VA dimension, a placeholder 0 in the submission (reported as missing_va_dims)
     expr = result["expr"].argmax(1) if "expr" in result else np.zeros(m, np.int64)
     au = (result["au"] >= thresholds[None]).astype(np.int8) if "au" in result else np.zeros((m, N_AU), np.int8)
     report = {"entries": m, "unique_frames": len(uniq), "predicted": int(have.sum()),
@@ -313,4 +351,5 @@ def predict_test_list(system: System, store: str | os.PathLike, test_list_path: 
     report.update(info)
     report["tasks"] = list(system.tasks)
     report["missing_tasks"] = [t for t in TASKS if t not in system.tasks]
+    report["missing_va_dims"] = system.missing_va_dims()
     return SubmissionResult(out=str(out_file), test_list=str(test_list_path), system=system.describe(), report=report)

@@ -24,8 +24,10 @@ class ReportResult(Result):
         def r(x: float | None) -> float | None:
             return x if x is None else round(x, 4)
 
-        lines = [f"{name:<28} P_MTL {s['total']:.4f}  (VA {r(s['va'])}, EXPR {r(s['expr'])}, AU {r(s['au'])})"
-                 for name, s in self.scores]
+        from abaw.pipeline.train.run import va_name
+
+        lines = [f"{name:<28} P_MTL {s['total']:.4f}  ({va_name(s)} {r(s['va'])}, EXPR {r(s['expr'])}, "
+                 f"AU {r(s['au'])})" for name, s in self.scores]
         return "\n".join(lines + [f"report: {self.page}"])
 
 

@@ -58,7 +58,7 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
     r = rows[keep]
     n = int(keep.sum())
     cfg = run.config
-    info = {"run": str(run_dir), "tasks": ",".join(run.tasks), "backbones": ", ".join(run.keys),
+    info = {"run": str(run_dir), "tasks": ",".join(cfg.task_names), "backbones": ", ".join(run.keys),
             "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
             "best epoch": run.result.best_epoch, "post-processing": run.postprocess}
     return RunEvaluation(

@@ -8,7 +8,8 @@ Each config's row holds three validation scores, means over its runs (folds):
   post-processing fitted on other validation videos than those scored);
 - `val_raw`: the best epoch's raw decisions.
 
-Rows are ranked by `honest` where every config has it, else by `val`. Choosing the best
+Rows are ranked by `honest` where every config has it, else by `val`. (A config that trains
+one VA dimension, `tasks: au,v`, has a partial P_MTL: its P_VA is that dimension's CCC.) Choosing the best
 of many configs on the same frames is itself optimistic; with `--folds K >= 3` the search
 also reports a *nested* estimate: for each fold, the config (or, composed, the config per
 task) is chosen on the other folds' honest scores and scored on that fold's.
@@ -24,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.io import atomic_write, write_json
 
-SCORE_KEYS = (*TASKS, "total")
+SCORE_KEYS = (*TASKS, "total", *VA_DIMS)
 
 
 def scores_of(results: list[dict[str, Any]], step: str) -> dict[str, float | None] | None:
@@ -96,35 +97,64 @@ def nested_estimate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         chosen = max(ok, key=lambda r: others(r, i, "total"))
         best.append(chosen["honest_folds"][i]["total"])
         total, pick = 0.0, {"best": chosen["config"]}
-        for t in TASKS:
+        for t, part in _parts(ok, lambda r, t: r["honest_folds"][i].get(t) is not None):
             cands = [r for r in ok if r["honest_folds"][i].get(t) is not None]
             if cands:
                 c = max(cands, key=lambda r: others(r, i, t))
-                total += c["honest_folds"][i][t]
+                total += part * c["honest_folds"][i][t]
                 pick[t] = c["config"]
         composed.append(total)
         picks.append(pick)
     return {"folds": k, "best": float(np.mean(best)), "composed": float(np.mean(composed)), "picks": picks}
 
 
+def _parts(rows: list[dict[str, Any]], scored) -> list[tuple[str, float]]:
+    """What a composition chooses and its share of P_MTL: EXPR and AU whole (1); VA per dimension
+    (`valence`, `arousal`: 1/2 each, or 1 for the only one any row scored), or whole when no row
+    scored a dimension (results written before V/A were scored apart). `scored(row, key)`."""
+    dims = [d for d in VA_DIMS if any(scored(r, d) for r in rows)]
+    va = [(d, 1.0 / len(dims)) for d in dims] or [("va", 1.0)]
+    return [p for t in TASKS for p in (va if t == "va" else [(t, 1.0)])]
+
+
 def compose_best_per_task(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """For each task the config (and its run folders) with the best score on it (honest if every row has one)."""
+    """For each task the config (and its run folders) with the best score on it (honest if every row has one).
+
+    VA is chosen per dimension: valence from the config best on valence, arousal from the one
+    best on arousal (configs that train one dimension only, `tasks: au,v`, compete on it). When
+    one config wins both, the entry is `va` as before; else `valence` and `arousal` entries, each
+    worth half of P_VA. A dimension no config trained is left out and listed in `partial`.
+    """
     key = rank_key(rows)
+    done = [r for r in rows if "val" in r]
     chosen: dict[str, Any] = {}
-    for t in TASKS:
-        cands = [r for r in rows if "val" in r and r[key].get(t) is not None]
+    share: dict[str, float] = {}
+    for t, part in _parts(done, lambda r, t: r[key].get(t) is not None):
+        cands = [r for r in done if r[key].get(t) is not None]
         if not cands:
             continue
         best = max(cands, key=lambda r: r[key][t])
         chosen[t] = {"config": best["config"], "score": best["val"][t], "runs": best["runs"]}
         if "honest" in best:
             chosen[t]["honest"] = best["honest"][t]
+        share[t] = part
+    if set(VA_DIMS) <= set(chosen) and chosen["valence"]["config"] == chosen["arousal"]["config"]:
+        best = next(r for r in done if r["config"] == chosen["valence"]["config"])
+        entry = {"config": best["config"], "score": best["val"]["va"], "runs": best["runs"]}
+        if "honest" in best:
+            entry["honest"] = best["honest"]["va"]
+        chosen = {("va" if t == "valence" else t): (entry if t == "valence" else c)
+                  for t, c in chosen.items() if t != "arousal"}
+        share = {("va" if t == "valence" else t): (1.0 if t == "valence" else p)
+                 for t, p in share.items() if t != "arousal"}
     if not chosen:
         raise AbawError("compose: no finished config scored any task")
     out = {"mode": "best-per-task", "chosen_by": key, "tasks": chosen,
-           "total": float(sum(c["score"] for c in chosen.values()))}
+           "total": float(sum(share[t] * c["score"] for t, c in chosen.items()))}
     if all("honest" in c for c in chosen.values()):
-        out["honest"] = float(sum(c["honest"] for c in chosen.values()))
+        out["honest"] = float(sum(share[t] * c["honest"] for t, c in chosen.items()))
+    if any(d in chosen for d in VA_DIMS) and not set(VA_DIMS) <= set(chosen):
+        out["partial"] = [d for d in VA_DIMS if d not in chosen]  # no config trained it: predicted as NaN
     return out
 
 
@@ -180,6 +210,9 @@ def format_leaderboard(rows: list[dict[str, Any]], top: int | None = None) -> st
     lines.append(f"(ranked by {'the honest estimate' if rank_key(rows) == 'honest' else 'P_MTL'}; P_MTL: "
                  "post-processing fitted and scored on validation; honest: epoch and post-processing fitted on "
                  "other validation videos)")
+    if any(set(r["tasks"].split(",")) & {"v", "a"} for r in rows[:top]):
+        lines.append("(tasks v / a: one VA dimension trained; P_VA is its CCC and P_MTL is partial — "
+                     "--compose best-per-task takes valence and arousal from the configs best on each)")
     return "\n".join(lines)
 
 

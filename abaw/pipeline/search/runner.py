@@ -23,7 +23,7 @@ import numpy as np
 
 from abaw.config import to_dict
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
 from abaw.pipeline.search.leaderboard import (
@@ -174,7 +174,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     for w, r in zip(work, results):
         by_cfg.setdefault(w.config, []).append(r)
 
-    rows = rank([make_row(cid, overrides, cfg.tasks, by_cfg[cid], [os.path.relpath(r["run"], out) for r in by_cfg[cid]])
+    rows = rank([make_row(cid, overrides, cfg.task_names, by_cfg[cid], [os.path.relpath(r["run"], out) for r in by_cfg[cid]])
                  for cid, overrides, cfg in configs])  # run folders relative to OUT
     write_leaderboard(out, rows)
     nested = nested_estimate(rows)
@@ -204,10 +204,12 @@ class SearchResult(Result):
         lines = [format_leaderboard(list(self.rows)), f"leaderboard: {Path(self.out) / 'leaderboard.csv'}"]
         if self.composed is not None:
             c = self.composed
-            parts = ", ".join(f"{t.upper()} {v['score']:.4f} ({v['config']})" for t, v in c["tasks"].items())
+            parts = ", ".join(f"{t if t in VA_DIMS else t.upper()} {v['score']:.4f} ({v['config']})"
+                              for t, v in c["tasks"].items())
             honest = f" (honest {c['honest']:.4f})" if "honest" in c else ""
             lines.append(f"composed best-per-task: P {c['total']:.4f}{honest} = {parts}  "
-                         f"-> {Path(self.out) / 'composed.json'}")
+                         f"-> {Path(self.out) / 'composed.json'}"
+                         + (f" (partial: no config trained {', '.join(c['partial'])})" if c.get("partial") else ""))
         if self.nested is not None:
             n = self.nested
             lines.append(f"nested estimate over {n['folds']} folds (configs chosen on the other folds): best config "
@@ -226,7 +228,8 @@ def run_path(search_dir: str | os.PathLike, run: str) -> Path:
 
 
 def read_composed(path: str | os.PathLike) -> dict[str, list[Path]]:
-    """task -> run folders from a `composed.json` (or a search folder holding one)."""
+    """task -> run folders from a `composed.json` (or a search folder holding one); VA chosen per
+    dimension comes as `valence` / `arousal` entries."""
     p = Path(path)
     if p.is_dir():
         p = p / "composed.json"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from abaw.config import from_dict, runtime_field, runtime_names, to_dict
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, split_tasks, task_names
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec
 from abaw.pipeline.train.dataset import CONTEXTS, DEFAULT_MAX_GAP
@@ -14,7 +14,17 @@ from abaw.pipeline.train.postprocess import DEFAULT_KERNELS, DEFAULT_WINDOWS
 
 # Fields added later, with the value that reproduces run folders saved before them (`run.read_config`).
 OLD_DEFAULTS: dict[str, Any] = {"min_steps": 0, "smooth_kernels": ["box"], "honest_folds": 0, "select": "total"}
-MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims", "snapshots"))
+# (`va_dims` is no setting of its own: the flat `tasks` spell it, `v` / `a` for one VA dimension)
+MODEL_FIELDS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("keys", "dims", "snapshots", "va_dims"))
+
+
+def _model_tasks(names) -> dict[str, Any]:
+    """The ModelSpec fields of flat task names (`au,v` -> tasks (au, va), va_dims (valence,))."""
+    try:
+        tasks, dims = split_tasks(names)
+    except ValueError as e:
+        raise AbawError(str(e)) from None
+    return {"tasks": tasks, "va_dims": dims}
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ class TrainConfig:
     max_gap: int | None = DEFAULT_MAX_GAP  # more missing frame numbers than this start a new segment
     allow_missing: bool = False  # skip labelled frames without a cached feature (reported)
     context: str = "labelled"  # labelled: windows over labelled frames | dense: every cached frame, loss on labelled
-    # model: tasks (any non-empty subset of va, expr, au), fusion, temporal, sizes
+    # model: tasks (any non-empty subset of va, expr, au; v / a: valence / arousal only), fusion, temporal, sizes
     model: ModelSpec = field(default_factory=ModelSpec)
     # losses
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # va, expr, au
@@ -79,6 +89,8 @@ class TrainConfig:
         """From `to_dict` output, or the flat layout of run folders written before `model` existed."""
         data = dict(data)
         flat = {k: data.pop(k) for k in MODEL_FIELDS if k in data}
+        if "tasks" in flat:
+            flat.update(_model_tasks(flat["tasks"]))
         if flat:
             data["model"] = {**(data.get("model") or to_dict(ModelSpec())), **flat}
         return from_dict(cls, data)
@@ -87,6 +99,7 @@ class TrainConfig:
         """Every setting by its flat name (model fields inline), JSON types."""
         d = to_dict(self)
         model = d.pop("model")
+        model["tasks"] = list(self.task_names)
         return {**{k: model[k] for k in MODEL_FIELDS}, **d}
 
     def recorded(self) -> dict[str, Any]:
@@ -101,6 +114,15 @@ class TrainConfig:
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.model.tasks
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks as `--tasks` spells them (`v` / `a` when VA trains one dimension)."""
+        return task_names(self.model.tasks, self.model.va_dims)
+
+    @property
+    def va_dims(self) -> tuple[str, ...]:
+        return self.model.va_dims
 
     @property
     def train_stride(self) -> int:
@@ -149,6 +171,8 @@ class TrainConfig:
     def with_(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed; model fields may be given flat (for searches)."""
         model = {k: changes.pop(k) for k in MODEL_FIELDS if k in changes}
+        if "tasks" in model:
+            model.update(_model_tasks(model["tasks"]))
         if model:
             changes["model"] = replace(changes.get("model", self.model), **model)
         return replace(self, **changes)

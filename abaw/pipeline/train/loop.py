@@ -60,6 +60,7 @@ from abaw.pipeline.train.run import (
     prepare_run_dir,
     resolve_device,
     save_checkpoint,
+    va_name,
 )
 from abaw.pipeline.train.timescale import gap_record, train_gap_of, training_time_scale
 from abaw.rundir import data_identity, feature_fingerprints, load_state, save_state
@@ -150,7 +151,7 @@ def _loss_for(cfg: TrainConfig, spec: ModelSpec, train_fs: FrameSet) -> tuple[Mu
         w = positive_weights(lb.au[lb.au_valid], 20.0 if cfg.au_pos_weight == "auto" else np.inf)
         pw = torch.from_numpy(w)
         info["au_pos_weight"] = w.tolist()
-    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss), info
+    return MultiTaskLoss(spec.tasks, cfg.weights(), cw, pw, va_scale=cfg.va_loss, va_dims=spec.va_dims), info
 
 
 # ---------------------------------------------------------------------------- train
@@ -349,7 +350,7 @@ def _epoch_line(rec: dict[str, Any]) -> str:
         return "  n/a " if x is None else f"{x:.4f}"
 
     return (f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}  "
-            f"VA {f(v['va'])}  EXPR {f(v['expr'])}  AU {f(v['au'])}  P {v['total']:.4f}"
+            f"{va_name(v)} {f(v['va'])}  EXPR {f(v['expr'])}  AU {f(v['au'])}  P {v['total']:.4f}"
             f"{'  *' if rec['best'] else ''}  ({rec['time']['train_s']:.1f}s)")
 
 

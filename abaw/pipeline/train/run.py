@@ -30,7 +30,7 @@ from torch import nn
 
 from abaw.cache.store import FeatureTable
 from abaw.config import from_dict, to_dict
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
 from abaw.io import atomic_write, read_json
@@ -83,7 +83,8 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
     """Raw per-frame outputs for every frame of `fs` (evaluation windows: each frame once),
     or of its `targets` only; `step` > 1: windows over every step-th frame (`strided_windows`).
 
-    VA values after tanh, EXPR softmax probabilities, AU sigmoid probabilities.
+    VA values after tanh (a VA dimension the model did not train, `spec.va_dims`: NaN), EXPR
+    softmax probabilities, AU sigmoid probabilities.
     """
     device = torch.device(device)
     was_training = model.training
@@ -114,6 +115,9 @@ def predict_frameset(model: nn.Module, fs: FrameSet, keys: tuple[str, ...], wind
                 arrays[t][idx] = y[vm].cpu().numpy()
     finally:
         model.train(was_training)
+    spec = getattr(model, "spec", None)
+    if "va" in arrays and spec is not None:
+        arrays["va"][:, [i for i, d in enumerate(VA_DIMS) if d not in spec.va_dims]] = np.nan
     out = FrameOutputs(videos=fs.table.videos, video_idx=fs.video_idx.astype(np.int32),
                        frame=fs.frame.astype(np.int32), **{t: arrays.get(t) for t in ("va", "expr", "au")})
     return out if fs.targets is None else out.take(fs.targets)
@@ -180,17 +184,28 @@ class TrainResult(Result):
             if "windows" in s:
                 extra = "  smoothing " + ", ".join(f"{t} {s.get('kernels', {}).get(t, 'box')} {w}"
                                                    for t, w in s["windows"].items())
-            lines.append(f"  {s['step']:<14} P {s['total']:.4f}   VA {fmt_score(s['va'])}  EXPR {fmt_score(s['expr'])}  "
-                         f"AU {fmt_score(s['au'])}{extra}")
+            lines.append(f"  {s['step']:<14} P {s['total']:.4f}   {va_name(s)} {fmt_score(s['va'])}  "
+                         f"EXPR {fmt_score(s['expr'])}  AU {fmt_score(s['au'])}{extra}")
         h = self.honest
         if h:
-            lines.append(f"  {'honest':<14} P {h['total']:.4f}   VA {fmt_score(h['va'])}  EXPR {fmt_score(h['expr'])}  "
+            lines.append(f"  {'honest':<14} P {h['total']:.4f}   {va_name(h)} {fmt_score(h['va'])}  "
+                         f"EXPR {fmt_score(h['expr'])}  "
                          f"AU {fmt_score(h['au'])}  ({h['folds']} folds of validation videos: epoch and "
                          "post-processing fitted on the other folds)")
         else:
             lines.append("  honest         n/a (needs at least 2 validation videos and honest_folds >= 2)")
+        if va_name(self.val_raw) != "VA":
+            lines.append(f"  (partial P_MTL: {va_name(self.val_raw)} is the CCC of the one VA dimension trained; "
+                         "the ABAW P_VA averages valence and arousal)")
         lines.append(f"run written to {self.path}")
         return "\n".join(lines)
+
+
+def va_name(scores: dict[str, Any]) -> str:
+    """`VA`, or `V` / `A` for scores (a summary or an honest estimate) of one VA dimension only."""
+    if scores.get("va") is None or "valence" not in scores:
+        return "VA"
+    return "V" if scores.get("arousal") is None else "A" if scores.get("valence") is None else "VA"
 
 
 @dataclass(frozen=True, eq=False)
