@@ -108,3 +108,46 @@ def _cache_crops(root: Path, store_path: Path, spec: str, batch: int = 64) -> st
     return spec_key(spec)
 
 
+
+
+# ---------------------------------------------------------------- runs on a backbone that rebuilds offline
+
+
+ONET_TINY = dict(temporal="none", epochs=2, min_steps=0, d_model=16, batch_frames=128, window=8)
+
+
+@pytest.fixture(scope="session")
+def onet_cache(tmp_path_factory, tiny_synth) -> tuple[Path, str]:
+    """(folder, key): `folder/c.zarr` holds mtcnn:onet features of tiny_synth's crops (MTCNN's
+    weights ship with facenet-pytorch, so exported systems of runs on them rebuild offline)."""
+    root = tmp_path_factory.mktemp("export")
+    return root, _cache_crops(tiny_synth, root / "c.zarr", "mtcnn:onet")
+
+
+@pytest.fixture(scope="session")
+def onet_train(onet_cache, tiny_synth):
+    """`onet_train(name, **settings)`: a small run on the onet features (ONET_TINY unless
+    overridden), trained once per session into `folder/name`; its path."""
+    from abaw.data.annotations import read_annotations
+    from abaw.pipeline.train.config import TrainConfig
+    from abaw.pipeline.train.loop import train
+
+    root, key = onet_cache
+    tr = read_annotations(tiny_synth / "training_set_annotations.txt")
+    va = read_annotations(tiny_synth / "validation_set_annotations.txt")
+    done: dict[str, Path] = {}
+
+    def _train(name: str, **settings) -> Path:
+        if name not in done:
+            cfg = TrainConfig.create(backbones=(key,), **{**ONET_TINY, **settings})
+            done[name] = train(cfg, root / "c.zarr", tr, va, root / name, progress=False).path
+        return done[name]
+
+    return _train
+
+
+@pytest.fixture(scope="session")
+def onet_run(onet_train) -> Path:
+    """A small trained run (VA + EXPR + AU) on mtcnn:onet features of the synthetic crops
+    (`onet_run.parent / "c.zarr"`: its cache)."""
+    return onet_train("run")

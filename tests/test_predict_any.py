@@ -256,22 +256,6 @@ def test_python_api_on_a_real_video():
 # ---------------------------------------------------------------------- exported systems
 
 
-@pytest.fixture(scope="module")
-def onet_run(tmp_path_factory, tiny_synth, cache_crops):
-    """A small trained run (VA + EXPR + AU) on mtcnn:onet features of the synthetic crops."""
-    from abaw.data.annotations import read_annotations
-    from abaw.pipeline.train.config import TrainConfig
-    from abaw.pipeline.train.loop import train
-
-    root = tmp_path_factory.mktemp("export")
-    key = cache_crops(tiny_synth, root / "c.zarr", "mtcnn:onet")
-    cfg = TrainConfig.create(backbones=(key,), temporal="none", epochs=2, min_steps=0, d_model=16, batch_frames=128,
-                             window=8)
-    run = train(cfg, root / "c.zarr", read_annotations(tiny_synth / "training_set_annotations.txt"),
-                read_annotations(tiny_synth / "validation_set_annotations.txt"), root / "run", progress=False)
-    return run.path
-
-
 def test_export_serve_fetch_predict_round_trip(onet_run, tiny_synth, tmp_path, monkeypatch):
     from abaw.pipeline.predict.anyinput import predict_frames
     from abaw.pipeline.predict.export import load_exported

@@ -8,8 +8,10 @@ loading it back from a folder, a URL or a Hugging Face Hub repo (`--system`).
 
 The manifest (`"abaw_system": 1`) holds: the abaw version and date; which runs serve
 each task; per run its TrainConfig, ModelSpec, fitted post-processing (smoothing
-windows, AU thresholds) and its heads file with SHA-256; for a blend (`abaw blend`),
-`blend`: the per-task run weights, their space and the blend's own post-processing; the backbones (spec,
+windows, AU thresholds), training time scale (`train_gap`: the median frame gap of its
+training windows, so dense frames are predicted as the run was trained; null when not
+recorded) and its heads file with SHA-256; for a blend (`abaw blend`), `blend`: the
+per-task run weights, their space and the blend's own post-processing; the backbones (spec,
 preprocessing, weight SHA-256 and source: everything `create_backbone` needs to rebuild
 them, refusing other weights); the label sets (EXPR and AU orders); the crop (112 px,
 5-point template); a summary of the training data (videos, labelled frames per task,
@@ -103,6 +105,7 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
             run_entries[rid] = {"source": r.path.name, "heads": rel, "config": to_dict(r.config),
                                 "spec": to_dict(r.spec), "postprocess": to_dict(r.postprocess),
                                 "fingerprints": {k: r.fingerprints.get(k, {}) for k in r.keys},
+                                "train_gap": r.train_gap,
                                 "training_data": td}
         synthetic = any(d["synthetic"] for d in data)
         manifest = {
@@ -320,7 +323,8 @@ def load_exported(ref: str, device: str = "cpu"):
             model.load_state_dict(load_safetensors(folder / e["heads"]))
             runs[rid] = Run(path=folder / "heads" / rid, config=TrainConfig.from_dict(e["config"]), spec=spec,
                             model=model.to(dev).eval(), postprocess=from_dict(PostProcess, e["postprocess"]),
-                            fingerprints=e.get("fingerprints", {}), device=dev)
+                            fingerprints=e.get("fingerprints", {}), device=dev,
+                            train_gap=None if e.get("train_gap") is None else float(e["train_gap"]))
         blend = m.get("blend")
         extra = {} if not blend else {"weights": {t: tuple(float(x) for x in w) for t, w in blend["weights"].items()},
                                       "space": str(blend["space"]),
