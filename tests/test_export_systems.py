@@ -80,7 +80,7 @@ def _same(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
-def test_an_exported_blend_predicts_as_the_blend(runs, predict, tmp_path):
+def test_an_exported_blend_predicts_as_the_blend(runs, predict, onet_cache, tiny_synth, tmp_path):
     cli("blend", runs["all"], runs["gru"], "-o", tmp_path / "blend.json", "--steps", "4", "--folds", "2")
     cli("export-system", tmp_path / "blend.json", "-o", tmp_path / "sys")
     manifest = json.loads((tmp_path / "sys" / "system.json").read_text())
@@ -99,6 +99,11 @@ def test_an_exported_blend_predicts_as_the_blend(runs, predict, tmp_path):
     assert [e["train_gap"] for e in manifest["runs"].values()] == gaps
     scales = {n: list(i["inputs"][0]["time_scale"].values()) for n, i in info.items()}
     assert scales["sys"] == scales["compose"] and {s["mode"] for s in scales["sys"]} == {"subsampled"}
+    # and the same submission from the feature cache
+    args = ["--cache", onet_cache[0] / "c.zarr", "--test-list", tiny_synth / "MTL.txt", "-q"]
+    cli("predict", "--system", tmp_path / "sys", "--out", tmp_path / "sys.txt", *args)
+    cli("predict", "--compose", tmp_path / "blend.json", "--out", tmp_path / "compose.txt", *args)
+    assert (tmp_path / "sys.txt").read_text() == (tmp_path / "compose.txt").read_text()
 
 
 def test_an_exported_split_va_system_takes_each_dimension_from_its_run(runs, predict, tmp_path):
