@@ -183,13 +183,16 @@ def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, lo
 
     out = d / "runs" / f"{name}-s{seed}"
     t = time.perf_counter()
-    if not (out / "result.json").exists():
+    stamp = out / "bench_flags.json"  # a finished run is reused only for the same flags
+    same = stamp.exists() and json.loads(stamp.read_text()) == flags
+    if not (out / "result.json").exists() or not same:
         if flags and flags[0] == "@api":  # the python API (knobs without a CLI flag, e.g. arch=linear)
             _train_api(d, out, flags[1:], seed)
         else:
             sh([sys.executable, "-m", "abaw", "train-heads", "--cache", str(d / "cache.zarr"), "--data",
                 str(d / "data"), "--out", str(out), "--seed", str(seed), "--device", "cpu", "--threads", "1",
                 "--quiet", "--overwrite", "--allow-missing", *flags], log)
+        stamp.write_text(json.dumps(flags))
     secs = time.perf_counter() - t
     run = load_run(out)
     val_out = run.val_outputs()
