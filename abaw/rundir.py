@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from abaw.claims import CLAIM_FILE
+from abaw.data.labels import TASKS
 from abaw.errors import AbawError
 from abaw.fingerprint import SAME_FEATURE_FIELDS
 from abaw.io import atomic_write
@@ -46,8 +47,8 @@ class RunLayout:
 
 
 HEADS_RUN = RunLayout("train-heads run", "config.json", (
-    "config.json", "data.json", "metrics.json", "best.pt", "best-va.pt", "best-expr.pt", "best-au.pt", "last.pt",
-    "val_outputs.npz", "postprocess.json", "curves.png", "result.json"))
+    "config.json", "data.json", "metrics.json", "best.pt", *(f"best-{t}.pt" for t in TASKS), "last.pt",
+    "val_outputs.npz", "postprocess.json", "curves.png", "result.json"))  # best-<task>.pt: select=task, while training
 FINETUNE_RUN = RunLayout("fine-tuning run", "finetune_config.json", (
     "finetune_config.json", "state.pt", "history.json", "learning_curve.png", "backbone.json",
     "backbone.safetensors", "head.safetensors"))

@@ -77,6 +77,10 @@ class ModelSpec:
                 raise AbawError(f"model: {msg}")
         return self
 
+    def task_copies(self) -> dict[str, int]:
+        """Each enabled task -> the index of the model copy predicting it (`snapshots`)."""
+        return {t: int(self.snapshots[TASKS.index(t)]) for t in self.tasks}
+
     def temporal_options(self) -> TemporalOptions:
         return TemporalOptions(layers=self.layers, heads=self.heads, ff_mult=self.ff_mult, kernel=self.kernel,
                                causal=self.causal, dropout=self.dropout, posenc=self.posenc)
@@ -204,7 +208,7 @@ class TaskSnapshots(nn.Module):
         self.spec = spec
         base = replace(spec, snapshots=(0, 0, 0))
         self.copies = nn.ModuleList([HEAD_MODELS.get(spec.arch)(base) for _ in range(n_snapshots(spec))])
-        self.task_copy = {t: int(spec.snapshots[TASKS.index(t)]) for t in spec.tasks}
+        self.task_copy = spec.task_copies()
 
     @property
     def heads(self) -> dict[str, nn.Module]:

@@ -256,24 +256,13 @@ def crossfit(s: Series, cfg: CrossfitConfig = CrossfitConfig(), fit_fn: FitFn = 
     raw = score_values({t: s.outputs[t] for t in s.tasks}, s, None)
     pf_all = fit_fn(s, cfg)
     optimistic = score_values(apply_postfit(s, pf_all), s, pf_all.au_thresholds)
-    values = {t: np.empty_like(s.outputs[t]) for t in s.tasks}
-    thr = np.full((len(s), s.outputs["au"].shape[1]), 0.5) if "au" in s.tasks else None
-    folds: dict[int, PostFit] = {}
-    for v in s.videos():
-        inside = s.video_idx == v
-        pf = fit_fn(s.take(np.flatnonzero(~inside)), cfg)
-        folds[int(v)] = pf
-        mine = s.take(np.flatnonzero(inside))
-        for t, a in apply_postfit(mine, pf).items():
-            values[t][inside] = a
-        if thr is not None and pf.au_thresholds is not None:
-            thr[inside] = np.asarray(pf.au_thresholds)
+    values, thr, folds = crossfit_folds(s.video_idx, lambda _: s, cfg, fit_fn)  # leave one video out
     honest = score_values(values, s, thr)
     return CrossfitResult(optimistic, honest, raw, pf_all, folds)
 
 
-def crossfit_folds(fold: np.ndarray, series_of: Callable[[int], Series], cfg: CrossfitConfig = CrossfitConfig()
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[int, PostFit]]:
+def crossfit_folds(fold: np.ndarray, series_of: Callable[[int], Series], cfg: CrossfitConfig = CrossfitConfig(),
+                   fit_fn: FitFn = fit_postfit) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[int, PostFit]]:
     """Fold by fold (`fold`: a fold id per row): the post-processing fitted on the OTHER folds'
     rows of `series_of(f)` (the outputs that fold uses, e.g. its epoch or its blend weights,
     row-aligned with `fold`) and applied to the fold's rows. Returns the pooled per-task
@@ -285,7 +274,7 @@ def crossfit_folds(fold: np.ndarray, series_of: Callable[[int], Series], cfg: Cr
     for f in np.unique(fold):
         s = series_of(int(f))
         inside = fold == f
-        pf = fit_postfit(s.take(np.flatnonzero(~inside)), cfg)
+        pf = fit_fn(s.take(np.flatnonzero(~inside)), cfg)
         fits[int(f)] = pf
         for t, a in apply_postfit(s.take(np.flatnonzero(inside)), pf).items():
             values.setdefault(t, np.zeros((len(fold),) + a.shape[1:]))[inside] = a

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from abaw.errors import AbawError
-from abaw.data.labels import TASKS
 from abaw.heads.model import ModelSpec, n_snapshots
 from abaw.pipeline.train.run import load_checkpoint
 
@@ -67,7 +66,7 @@ def plain_state(spec: ModelSpec, sd: dict[str, torch.Tensor]) -> tuple[ModelSpec
     (`TaskSnapshots`): each task head from its own copy, the rest from the copy most tasks use."""
     if n_snapshots(spec) == 1:
         return spec, sd
-    copy_of = {t: int(spec.snapshots[TASKS.index(t)]) for t in spec.tasks}
+    copy_of = spec.task_copies()
     counts = [list(copy_of.values()).count(i) for i in range(n_snapshots(spec))]
     main = int(np.argmax(counts))
     out: dict[str, torch.Tensor] = {}
