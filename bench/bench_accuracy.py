@@ -247,19 +247,25 @@ def run_blend(d: Path, name: str, parts: list[str], seed: int, table, splits) ->
 
 
 def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, log: Path) -> dict:
-    """`abaw search ... --compose best-per-task` (the linear config is always in it); the composed system."""
+    """`abaw search ... --compose best-per-task` (or the `--compose` in FLAGS, e.g. blend; the linear
+    config is always in it); the composed system."""
     out = d / "runs" / f"search-{name}-s{seed}"
     t0 = time.perf_counter()
+    compose = [] if "--compose" in flags else ["--compose", "best-per-task"]
     sh([sys.executable, "-m", "abaw", "search", "--cache", str(d / "cache.zarr"), "--data", str(d / "data"),
-        "--out", str(out), "--seed", str(seed), "--compose", "best-per-task", "--quiet",
+        "--out", str(out), "--seed", str(seed), *compose, "--quiet",
         "--set", "allow_missing=true", "--set", f"seed={seed}", "--set", "device=cpu", *flags], log)
     comp = json.loads((out / "composed.json").read_text())
-    val = {t: c["score"] for t, c in comp["tasks"].items()}
-    hon = {t: c.get("honest") for t, c in comp["tasks"].items()}
-    val["total"], hon["total"] = comp["total"], comp.get("honest")
+    if comp.get("mode") == "blend":
+        val, hon = dict(comp["scores"]["optimistic"]), dict(comp["scores"]["honest"])
+        chosen = {t: {m["source"]: m["weight"] for m in e["members"]} for t, e in comp["tasks"].items()}
+    else:
+        val = {t: c["score"] for t, c in comp["tasks"].items()}
+        hon = {t: c.get("honest") for t, c in comp["tasks"].items()}
+        val["total"], hon["total"] = comp["total"], comp.get("honest")
+        chosen = {t: c["config"] for t, c in comp["tasks"].items()}
     return {"val_reported": _pick(val), "val_honest": _pick(hon), "test": system_test(out, table, splits),
-            "chosen": {t: c["config"] for t, c in comp["tasks"].items()}, "flags": flags,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "chosen": chosen, "flags": flags, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _train_api(d: Path, out: Path, sets: list[str], seed: int) -> None:
@@ -303,7 +309,8 @@ def main(argv=None) -> int:
                     help="name=train-heads flags (repeat); 'default' = no flags; '@api k=v ...' = TrainConfig fields")
     ap.add_argument("--no-linear", action="store_true", help="skip the built-in linear head")
     ap.add_argument("--search", action="append", default=[],
-                    help="NAME=FLAGS: `abaw search FLAGS --compose best-per-task` (its composed system is a row)")
+                    help="NAME=FLAGS: `abaw search FLAGS --compose best-per-task` (or FLAGS' own --compose, e.g. "
+                         "'ens=--seeds 0,7,8 --compose blend'; its composed system is a row)")
     ap.add_argument("--blend", action="append", default=[],
                     help="NAME=A+B: `abaw blend` of the runs of configs A and B (after they are trained)")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))

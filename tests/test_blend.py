@@ -158,3 +158,48 @@ def test_weights_on_the_simplex():
     assert np.allclose(mixed.sum(1), 1) and np.allclose(mixed[0], mixed[1])
     with pytest.raises(AbawError, match="summing to 1"):
         combine("va", [p, p], [0.5, 0.6])
+
+
+def test_seed_replicas_are_one_member(two_runs, tiny_synth, tmp_path):
+    """Runs differing only in --seed are averaged with equal weights: one weight for the ensemble."""
+    root, runs = two_runs
+    cfg = TrainConfig.create(backbones=("a",), seed=1, **SMALL)
+    anns = [read_annotations(tiny_synth / f) for f in FILES]
+    a1 = train(cfg, FeatureStore(root / "cache.zarr", "r"), anns[0], anns[1], tmp_path / "run_a1", progress=False).path
+    cli("blend", runs["a"], a1, runs["b"], "-o", tmp_path / "g.json", "--steps", "4")
+    doc = json.loads((tmp_path / "g.json").read_text())
+    for e in doc["tasks"].values():
+        assert [m["source"] for m in e["members"]] == [f"{runs['a']}+{a1}", str(runs["b"])]
+        w_ens = e["members"][0]["weight"]
+        assert len(e["runs"]) == 3 and e["weights"][:2] == [w_ens / 2, w_ens / 2]
+    cli("blend", runs["a"], a1, runs["b"], "-o", tmp_path / "apart.json", "--steps", "4", "--no-group-seeds")
+    apart = json.loads((tmp_path / "apart.json").read_text())
+    assert all(len(e["members"]) == 3 for e in apart["tasks"].values())
+    r = CliRunner().invoke(main, ["blend", str(runs["a"]), str(runs["a"]), "-o", str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and "given twice" in r.output
+
+
+def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs, tiny_synth, tmp_path):
+    root, _ = two_runs
+    sets = ["temporal=none", "d_model=16", "window=8", "batch_frames=64", "epochs=2", "min_steps=0", "lr=0.003",
+            "smooth_windows=[1,3]"]
+    out = cli("search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", tmp_path / "s",
+              "--backbones", "a", "--seeds", "0,1", *[x for s in sets for x in ("--set", s)],
+              "--compose", "blend", "--quiet")
+    assert "composed blend: P" in out and "honest" in out
+    doc = json.loads((tmp_path / "s" / "composed.json").read_text())
+    board = json.loads((tmp_path / "s" / "leaderboard.json").read_text())
+    assert doc["mode"] == "blend" and len(board) == 3  # two seeds + the linear baseline
+    linear = next(r["config"] for r in board if r["overrides"].get("arch") == "linear")
+    seeded = sorted(r["config"] for r in board if r["config"] != linear)
+    for e in doc["tasks"].values():
+        names = [m["source"] for m in e["members"]]
+        assert len(names) == 2 and linear in names and sorted(next(n for n in names if n != linear).split("+")) == seeded
+        assert abs(sum(e["weights"]) - 1) < 1e-9 and all((tmp_path / "s" / r).is_dir() for r in e["runs"])
+    assert doc["honest"] == doc["scores"]["honest"]["total"]
+    cli("predict", "--compose", tmp_path / "s", "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
+        "--out", tmp_path / "sub.txt", "--quiet")
+    assert (tmp_path / "sub.txt").read_text().count("\n") > 1
+    r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
+                                  "--out", str(tmp_path / "t"), "--seeds", "0,x"])
+    assert r.exit_code == 2 and "--seeds" in r.output

@@ -17,12 +17,14 @@ from abaw.commands.options import echo_result, json_option
               help="Weight grid: multiples of 1/STEPS.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
               help="Folds of validation videos for the honest (cross-fitted) estimate.")
+@click.option("--group-seeds/--no-group-seeds", default=True, show_default=True,
+              help="Runs whose settings differ only in --seed are one member (averaged with equal weights).")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
               help="Validation annotations (default: those each run recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @json_option
-def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, val_ann: str | None,
-          overwrite: bool, json_out: str | None) -> None:
+def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, group_seeds: bool,
+          val_ann: str | None, overwrite: bool, json_out: str | None) -> None:
     """Blend several runs per task with weights searched on validation (HSEmotion's last step).
 
     SOURCES: run folders (each serves the tasks it trained) and search folders or
@@ -30,10 +32,12 @@ def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int
     and then the runs' post-processing (smoothing, AU thresholds) are fitted on the
     validation outputs; the optimistic score and an honest one (weights and
     post-processing fitted on other validation-video folds) are printed and saved.
+    Runs that differ only in their training seed form one member: a seed ensemble.
 
     \b
     Examples:
       abaw blend runs/a runs/b -o blend.json
+      abaw blend runs/s0 runs/s1 runs/s2 runs/linear -o blend.json   # 3-seed ensemble + linear probe
       abaw blend search/ runs/hsemotion --space logit -o blend.json
       abaw predict --compose blend.json --cache cache.zarr --test-list MTL.txt --out submission.txt
     """
@@ -41,6 +45,6 @@ def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int
     from abaw.pipeline.blend import BlendConfig
     from abaw.pipeline.blend import blend as run_blend
 
-    res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds),
+    res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds, group_seeds=group_seeds),
                     read_annotations(val_ann) if val_ann else None, overwrite=overwrite)
     echo_result(res, json_out)

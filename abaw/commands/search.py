@@ -35,19 +35,28 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
               "(0 or -1: all cores / as many as fit per GPU).")
 @click.option("--scheduler", help="Run the configs on a Dask cluster: the scheduler's address, tcp://HOST:8786 "
               "(needs pip install 'abaw[dask]'; the cache and --out on a filesystem every worker sees).")
-@click.option("--compose", type=click.Choice(["best-per-task"]), help="Also compose the best run per task.")
+@click.option("--seeds", "seeds_opt", help="Grid over training seeds, comma-separated (0,1,2: every config "
+              "trained three times; --compose blend averages the replicas as one seed ensemble).")
+@click.option("--compose", type=click.Choice(["best-per-task", "blend"]),
+              help="Also compose a system: the best config per task, or a per-task blend of every config "
+                   "(weights fitted on validation, honest score cross-fitted; seed replicas averaged).")
 @click.option("--seed", default=0, show_default=True, help="Sampling and fold seed.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | None, out: str,
            space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
-           temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, set_opt: tuple[str, ...],
+           temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, seeds_opt: str | None,
+           set_opt: tuple[str, ...],
            budget: int | None, folds: int, jobs: int,
            scheduler: str | None, compose: str | None, seed: int, quiet: bool, json_out: str | None) -> None:
     """Train many head configurations from one cache and rank them on validation.
 
     Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
     --tasks expr --tasks va --temporal none,transformer --set epochs=10 --jobs 2 --compose best-per-task
+
+    A seed ensemble blended with the linear probe (the strongest system measured in
+    bench/bench_accuracy.py): abaw search --cache cache.zarr --data data/synth --out ens --seeds 0,1,2
+    --compose blend
     """
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.search.runner import SearchSettings, run_search
@@ -58,11 +67,19 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
 
     space = load_space(find_recipe(space_file)) if space_file else SearchSpace()
     grid = dict(space.grid)
+
+    def numbers(opt: str, text: str | None, kind: type) -> list:
+        try:
+            return [kind(x) for x in text.split(",")] if text else []
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: comma-separated {kind.__name__} values", param_hint=opt) from None
+
     for key, vals in (("tasks", list(tasks_opt)), ("backbones", list(backbones_opt)),
                       ("fusion", fusion_opt.split(",") if fusion_opt else []),
                       ("temporal", temporal_opt.split(",") if temporal_opt else []),
-                      ("window", [int(w) for w in window_opt.split(",")] if window_opt else []),
-                      ("lr", [float(x) for x in lr_opt.split(",")] if lr_opt else [])):
+                      ("window", numbers("--window", window_opt, int)),
+                      ("lr", numbers("--lr", lr_opt, float)),
+                      ("seed", numbers("--seeds", seeds_opt, int))):
         if vals:
             grid[key] = vals
     space = space_from_dict({"base": {**space.base, **parse_set(set_opt)}, "grid": grid, "random": space.random})

@@ -13,6 +13,8 @@ each task with its chosen config (k-fold configs: their folds' validation output
 i.e. out-of-fold). All members must have validation outputs for the same frames. VA is
 blended as one task: a run that trains one VA dimension only (`--tasks au,v`), or a
 composed.json whose VA was chosen per dimension, is refused (predict those with `abaw predict`).
+Run folders that differ only in their training seed are one member (`group_seeds`): their
+outputs are averaged with equal weights, and the blend fits one weight for the seed ensemble.
 
 Scores: `optimistic` (weights and post-processing fitted on all validation frames and
 scored on them) and `honest`: the validation videos in `folds` folds (whole videos,
@@ -50,6 +52,7 @@ from abaw.pipeline.crossfit import (
     make_series,
     score_values,
     task_score,
+    video_bootstrap_se,
 )
 from abaw.pipeline.train.honest import assign_folds, crossfit_config
 from abaw.pipeline.train.outputs import SPACES, FrameOutputs, align_annotations, combine
@@ -66,6 +69,7 @@ class BlendConfig:
     space: str = "prob"  # prob | logit (EXPR/AU; VA is averaged as values)
     steps: int = 10  # weights are multiples of 1/steps
     folds: int = 5  # validation-video folds of the honest estimate
+    group_seeds: bool = True  # runs whose settings differ only in `seed` form one equal-weight member
 
     def validate(self) -> BlendConfig:
         if self.space not in SPACES:
@@ -84,12 +88,35 @@ class Member:
     tasks: tuple[str, ...]
 
 
-def members_of(sources: list[str]) -> list[Member]:
-    """Run folders (every task they trained) and search folders / composed.json (per task)."""
+def seed_key(cfg: Any) -> str:
+    """What a run computes, its training seed left out (runs equal under it are seed replicas)."""
+    import json
+
+    return json.dumps({k: v for k, v in cfg.recorded().items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def group_seed_replicas(members: list[Member], keys: dict[str, str]) -> list[Member]:
+    """Members whose `keys` are equal merged into one (their runs averaged with equal weights),
+    in first-seen order; members without a key stay alone.
+
+    Seed replicas are exchangeable: weighting them apart only fits noise of the validation
+    split (a 3-seed ensemble blended with a linear probe is 2 weights to fit, not 4)."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        groups.setdefault(keys.get(m.name, f"\0{m.name}"), []).append(m)
+    return [g[0] if len(g) == 1 else Member("+".join(m.name for m in g), tuple(r for m in g for r in m.runs),
+                                            g[0].tasks)
+            for g in groups.values()]
+
+
+def members_of(sources: list[str], group_seeds: bool = True) -> list[Member]:
+    """Run folders (every task they trained) and search folders / composed.json (per task);
+    with `group_seeds`, run folders that differ only in their training seed form one member."""
     from abaw.pipeline.search.runner import read_composed
     from abaw.pipeline.train.run import read_config
 
     out: list[Member] = []
+    keys: dict[str, str] = {}
     for src in sources:
         p = Path(src)
         if (p / "config.json").exists():
@@ -101,6 +128,7 @@ def members_of(sources: list[str]) -> list[Member]:
                                 "that train both valence and arousal (predict such runs with abaw predict --run "
                                 "/ --compose)")
             out.append(Member(str(p), (p,), cfg.tasks))
+            keys[str(p)] = seed_key(cfg)
             continue
         f = p / "composed.json" if p.is_dir() else p
         if f.is_file() and read_json(f).get("mode") == "blend":
@@ -113,7 +141,9 @@ def members_of(sources: list[str]) -> list[Member]:
             out.append(Member(f"{src}:{t}", tuple(runs), (t,)))
     if not out:
         raise AbawError("blend: no source")
-    return out
+    if len({m.name for m in out}) != len(out):
+        raise AbawError("blend: a source is given twice")
+    return group_seed_replicas(out, keys) if group_seeds else out
 
 
 # ------------------------------------------------------------------ validation outputs of members
@@ -299,7 +329,7 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
         return cache[key]
 
     values, thr, fits = crossfit_folds(fold, series_of, data.cfg)
-    honest = score_values(values, base, thr)
+    honest = {**score_values(values, base, thr), "se": video_bootstrap_se(values, base, thr)}
     vids = data.template.videos
     fold_videos = [sorted({vids[v] for v in np.unique(base.video_idx[fold == f])}) for f in range(k)]
     return BlendFit(w_all, pf_all, raw, optimistic, honest, fold_videos, fold_w, [fits[f] for f in range(k)])
@@ -319,13 +349,15 @@ class BlendResult(Result):
 
     def format(self) -> str:
         def line(name: str, sc: dict[str, Any]) -> str:
-            return (f"  {name:<34} P {sc['optimistic']['total']:.4f}  honest {sc['honest']['total']:.4f}  "
+            se = f" ± {sc['honest']['se']:.3f}" if sc["honest"].get("se") is not None else ""
+            return (f"  {name:<34} P {sc['optimistic']['total']:.4f}  honest {sc['honest']['total']:.4f}{se}  "
                     f"raw {sc['raw']['total']:.4f}   " + "  ".join(
                         f"{t.upper()} {fmt_score(sc['optimistic'].get(t))}/{fmt_score(sc['honest'].get(t))}"
                         for t in TASKS if t in sc["optimistic"]))
 
         lines = [f"validation P_MTL (optimistic: fitted and scored on all validation; honest: weights and "
-                 f"post-processing fitted on the other of {self.folds} folds of validation videos; "
+                 f"post-processing fitted on the other of {self.folds} folds of validation videos, ± its "
+                 "standard error over validation videos; "
                  "per task optimistic/honest):"]
         lines += [line(m["source"], m) for m in self.members]
         lines.append(line(f"blend ({self.space})", self.scores))
@@ -338,17 +370,23 @@ class BlendResult(Result):
 def blend(sources: list[str], out: str | os.PathLike, cfg: BlendConfig = BlendConfig(),
           val_ann: Annotations | None = None, overwrite: bool = False) -> BlendResult:
     """Fit the per-task blend of `sources` on validation and write it to `out` (a JSON file)."""
-    from abaw.config import to_dict
-    from abaw.pipeline.train.postprocess import PostProcess
-    from abaw.pipeline.train.run import read_config
-
     cfg.validate()
     dest = Path(out)
     if dest.is_dir():
         raise AbawError(f"{dest}: is a folder; -o names the blend's JSON file (e.g. {dest / 'blend.json'})")
     if dest.exists() and not overwrite:
         raise AbawError(f"{dest}: exists; choose another -o or pass --overwrite")
-    members = members_of(list(sources))
+    return write_blend(members_of(list(sources), cfg.group_seeds), dest, cfg, val_ann,
+                       [str(s) for s in sources])
+
+
+def write_blend(members: list[Member], dest: Path, cfg: BlendConfig, val_ann: Annotations | None,
+                sources: list[str]) -> BlendResult:
+    """Fit the blend of `members` and write it to `dest` (run paths relative to its folder)."""
+    from abaw.config import to_dict
+    from abaw.pipeline.train.postprocess import PostProcess
+    from abaw.pipeline.train.run import read_config
+
     cf = crossfit_config(read_config(members[0].runs[0]))  # the runs' own post-processing search
     data = blend_data(members, val_ann, cf)
     fit = evaluate_blend(data, cfg)
@@ -379,7 +417,7 @@ def blend(sources: list[str], out: str | os.PathLike, cfg: BlendConfig = BlendCo
            "scores": scores, "members": alone,
            "folds": {"videos": fit.fold_videos, "weights": [dict(w) for w in fit.fold_weights],
                      "postprocess": [asdict(p) for p in fit.fold_postfits]},
-           "config": {**asdict(cfg), "postprocess_search": asdict(cf), "sources": [str(s) for s in sources]}}
+           "config": {**asdict(cfg), "postprocess_search": asdict(cf), "sources": sources}}
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_json(dest, doc)
     return BlendResult(out=str(dest), space=cfg.space, tasks=tasks, scores=scores, members=tuple(alone),
@@ -407,4 +445,5 @@ def read_blend(path: str | os.PathLike) -> dict[str, Any]:
         raise AbawError(f"{p}: not a blend written by abaw blend ({e})") from None
 
 
-__all__ = ["BlendConfig", "BlendResult", "blend", "evaluate_blend", "read_blend", "search_weights", "simplex_grid"]
+__all__ = ["BlendConfig", "BlendResult", "Member", "blend", "evaluate_blend", "group_seed_replicas", "read_blend",
+           "search_weights", "seed_key", "simplex_grid", "write_blend"]

@@ -233,6 +233,27 @@ def score_values(values: dict[str, np.ndarray], s: Series, thr) -> dict[str, flo
     return out
 
 
+def video_bootstrap_se(values: dict[str, np.ndarray], s: Series, thr, n: int = 200, seed: int = 0) -> float | None:
+    """The standard error of P_MTL due to which videos were scored: the standard deviation of
+    `score_values(...)["total"]` over `n` resamples of whole videos (with replacement) of the
+    fixed predictions `values` (thresholds `thr` as in `score_values`). None with one video.
+
+    The scale against which an estimate's distance from another split's score is read: two
+    splits of this size differ by about sqrt(se_1^2 + se_2^2) by chance alone."""
+    vids = s.videos()
+    if len(vids) < 2:
+        return None
+    rows_of = [np.flatnonzero(s.video_idx == v) for v in vids]
+    rng = np.random.default_rng(seed)
+    totals = []
+    for _ in range(n):
+        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(vids), len(vids))])
+        sub = Series(s.video_idx[rows], s.frame[rows], {}, {k: a[rows] for k, a in s.labels.items()}, {})
+        th = thr[rows] if thr is not None and np.ndim(thr) == 2 else thr
+        totals.append(score_values({t: v[rows] for t, v in values.items()}, sub, th)["total"])
+    return float(np.std(totals, ddof=1))
+
+
 @dataclass(frozen=True)
 class CrossfitResult:
     optimistic: dict[str, float | None]  # post-processing fitted on all videos, scored on them

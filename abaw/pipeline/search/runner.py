@@ -9,7 +9,8 @@ the optimistic and raw scores and the per-task scores alongside (see
 `abaw.pipeline.search.leaderboard`). The `linear` head is always one of the configs
 (`baseline=False` to leave it out). `compose="best-per-task"` writes `composed.json`: for
 each task the config that scored best on it, the way the ABAW7 winner assembled its
-system. With `folds >= 3`, `nested.json` holds the nested estimate of the selection.
+system; `compose="blend"`: an `abaw blend` of every config per task (seed replicas of a
+config averaged as one member; see `compose_blend`). With `folds >= 3`, `nested.json` holds the nested estimate of the selection.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from abaw.pipeline.train.config import TrainConfig
 from abaw.results import Result
 from abaw.rundir import check_identity, data_identity, feature_fingerprints
 
-COMPOSE_MODES = ("best-per-task",)
+COMPOSE_MODES = ("best-per-task", "blend")
 # The baseline config: the `linear` head with the settings that suit it (measured in bench/bench_accuracy.py:
 # a linear probe needs ~4,000 steps to converge; dropout 0.3 + weight decay 1.0 at 1,000 steps under-fitted
 # the rare AUs, e.g. AU15 test F1 0.07 vs 0.35 converged).
@@ -62,7 +63,7 @@ class SearchSettings:
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
     jobs: int = 1  # runs at once: CPU processes or GPU slots (0 / -1: as many as fit), see search/execute.py
     scheduler: str | None = None  # a Dask scheduler's address (tcp://HOST:8786): run on its cluster instead
-    compose: str | None = None  # "best-per-task"
+    compose: str | None = None  # "best-per-task" | "blend" (every config, seed replicas as one member)
     baseline: bool = True  # add the `linear` head (HSEmotion's recipe) as one more config unless the space has it
 
 
@@ -184,7 +185,34 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     if settings.compose == "best-per-task":
         composed = compose_best_per_task(rows)
         write_json(out / "composed.json", composed)
+    elif settings.compose == "blend":
+        composed = compose_blend(out, rows, {cid: cfg for cid, _, cfg in configs},
+                                 val_ann if len(splits) == 1 else None)
     return SearchResult(out=str(out), rows=tuple(rows), composed=composed, nested=nested)
+
+
+def compose_blend(out: Path, rows: list[dict[str, Any]], configs: dict[str, TrainConfig],
+                  val_ann: Annotations | None) -> dict[str, Any]:
+    """`composed.json` as an `abaw blend` of every finished config (per task, weights fitted on
+    validation, cross-fitted for the honest score; k-fold configs: out-of-fold). Configs that
+    differ only in `seed` are one member (a seed ensemble: `--seeds 0,1,2`). A config training
+    one VA dimension serves its other tasks only."""
+    from abaw.pipeline.blend import BlendConfig, Member, group_seed_replicas, seed_key, write_blend
+
+    members, keys = [], {}
+    for r in rows:
+        if "val" not in r:
+            continue
+        cfg = configs[r["config"]]
+        tasks = tuple(t for t in cfg.tasks if t != "va" or cfg.va_dims == VA_DIMS)
+        if tasks:
+            members.append(Member(r["config"], tuple(out / run for run in r["runs"]), tasks))
+            keys[r["config"]] = seed_key(cfg)
+    if not members:
+        raise AbawError("compose: no finished config to blend")
+    members = group_seed_replicas(members, keys)
+    res = write_blend(members, out / "composed.json", BlendConfig(), val_ann, [m.name for m in members])
+    return read_json(Path(res.out))
 
 
 @dataclass(frozen=True)
@@ -193,7 +221,7 @@ class SearchResult(Result):
 
     out: str
     rows: tuple[dict[str, Any], ...]
-    composed: dict[str, Any] | None = None  # composed.json with --compose best-per-task
+    composed: dict[str, Any] | None = None  # composed.json with --compose best-per-task / blend
     nested: dict[str, Any] | None = None  # nested.json with --folds K >= 3 (selection scored on unseen folds)
 
     @property
@@ -202,7 +230,15 @@ class SearchResult(Result):
 
     def format(self) -> str:
         lines = [format_leaderboard(list(self.rows)), f"leaderboard: {Path(self.out) / 'leaderboard.csv'}"]
-        if self.composed is not None:
+        if self.composed is not None and self.composed.get("mode") == "blend":
+            c = self.composed
+            parts = "; ".join(f"{t.upper()} " + ", ".join(f"{m['source']} {m['weight']:.2f}" for m in e["members"]
+                                                      if m["weight"] > 0) for t, e in c["tasks"].items())
+            se = c["scores"]["honest"].get("se")
+            lines.append(f"composed blend: P {c['total']:.4f} (honest {c['honest']:.4f}"
+                         f"{'' if se is None else f' ± {se:.3f}'}) = {parts}  "
+                         f"-> {Path(self.out) / 'composed.json'}")
+        elif self.composed is not None:
             c = self.composed
             parts = ", ".join(f"{t if t in VA_DIMS else t.upper()} {v['score']:.4f} ({v['config']})"
                               for t, v in c["tasks"].items())

@@ -6,7 +6,9 @@ they are scored on. Here the validation videos are split into K folds (whole vid
 balanced by labelled frames); for each fold the *other* folds choose the epoch (per task, or by raw
 P_MTL with `select=total`, tracked during training by `FoldTracker`) and fit the post-processing
 (`abaw.pipeline.crossfit.fit_postfit`, the same search as the run's own), which is then
-applied to the fold's videos. The pooled predictions of all folds give the estimate.
+applied to the fold's videos. The pooled predictions of all folds give the estimate, with
+its standard error over validation videos (`se`: a bootstrap of whole videos; another split
+of this size would score about that far away by chance).
 
 What it does not cover: the stopping time (patience on all of validation) and choices
 made outside the run (a search's choice among configs: `abaw search` reports the honest
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from abaw.data.labels import TASKS
-from abaw.pipeline.crossfit import CrossfitConfig, crossfit_folds, make_series, score_values
+from abaw.pipeline.crossfit import CrossfitConfig, crossfit_folds, make_series, score_values, video_bootstrap_se
 from abaw.pipeline.train.dataset import Labels
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 
@@ -114,7 +116,8 @@ class FoldTracker:
         values, thr, _ = crossfit_folds(self.fold, series_of, cfg)
         scores = {t: None for t in TASKS} | score_values(values, series_of(0), thr)
         epochs = [dict(e) if self.per_task else e.get("total", 0) for e in self.best_epoch]
-        return {"step": "honest", **scores, "folds": self.k, "fold_epochs": epochs}
+        return {"step": "honest", **scores, "se": video_bootstrap_se(values, series_of(0), thr),
+                "folds": self.k, "fold_epochs": epochs}
 
 
 

@@ -188,10 +188,14 @@ class TrainResult(Result):
                          f"EXPR {fmt_score(s['expr'])}  AU {fmt_score(s['au'])}{extra}")
         h = self.honest
         if h:
+            se = f" ± {h['se']:.3f}" if h.get("se") is not None else ""
             lines.append(f"  {'honest':<14} P {h['total']:.4f}   {va_name(h)} {fmt_score(h['va'])}  "
                          f"EXPR {fmt_score(h['expr'])}  "
                          f"AU {fmt_score(h['au'])}  ({h['folds']} folds of validation videos: epoch and "
-                         "post-processing fitted on the other folds)")
+                         f"post-processing fitted on the other folds){se}")
+            if se:
+                lines.append(f"  (± the standard error over validation videos, a bootstrap of whole videos: "
+                             "another split this size would score about that far away by chance)")
         else:
             lines.append("  honest         n/a (needs at least 2 validation videos and honest_folds >= 2)")
         if va_name(self.val_raw) != "VA":
