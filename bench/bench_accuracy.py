@@ -158,6 +158,59 @@ def baseline(table, keys, splits) -> dict:
             for s, o in out.items()}
 
 
+def test_decisions(out, labels, values: dict, thr) -> tuple:
+    """(row keys "video/frame", final per-task values with AU as 0/1 decisions, the labels as a
+    Series) of one system on test: what the paired bootstrap resamples."""
+    s = make_series(out, labels, CrossfitConfig(smoothing=False))
+    vals = {t: np.asarray(v, np.float64) for t, v in values.items() if v is not None}
+    if "au" in vals:
+        t = np.full(vals["au"].shape[1], 0.5) if thr is None else np.asarray(thr, np.float64)
+        vals["au"] = (vals["au"] >= (t if t.ndim == 2 else t[None])).astype(np.float64)
+    keys = np.array([f"{out.videos[v]}/{f}" for v, f in zip(out.video_idx, out.frame)])
+    return keys, vals, s
+
+
+def paired_differences(systems: dict, ref: dict[str, str], n: int = 500, seed: int = 0) -> dict:
+    """Per system and task: test score minus the reference system's (`ref[task]`: the stronger
+    baseline), with its standard error over `n` resamples of whole test videos (the same
+    videos for both: a paired bootstrap). Tells a loss of 0.02 from split noise."""
+    from abaw.pipeline.crossfit import Series, task_score
+
+    base_keys, _, base_s = systems[next(iter(ref.values()))]["_dec"]
+    pos = {k: i for i, k in enumerate(base_keys)}
+    vids = base_s.video_idx
+    uniq = np.unique(vids)
+    rows_of = [np.flatnonzero(vids == v) for v in uniq]
+    rng = np.random.default_rng(seed)
+    samples = [np.concatenate([rows_of[i] for i in rng.integers(0, len(uniq), len(uniq))]) for _ in range(n)]
+    aligned = {}
+    for name, ev in systems.items():
+        keys, vals, _ = ev["_dec"]
+        idx = np.array([pos.get(k, -1) for k in keys])
+        if len(idx) != len(base_keys) or (idx < 0).any():
+            continue
+        inv = np.empty(len(idx), np.int64)
+        inv[idx] = np.arange(len(idx))
+        aligned[name] = {t: v[inv] for t, v in vals.items()}  # rows in the reference's order
+
+    def score(vals, t, rows):
+        sub = Series(vids[rows], base_s.frame[rows], {}, {k: a[rows] for k, a in base_s.labels.items()}, {})
+        return task_score(t, vals[t][rows], sub, np.full(12, 0.5) if t == "au" else None)
+
+    out = {}
+    for name, vals in aligned.items():
+        out[name] = {"total_se": float(np.std([sum(score(vals, t, r) or 0 for t in TASKS if t in vals)
+                                                for r in samples], ddof=1))}
+        for t in TASKS:
+            if t not in vals or t not in aligned.get(ref[t], {}):
+                continue
+            full = np.arange(len(base_keys))
+            d = [score(vals, t, r) - score(aligned[ref[t]], t, r) for r in samples]
+            out[name][t] = {"diff": score(vals, t, full) - score(aligned[ref[t]], t, full),
+                            "se": float(np.std(d, ddof=1))}
+    return out
+
+
 def score_test(test_out, labels, pf: PostFit) -> dict:
     s = make_series(test_out, labels, CrossfitConfig(smoothing=False))
     return score_values(apply_to(test_out, pf), s, pf.au_thresholds)
@@ -175,7 +228,9 @@ def tool_pp_test(run, test_out, labels) -> dict:
 def evaluate(val_out, test_out, splits, pp_cfg: CrossfitConfig) -> dict:
     cf = crossfit(make_series(val_out, splits["validation"].labels, pp_cfg), pp_cfg)
     return {"val_raw": cf.raw, "val_optimistic": cf.optimistic, "val_honest": cf.honest,
-            "test": score_test(test_out, splits["test"].labels, cf.fit_all), "postprocess": cf.fit_all.__dict__}
+            "test": score_test(test_out, splits["test"].labels, cf.fit_all), "postprocess": cf.fit_all.__dict__,
+            "_dec": test_decisions(test_out, splits["test"].labels, apply_to(test_out, cf.fit_all),
+                                   cf.fit_all.au_thresholds)}
 
 
 def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, log: Path) -> dict:
@@ -209,8 +264,14 @@ def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, lo
     ev["val_honest_pp_only"] = ev["val_honest"]
     if res.get("honest"):
         ev["val_honest"] = {k: res["honest"].get(k) for k in (*TASKS, "total")}
+        ev["val_honest_se"] = res["honest"].get("se")
     ev["test_crossfit_pp"] = ev["test"]
     ev["test"] = tool_pp_test(run, test_out.take(tr), tl)
+    from abaw.pipeline.train.postprocess import apply_postprocess
+
+    delivered = apply_postprocess(test_out.take(tr), run.postprocess)
+    ev["_dec"] = test_decisions(test_out.take(tr), tl, {t: getattr(delivered, t) for t in TASKS},
+                                run.postprocess.au_thresholds)
     ev.update(seconds=round(secs, 1), epochs_run=res.get("epochs_run"), best_epoch=res.get("best_epoch"),
               flags=flags)
     return ev
@@ -225,7 +286,10 @@ def system_test(path: Path, table, splits) -> dict:
     out, thr, _ = system_outputs(system, table, "each", rows=splits["test"].rows)
     rows, labels = align_annotations(out, splits["test"].ann)
     sc = score_outputs(out.take(rows), labels, thr)
-    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total}
+    if thr is not None and np.ndim(thr) == 2:
+        thr = np.asarray(thr)[rows]
+    dec = test_decisions(out.take(rows), labels, {t: getattr(out.take(rows), t) for t in TASKS}, thr)
+    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total, "_dec": dec}
 
 
 def _pick(x: dict) -> dict:
@@ -240,8 +304,9 @@ def run_blend(d: Path, name: str, parts: list[str], seed: int, table, splits) ->
     out = d / "runs" / f"{name}-s{seed}.json"
     res = blend([str(d / "runs" / f"{p}-s{seed}") for p in parts], out, BlendConfig(),
                 val_ann=splits["validation"].ann, overwrite=True)
+    test = system_test(out, table, splits)
     return {"val_reported": _pick(res.scores["optimistic"]), "val_honest": _pick(res.scores["honest"]),
-            "test": system_test(out, table, splits), "parts": parts,
+            "val_honest_se": res.scores["honest"].get("se"), "_dec": test.pop("_dec"), "test": test, "parts": parts,
             "weights": {t: [m["weight"] for m in e["members"]] for t, e in res.tasks.items()},
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -264,7 +329,8 @@ def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, l
         hon = {t: c.get("honest") for t, c in comp["tasks"].items()}
         val["total"], hon["total"] = comp["total"], comp.get("honest")
         chosen = {t: c["config"] for t, c in comp["tasks"].items()}
-    return {"val_reported": _pick(val), "val_honest": _pick(hon), "test": system_test(out, table, splits),
+    test = system_test(out, table, splits)
+    return {"val_reported": _pick(val), "val_honest": _pick(hon), "_dec": test.pop("_dec"), "test": test,
             "chosen": chosen, "flags": flags, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -297,6 +363,27 @@ def table_lines(rows: list[dict]) -> list[str]:
                      f"{r['val_honest']['total'] - t['total']:+6.3f} {f3(t['va']):>6} {f3(t['expr']):>6} "
                      f"{f3(t['au']):>6}  " + " ".join(f"{r['ratio'][k]:5.2f}" for k in TASKS)
                      + f" {f3(r.get('test_crossfit_pp', {}).get('total')):>6} {r.get('seconds', 0) / 60:4.1f}")
+    return lines
+
+
+def diff_lines(rows: list[dict]) -> list[str]:
+    """Test score minus the stronger baseline per task, ± the paired bootstrap standard error."""
+    lines = ["test - stronger baseline per task (± SE, paired bootstrap over test videos; * beyond 2 SE); "
+             "z: (honest - test) / sqrt(se_honest^2 + se_test^2), the SEs over validation / test videos:"]
+    for r in rows:
+        if r["system"].startswith("baseline") or not r.get("test_diff"):
+            continue
+        parts = []
+        sh, st = r.get("val_honest_se"), r.get("test_se")
+        if sh and st:
+            z = (r["val_honest"]["total"] - r["test"]["total"]) / (sh ** 2 + st ** 2) ** 0.5
+            parts.append(f"se honest {sh:.3f} test {st:.3f} z {z:+.2f}")
+        for t in TASKS:
+            d = r["test_diff"].get(t)
+            if d:
+                star = "*" if abs(d["diff"]) > 2 * d["se"] else " "
+                parts.append(f"{t.upper()} {d['diff']:+.3f} ± {d['se']:.3f}{star}")
+        lines.append(f"  {r['size']:6} {r['seed']:>4} {r['system'][:24]:24} " + "   ".join(parts))
     return lines
 
 
@@ -352,11 +439,18 @@ def main(argv=None) -> int:
                 name, _, parts = spec.partition("=")
                 systems[name] = run_blend(d, name, parts.split("+"), seed, table, splits)
             best_base = {k: max(b["test"][k] or 0, bf["test"][k] or 0) for k in TASKS}  # the stronger baseline per task
+            ref = {k: "baseline (box9)" if (b["test"][k] or 0) > (bf["test"][k] or 0) else "baseline (crossfit pp)"
+                   for k in TASKS}
+            diffs = paired_differences(systems, ref)
             for name, ev in systems.items():
+                ev.pop("_dec", None)
                 ratio = {k: (ev["test"][k] / best_base[k]) if best_base.get(k) else float("nan") for k in TASKS}
+                diff = dict(diffs.get(name, {}))
+                ev["test_se"] = diff.pop("total_se", None)
                 rows.append({"size": size, "seed": seed, "train_frames": n_train, "system": name, "ratio": ratio,
-                             **ev})
-            print("\n".join(table_lines([r for r in rows if r["size"] == size and r["seed"] == seed])), flush=True)
+                             "test_diff": diff, **ev})
+            here = [r for r in rows if r["size"] == size and r["seed"] == seed]
+            print("\n".join(table_lines(here) + diff_lines(here)), flush=True)
     print("\nval rep: validation as the tool reports it (optimistic); honest: the tool's honest estimate (heads: "
           "epoch + post-processing fitted on other validation folds; baselines: post-processing cross-fitted "
           "leave-one-video-out); test: the system as delivered (heads: the run's own post-processing; baselines: "

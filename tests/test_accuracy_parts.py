@@ -10,7 +10,7 @@ from abaw.cache.store import FeatureStore, load_features
 from abaw.heads.model import ModelSpec, build_model
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.crossfit import (CrossfitConfig, PostFit, apply_to, crossfit, fit_postfit, make_series,
-                                    smooth)
+                                    score_values, smooth, video_bootstrap_se)
 from abaw.pipeline.train.dataset import Labels
 from abaw.pipeline.train.outputs import FrameOutputs
 from abaw.pipeline.train.postprocess import score_against
@@ -191,6 +191,27 @@ def test_fold_tracker_chooses_each_folds_epoch_without_it():
         "fold_epochs"] == [{"va": 1}] * 4
 
 
+def test_video_bootstrap_se_measures_the_spread_between_videos():
+    out, labels = _fake(n_videos=8, seed=4, signal=0.6)
+    s = make_series(out, labels, CrossfitConfig(smoothing=False))
+    values = {t: getattr(out, t) for t in ("va", "expr", "au")}
+    se = video_bootstrap_se(values, s, None)
+    assert 0 < se < 0.5
+    assert video_bootstrap_se(values, s, None, seed=1) == pytest.approx(se, rel=0.3)  # not one resample's luck
+    # eight copies of one video: resampling videos changes nothing
+    one = np.flatnonzero(out.video_idx == 0)
+    same = FrameOutputs(out.videos, out.video_idx, out.frame,
+                        **{t: np.tile(getattr(out, t)[one], (8, 1)) for t in ("va", "expr", "au")})
+    lab = labels.take(np.tile(one, 8))
+    s2 = make_series(same, lab, CrossfitConfig(smoothing=False))
+    assert video_bootstrap_se({t: getattr(same, t) for t in ("va", "expr", "au")}, s2, None) < 1e-9
+    # per-row thresholds (cross-fitted per fold) follow their rows
+    thr = np.where(out.video_idx[:, None] < 4, 0.4, 0.6) * np.ones((1, 12))
+    assert video_bootstrap_se(values, s, thr) > 0
+    assert score_values(values, s, thr)["total"] != score_values(values, s, None)["total"]
+    assert video_bootstrap_se(values, s.take(np.flatnonzero(out.video_idx == 0)), None) is None
+
+
 def test_min_steps_spread_over_epochs_and_honest_reported(linear_data, tmp_path):
     import json
 
@@ -202,8 +223,8 @@ def test_min_steps_spread_over_epochs_and_honest_reported(linear_data, tmp_path)
     passes = -(-720 // 128)  # one pass over 6 x 120 training frames
     assert passes < 10 and all(h["batches"] == 10 for h in hist)  # ceil(40 / 4) steps per epoch
     h = run.result.honest
-    assert h["folds"] == 3 and len(h["fold_epochs"]) == 3 and set(h) >= {"va", "expr", "au", "total"}
-    assert "honest" in run.result.format()
+    assert h["folds"] == 3 and len(h["fold_epochs"]) == 3 and set(h) >= {"va", "expr", "au", "total", "se"}
+    assert h["se"] > 0 and f"± {h['se']:.3f}" in run.result.format()
     res = json.loads((tmp_path / "steps" / "result.json").read_text())
     assert res["honest"]["total"] == pytest.approx(h["total"])
 

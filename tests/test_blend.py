@@ -203,3 +203,29 @@ def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs,
     r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
                                   "--out", str(tmp_path / "t"), "--seeds", "0,x"])
     assert r.exit_code == 2 and "--seeds" in r.output
+
+
+def test_au_weights_are_scored_at_thresholds_from_other_folds():
+    """The AU decisions a weight is scored on never used the scored fold's labels."""
+    from abaw.pipeline.blend import crossfit_au_decisions
+    from abaw.pipeline.crossfit import GRID, Series
+
+    rng = np.random.default_rng(5)
+    n = 300
+    vid = np.repeat(np.arange(6), 50)
+    au = (rng.random((n, 12)) < 0.2).astype(np.int8)
+    v = np.clip(0.3 * au + 0.7 * rng.random((n, 12)), 0, 1)
+    fold = vid % 3
+
+    def series(labels_au):
+        return Series(vid, np.tile(np.arange(50), 6), {}, {"au": labels_au, "au_valid": np.ones(n, bool)}, {})
+
+    dec = crossfit_au_decisions(v, series(au), fold, GRID)
+    flipped = au.copy()
+    flipped[fold == 0] = 1 - flipped[fold == 0]  # other labels on fold 0 ...
+    again = crossfit_au_decisions(v, series(flipped), fold, GRID)
+    np.testing.assert_array_equal(dec[fold == 0], again[fold == 0])  # ... leave its decisions unchanged
+    assert (dec[fold != 0] != again[fold != 0]).any()  # (they fitted the other folds' thresholds)
+    assert set(np.unique(dec)) <= {0.0, 1.0}
+    with pytest.raises(AbawError, match="au-weight-folds"):
+        BlendConfig(au_weight_folds=1).validate()

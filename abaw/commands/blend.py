@@ -17,13 +17,17 @@ from abaw.commands.options import echo_result, json_option
               help="Weight grid: multiples of 1/STEPS.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2),
               help="Folds of validation videos for the honest (cross-fitted) estimate.")
+@click.option("--au-weight-folds", default=5, show_default=True, type=click.IntRange(0),
+              help="AU weights are scored at per-AU thresholds fitted on other folds of validation videos "
+                   "(0: at thresholds fitted on the scored frames).")
 @click.option("--group-seeds/--no-group-seeds", default=True, show_default=True,
               help="Runs whose settings differ only in --seed are one member (averaged with equal weights).")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
               help="Validation annotations (default: those each run recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @json_option
-def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, group_seeds: bool,
+def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, au_weight_folds: int,
+          group_seeds: bool,
           val_ann: str | None, overwrite: bool, json_out: str | None) -> None:
     """Blend several runs per task with weights searched on validation (HSEmotion's last step).
 
@@ -45,6 +49,7 @@ def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int
     from abaw.pipeline.blend import BlendConfig
     from abaw.pipeline.blend import blend as run_blend
 
-    res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds, group_seeds=group_seeds),
+    res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds, group_seeds=group_seeds,
+                                                  au_weight_folds=au_weight_folds),
                     read_annotations(val_ann) if val_ann else None, overwrite=overwrite)
     echo_result(res, json_out)

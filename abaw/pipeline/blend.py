@@ -5,7 +5,8 @@ runs' raw validation outputs (VA values, EXPR/AU probabilities; `space="logit"`:
 log-probabilities and AU logits) are averaged with non-negative weights summing to 1,
 chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate search
 when the grid is too large), each task on its own score (AU at per-AU thresholds fitted on
-the same frames). The post-processing the runs use (`abaw.pipeline.crossfit`: smoothing
+other folds of the validation videos, `au_weight_folds`: thresholds fitted on the scored
+frames favour the member whose rare-AU scores overfit them most). The post-processing the runs use (`abaw.pipeline.crossfit`: smoothing
 kernel and window per task, AU thresholds fitted jointly) is then fitted on the blend.
 
 Members: a run folder serves every task it trained; a search folder / composed.json serves
@@ -70,12 +71,15 @@ class BlendConfig:
     steps: int = 10  # weights are multiples of 1/steps
     folds: int = 5  # validation-video folds of the honest estimate
     group_seeds: bool = True  # runs whose settings differ only in `seed` form one equal-weight member
+    au_weight_folds: int = 5  # AU weights scored at thresholds fitted on other video folds (0: on the scored rows)
 
     def validate(self) -> BlendConfig:
         if self.space not in SPACES:
             raise AbawError(f"--space must be one of {', '.join(SPACES)}")
         if self.steps < 1 or self.folds < 2:
             raise AbawError("--steps must be >= 1 and --folds >= 2")
+        if self.au_weight_folds == 1 or self.au_weight_folds < 0:
+            raise AbawError("--au-weight-folds must be 0 or >= 2")
         return self
 
 
@@ -112,7 +116,7 @@ def group_seed_replicas(members: list[Member], keys: dict[str, str]) -> list[Mem
 def members_of(sources: list[str], group_seeds: bool = True) -> list[Member]:
     """Run folders (every task they trained) and search folders / composed.json (per task);
     with `group_seeds`, run folders that differ only in their training seed form one member."""
-    from abaw.pipeline.search.runner import read_composed
+    from abaw.pipeline.composed import read_composed
     from abaw.pipeline.train.run import read_config
 
     out: list[Member] = []
@@ -270,11 +274,28 @@ def search_weights(score: Callable[[np.ndarray], float], m: int, steps: int) -> 
     return tuple(float(x) for x in w / w.sum())
 
 
-def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int) -> dict[str, tuple[float, ...]]:
-    """Per task, the weights scoring best on the labelled rows `sel` of `data` (AU: at thresholds
-    fitted on those rows when the post-processing fits thresholds)."""
+def crossfit_au_decisions(v: np.ndarray, s: Series, fold: np.ndarray, grid) -> np.ndarray:
+    """AU decisions [N, 12] of probabilities `v` on the rows of `s`, each fold's rows at the
+    thresholds fitted on the other folds' rows."""
+    dec = np.zeros(v.shape, np.float64)
+    for f in np.unique(fold):
+        fit, at = fold != f, fold == f
+        thr = fit_thresholds(v[fit], s.labels["au"][fit], s.labels["au_valid"][fit], grid)
+        dec[at] = v[at] >= thr[None]
+    return dec
+
+
+def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int,
+                au_folds: int = 0) -> dict[str, tuple[float, ...]]:
+    """Per task, the weights scoring best on the labelled rows `sel` of `data`. AU, when the
+    post-processing fits thresholds: scored at thresholds fitted on those rows (`au_folds` 0),
+    or cross-fitted over `au_folds` folds of their videos — per-AU thresholds fitted on the
+    scored rows reward the member whose rare-AU scores overfit the split most."""
     s = data.base().take(sel)
     rows = data.rows[sel]
+    fold = assign_folds(s.video_idx, au_folds) if au_folds >= 2 else None
+    if fold is not None and fold.max() < 1:
+        fold = None  # one video: nothing to cross-fit over
     out = {}
     for t, arrs in data.arrays.items():
         parts = [a[rows] for a in arrs]
@@ -283,7 +304,10 @@ def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int) -> dic
             v = combine(t, parts, w, space).astype(np.float64)
             thr = None
             if t == "au" and data.cfg.thresholds and s.labels["au_valid"].any():
-                thr = fit_thresholds(v, s.labels["au"], s.labels["au_valid"], data.cfg.grid)
+                if fold is not None:
+                    v, thr = crossfit_au_decisions(v, s, fold, data.cfg.grid), np.full(v.shape[1], 0.5)
+                else:
+                    thr = fit_thresholds(v, s.labels["au"], s.labels["au_valid"], data.cfg.grid)
             sc = task_score(t, v, s, thr)
             return -np.inf if sc is None else sc
 
@@ -312,14 +336,15 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     if len(base.videos()) < 2:
         raise AbawError("blend: the honest estimate needs at least two validation videos")
     everything = np.arange(len(base))
-    w_all = fit_weights(data, everything, cfg.space, cfg.steps)
+    w_all = fit_weights(data, everything, cfg.space, cfg.steps, cfg.au_weight_folds)
     s_all = data.series(w_all, cfg.space)
     pf_all = fit_postfit(s_all, data.cfg)
     raw = score_values({t: s_all.outputs[t] for t in s_all.tasks}, s_all, None)
     optimistic = score_values(apply_postfit(s_all, pf_all), s_all, pf_all.au_thresholds)
     fold = assign_folds(base.video_idx, cfg.folds)
     k = int(fold.max()) + 1
-    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps) for f in range(k)]
+    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds)
+              for f in range(k)]
     cache: dict[str, Series] = {}
 
     def series_of(f: int) -> Series:

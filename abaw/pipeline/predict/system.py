@@ -170,7 +170,7 @@ def load_system(run_dirs: list[str] | tuple[str, ...] = (), composed: str | os.P
     extra: dict[str, Any] = {}
     if composed:
         from abaw.pipeline.blend import read_blend
-        from abaw.pipeline.search.runner import read_composed
+        from abaw.pipeline.composed import read_composed
 
         extra = read_blend(composed)
         for t, dirs in read_composed(composed).items():

@@ -20,7 +20,7 @@ from abaw.data.annotations import Annotations, read_annotations
 from abaw.errors import AbawError
 from abaw.io import read_json
 from abaw.pipeline.report.html import RunEvaluation
-from abaw.pipeline.search.runner import run_path
+from abaw.pipeline.composed import run_path
 
 
 def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
