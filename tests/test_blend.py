@@ -179,13 +179,15 @@ def test_seed_replicas_are_one_member(two_runs, tiny_synth, tmp_path):
     assert r.exit_code == 1 and "given twice" in r.output
 
 
-def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs, tiny_synth, tmp_path):
+@pytest.mark.parametrize("folds", [0, 2])
+def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs, tiny_synth, tmp_path, folds):
+    """With --folds: each fold's seed replicas averaged, the folds' outputs out-of-fold."""
     root, _ = two_runs
     sets = ["temporal=none", "d_model=16", "window=8", "batch_frames=64", "epochs=2", "min_steps=0", "lr=0.003",
             "smooth_windows=[1,3]"]
     out = cli("search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", tmp_path / "s",
               "--backbones", "a", "--seeds", "0,1", *[x for s in sets for x in ("--set", s)],
-              "--compose", "blend", "--quiet")
+              "--compose", "blend", "--folds", folds, "--quiet")
     assert "composed blend: P" in out and "honest" in out
     doc = json.loads((tmp_path / "s" / "composed.json").read_text())
     board = json.loads((tmp_path / "s" / "leaderboard.json").read_text())
@@ -196,7 +198,11 @@ def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs,
         names = [m["source"] for m in e["members"]]
         assert len(names) == 2 and linear in names and sorted(next(n for n in names if n != linear).split("+")) == seeded
         assert abs(sum(e["weights"]) - 1) < 1e-9 and all((tmp_path / "s" / r).is_dir() for r in e["runs"])
+        assert len(e["runs"]) == 3 * max(1, folds)
     assert doc["honest"] == doc["scores"]["honest"]["total"]
+    n_val = len(read_annotations(tiny_synth / FILES[1]).videos) + (len(read_annotations(tiny_synth / FILES[0]).videos)
+                                                                    if folds else 0)
+    assert sum(len(f) for f in doc["folds"]["videos"]) == n_val  # k-fold: every train + val video, out-of-fold
     cli("predict", "--compose", tmp_path / "s", "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
         "--out", tmp_path / "sub.txt", "--quiet")
     assert (tmp_path / "sub.txt").read_text().count("\n") > 1

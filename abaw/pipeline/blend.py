@@ -174,14 +174,18 @@ def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutp
     from abaw.pipeline.report.evaluate import run_labels
 
     outs = [FrameOutputs.load(r / "val_outputs.npz") for r in m.runs]
-    if len(outs) == 1 or all(_keys(o) == _keys(outs[0]) for o in outs[1:]):
-        out = outs[0].with_values(**{t: combine(t, [getattr(o, t) for o in outs], [1 / len(outs)] * len(outs))
-                                     for t in outs[0].tasks})
-        return out, run_labels(m.runs[0], val_ann)
-    if any(set(a.videos) & set(b.videos) for a, b in itertools.combinations(outs, 2)):
+    groups: dict[tuple, list[int]] = {}  # runs validated on the same frames (seeds of one fold) are averaged
+    for i, o in enumerate(outs):
+        groups.setdefault(tuple(_keys(o)), []).append(i)
+    means = [outs[g[0]].with_values(**{t: combine(t, [getattr(outs[i], t) for i in g], [1 / len(g)] * len(g))
+                                       for t in outs[g[0]].tasks}) for g in groups.values()]
+    if len(means) == 1:
+        return means[0], run_labels(m.runs[0], val_ann)
+    scored = [{o.videos[i] for i in np.unique(o.video_idx)} for o in means]
+    if any(a & b for a, b in itertools.combinations(scored, 2)):
         raise AbawError(f"{m.name}: its runs' validation frames neither coincide nor are disjoint")
-    ann = val_ann or Annotations.concat([run_labels(r) for r in m.runs])
-    return _concat(outs), ann
+    ann = val_ann or Annotations.concat([run_labels(m.runs[g[0]]) for g in groups.values()])
+    return _concat(means), ann
 
 
 @dataclass(frozen=True, eq=False)
