@@ -351,8 +351,10 @@ def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, l
         "--out", str(out), "--seed", str(seed), *compose, "--quiet",
         "--set", "allow_missing=true", "--set", f"seed={seed}", "--set", "device=cpu", *flags], log)
     comp = json.loads((out / "composed.json").read_text())
+    se = None
     if comp.get("mode") == "blend":
         val, hon = dict(comp["scores"]["optimistic"]), dict(comp["scores"]["honest"])
+        se = hon.get("se")
         chosen = {t: {m["source"]: m["weight"] for m in e["members"]} for t, e in comp["tasks"].items()}
     else:
         val = {t: c["score"] for t, c in comp["tasks"].items()}
@@ -360,7 +362,8 @@ def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, l
         val["total"], hon["total"] = comp["total"], comp.get("honest")
         chosen = {t: c["config"] for t, c in comp["tasks"].items()}
     test = system_test(out, table, splits)
-    return {"val_reported": _pick(val), "val_honest": _pick(hon), "_dec": test.pop("_dec"), "test": test,
+    return {"val_reported": _pick(val), "val_honest": _pick(hon), "val_honest_se": se, "_dec": test.pop("_dec"),
+            "test": test,
             "chosen": chosen, "flags": flags, "seconds": round(time.perf_counter() - t0, 1)}
 
 

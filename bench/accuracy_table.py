@@ -1,0 +1,62 @@
+"""The README's accuracy table from `bench/bench_accuracy.py` JSON files.
+
+    python bench/accuracy_table.py bench/out/acc-small.json bench/out/acc-large.json [--systems a,b]
+
+One markdown row per (profile, size, seed, system): validation as reported, the honest
+estimate ± its standard error over validation videos, test ± its standard error over test
+videos, z = (honest - test) / sqrt(se_h^2 + se_t^2), the per-task test scores, and per task
+test - the strongest baseline ± the paired bootstrap standard error (* beyond 2 SE).
+Rows repeated across files (the same size, seed and system) are shown once (the last file wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+TASKS = ("va", "expr", "au")
+
+
+def fmt(x, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def row_line(profile: str, r: dict) -> str:
+    h, t = r["val_honest"]["total"], r["test"]["total"]
+    sh, st = r.get("val_honest_se"), r.get("test_se")
+    z = (h - t) / (sh ** 2 + st ** 2) ** 0.5 if sh and st else None
+    diffs = []
+    for k in TASKS:
+        d = (r.get("test_diff") or {}).get(k)
+        diffs.append("–" if not d else f"{d['diff']:+.3f} ± {d['se']:.3f}" + ("*" if abs(d["diff"]) > 2 * d["se"] else ""))
+    honest = fmt(h) + (f" ± {sh:.3f}" if sh else "")
+    test = fmt(t) + (f" ± {st:.3f}" if st else "")
+    return (f"| {profile} | {r['size']} | {r['seed']} | {r['train_frames']:,} | {r['system']} | "
+            f"{fmt(r['val_reported']['total'])} | {honest} | {test} | {fmt(z, '+.2f')} | "
+            + " / ".join(fmt(r["test"][k]) for k in TASKS) + " | " + " / ".join(f"{r['ratio'][k]:.2f}" for k in TASKS)
+            + " | " + " / ".join(diffs) + " |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--systems", help="comma-separated system names to keep (default: all)")
+    a = ap.parse_args(argv)
+    keep = set(a.systems.split(",")) if a.systems else None
+    rows: dict[tuple, tuple[str, dict]] = {}
+    for f in a.files:
+        d = json.load(open(f))
+        for r in d["rows"]:
+            if keep is None or r["system"] in keep:
+                rows[(d["profile"], r["size"], r["seed"], r["system"])] = (d["profile"], r)
+    print("| profile | size | seed | train frames | system | val (reported) | honest ± se | test ± se | z | "
+          "test VA / EXPR / AU | ÷ strongest baseline | test − strongest baseline ± se (paired) |")
+    print("| --- " * 12 + "|")
+    order = {"s-aff-wild2": 0, "dense": 1}
+    for key in sorted(rows, key=lambda k: (order.get(k[0], 2), k[1] != "small", k[2])):
+        print(row_line(*rows[key]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
