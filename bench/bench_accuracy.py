@@ -349,7 +349,8 @@ def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, l
     compose = [] if "--compose" in flags else ["--compose", "best-per-task"]
     sh([sys.executable, "-m", "abaw", "search", "--cache", str(d / "cache.zarr"), "--data", str(d / "data"),
         "--out", str(out), "--seed", str(seed), *compose, "--quiet",
-        "--set", "allow_missing=true", "--set", f"seed={seed}", "--set", "device=cpu", *flags], log)
+        "--set", "allow_missing=true", *([] if "--seeds" in flags else ["--set", f"seed={seed}"]),
+        "--set", "device=cpu", *flags], log)
     comp = json.loads((out / "composed.json").read_text())
     se = None
     if comp.get("mode") == "blend":

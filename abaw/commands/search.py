@@ -54,9 +54,9 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
     Example: abaw search --cache cache.zarr --data data/synth --out search --tasks va,expr,au --tasks au
     --tasks expr --tasks va --temporal none,transformer --set epochs=10 --jobs 2 --compose best-per-task
 
-    A seed ensemble blended with the linear probe (the strongest system measured in
-    bench/bench_accuracy.py): abaw search --cache cache.zarr --data data/synth --out ens --seeds 0,1,2
-    --compose blend
+    The defaults and the linear baseline, 5-fold, blended per task out-of-fold (the strongest
+    system measured in bench/bench_accuracy.py): abaw search --cache cache.zarr --data data/synth
+    --out kf --folds 5 --compose blend   (--seeds 0,7,8: each config with three training seeds)
     """
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.search.runner import SearchSettings, run_search
