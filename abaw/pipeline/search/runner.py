@@ -10,7 +10,8 @@ the optimistic and raw scores and the per-task scores alongside (see
 (`baseline=False` to leave it out). `compose="best-per-task"` writes `composed.json`: for
 each task the config that scored best on it, the way the ABAW7 winner assembled its
 system; `compose="blend"`: an `abaw blend` of every config per task (seed replicas of a
-config averaged as one member; see `compose_blend`). With `folds >= 3`, `nested.json` holds the nested estimate of the selection.
+config averaged as one member; see `compose_blend`). With `folds >= 3`, `nested.json`
+holds the nested estimate of the selection.
 """
 
 from __future__ import annotations
