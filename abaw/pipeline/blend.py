@@ -6,8 +6,9 @@ log-probabilities and AU logits) are averaged with non-negative weights summing 
 chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate search
 when the grid is too large), each task on its own score (AU at per-AU thresholds fitted on
 other folds of the validation videos, `au_weight_folds`: thresholds fitted on the scored
-frames favour the member whose rare-AU scores overfit them most). The post-processing the runs use (`abaw.pipeline.crossfit`: smoothing
-kernel and window per task, AU thresholds fitted jointly) is then fitted on the blend.
+frames favour the member whose rare-AU scores overfit them most). The post-processing the
+runs use (`abaw.pipeline.crossfit`: smoothing kernel and window per task, AU thresholds
+fitted jointly) is then fitted on the blend.
 
 Members: a run folder serves every task it trained; a search folder / composed.json serves
 each task with its chosen config (k-fold configs: their folds' validation outputs together,
