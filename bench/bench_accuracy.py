@@ -228,13 +228,13 @@ def paired_differences(systems: dict, ref: dict[str, str], n: int = 500, seed: i
         return task_score(t, vals[t][rows], sub, np.full(12, 0.5) if t == "au" else None)
 
     out = {}
+    full = np.arange(len(base_keys))
     for name, vals in aligned.items():
         out[name] = {"total_se": float(np.std([sum(score(vals, t, r) or 0 for t in TASKS if t in vals)
                                                 for r in samples], ddof=1))}
         for t in TASKS:
             if t not in vals or t not in aligned.get(ref[t], {}):
                 continue
-            full = np.arange(len(base_keys))
             d = [score(vals, t, r) - score(aligned[ref[t]], t, r) for r in samples]
             out[name][t] = {"diff": score(vals, t, full) - score(aligned[ref[t]], t, full),
                             "se": float(np.std(d, ddof=1))}
@@ -246,13 +246,17 @@ def score_test(test_out, labels, pf: PostFit) -> dict:
     return score_values(apply_to(test_out, pf), s, pf.au_thresholds)
 
 
-def tool_pp_test(run, test_out, labels) -> dict:
-    """Test score with the run's own fitted post-processing (the tool's numbers)."""
+def tool_pp_test(run, test_out, labels) -> tuple[dict, tuple]:
+    """Test score with the run's own fitted post-processing (the tool's numbers), and the
+    delivered outputs' `test_decisions`."""
     from abaw.pipeline.train.outputs import score_outputs
     from abaw.pipeline.train.postprocess import apply_postprocess
 
-    sc = score_outputs(apply_postprocess(test_out, run.postprocess), labels, run.postprocess.au_thresholds)
-    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total}
+    delivered = apply_postprocess(test_out, run.postprocess)
+    thr = run.postprocess.au_thresholds
+    sc = score_outputs(delivered, labels, thr)
+    dec = test_decisions(test_out, labels, {t: getattr(delivered, t) for t in TASKS}, thr)
+    return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total}, dec
 
 
 def evaluate(val_out, test_out, splits, pp_cfg: CrossfitConfig) -> dict:
@@ -296,12 +300,7 @@ def run_heads(d: Path, name: str, flags: list[str], seed: int, table, splits, lo
         ev["val_honest"] = {k: res["honest"].get(k) for k in (*TASKS, "total")}
         ev["val_honest_se"] = res["honest"].get("se")
     ev["test_crossfit_pp"] = ev["test"]
-    ev["test"] = tool_pp_test(run, test_out.take(tr), tl)
-    from abaw.pipeline.train.postprocess import apply_postprocess
-
-    delivered = apply_postprocess(test_out.take(tr), run.postprocess)
-    ev["_dec"] = test_decisions(test_out.take(tr), tl, {t: getattr(delivered, t) for t in TASKS},
-                                run.postprocess.au_thresholds)
+    ev["test"], ev["_dec"] = tool_pp_test(run, test_out.take(tr), tl)
     ev.update(seconds=round(secs, 1), epochs_run=res.get("epochs_run"), best_epoch=res.get("best_epoch"),
               flags=flags)
     return ev
@@ -315,10 +314,11 @@ def system_test(path: Path, table, splits) -> dict:
     system = load_system((), path)
     out, thr, _ = system_outputs(system, table, "each", rows=splits["test"].rows)
     rows, labels = align_annotations(out, splits["test"].ann)
-    sc = score_outputs(out.take(rows), labels, thr)
+    scored = out.take(rows)
+    sc = score_outputs(scored, labels, thr)
     if thr is not None and np.ndim(thr) == 2:
         thr = np.asarray(thr)[rows]
-    dec = test_decisions(out.take(rows), labels, {t: getattr(out.take(rows), t) for t in TASKS}, thr)
+    dec = test_decisions(scored, labels, {t: getattr(scored, t) for t in TASKS}, thr)
     return {"va": sc.va, "expr": sc.expr, "au": sc.au, "total": sc.total, "_dec": dec}
 
 

@@ -32,6 +32,7 @@ The blend is written as a composed-like JSON (`tasks: {t: {runs, weights, member
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -95,8 +96,6 @@ class Member:
 
 def seed_key(cfg: Any) -> str:
     """What a run computes, its training seed left out (runs equal under it are seed replicas)."""
-    import json
-
     return json.dumps({k: v for k, v in cfg.recorded().items() if k != "seed"}, sort_keys=True, default=str)
 
 
