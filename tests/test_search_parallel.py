@@ -70,10 +70,13 @@ def test_dask_cluster_gives_the_same_leaderboard(data, sequential, tmp_path):
 
 HOLD = """
 import sys, time
+from pathlib import Path
 from abaw.claims import try_claim
 c = try_claim(sys.argv[1])
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
+print("held" if c is not None else "not held", flush=True)
+release, cap = Path(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while not release.exists() and time.monotonic() < cap:
+    time.sleep(0.05)
 c.release()
 """
 
@@ -81,8 +84,11 @@ c.release()
 def test_claimed_runs_are_waited_for_and_dead_claims_retried(data, sequential, tmp_path):
     out = tmp_path / "s"
     runs = [r["runs"][0] for r in sequential]
-    # a run held by a live process (another search) is waited for, not trained twice
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(out / runs[0]), "3"], stdout=subprocess.PIPE, text=True)
+    # a run held by a live process (another search) is waited for, not trained twice; the holder lets go
+    # once the search says it is waiting (whatever order the search reaches the runs in), at most after 60 s
+    release = tmp_path / "release"
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(out / runs[0]), str(release), "60"], stdout=subprocess.PIPE,
+                         text=True)
     assert p.stdout.readline().strip() == "held"
     # a run whose holder died (killed worker) is taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -91,8 +97,16 @@ def test_claimed_runs_are_waited_for_and_dead_claims_retried(data, sequential, t
 
     (out / runs[1] / CLAIM_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
                                                         "token": "x", "since": 0}))
-    lines = search(data, out, jobs=1)
-    p.wait()
-    assert any("waiting for 1 run(s) held by another worker" in ln for ln in lines)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "held by another worker" in line:
+            release.touch()
+
+    store, tr, va = data
+    run_search(SPACE, store, tr, va, out, SearchSettings(jobs=1), progress=False, log=log)
+    p.wait(timeout=90)
+    assert any("waiting for 1 run(s) held by another worker" in ln for ln in lines), lines
     assert board(out) == sequential
     assert not list(out.glob("runs/*/" + CLAIM_FILE))
