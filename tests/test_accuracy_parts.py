@@ -65,6 +65,49 @@ def test_linear_head_trains_predicts_and_reloads(linear_data, tmp_path):
     assert score_against(b, va, again.postprocess).total == pytest.approx(final["total"], abs=1e-6)
 
 
+def test_lbfgs_solver_reaches_the_logistic_regression_optimum(linear_data, tmp_path):
+    """`solver=lbfgs`: each task layer at the L2-penalised optimum scikit-learn finds on the same
+    standardised features (EXPR multinomial, each AU binary, C alike), in one epoch."""
+    from sklearn.linear_model import LogisticRegression
+
+    from abaw.pipeline.train.dataset import Batcher, align_labels
+
+    tr, va, table = linear_data
+    c = 0.5
+    cfg = TrainConfig.create(arch="linear", temporal="none", solver="lbfgs", lbfgs_c=c, au_pos_weight="none",
+                             expr_class_weight="none", smoothing=False)
+    run = train(cfg, table, tr, va, tmp_path / "lb", progress=False)
+    assert run.result["epochs_run"] == 1 and run.result["best_epoch"] == 1
+    final = run.result["val_final"]
+    assert final["va"] > 0.6 and final["expr"] > 0.4 and final["au"] > 0.6, final  # EXPR unweighted here
+    fs = align_labels(table, tr)
+    batch = Batcher(fs, ("synth",))(np.arange(len(fs))[:, None])
+    with torch.no_grad():
+        x = run.model.embed(batch["feats"], batch["mask"])[:, 0].double().numpy()
+        out = run.model(batch["feats"], batch["mask"])
+    lb = fs.labels
+    m = lb.expr_valid
+    sk = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(x[m], lb.expr[m])
+    ours = torch.softmax(out["expr"][:, 0], -1).double().numpy()
+    np.testing.assert_allclose(ours[:, sk.classes_], sk.predict_proba(x), atol=2e-3)
+    for j in (0, 7):  # a common and a rare AU
+        m = lb.au_valid
+        sk = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(x[m], lb.au[m, j])
+        np.testing.assert_allclose(torch.sigmoid(out["au"][:, 0, j]).double().numpy(), sk.predict_proba(x)[:, 1],
+                                   atol=2e-3)
+    again = train(cfg, table, tr, va, tmp_path / "lb", resume=True, progress=False)  # finished: read back
+    np.testing.assert_allclose(again.predict(table).au, run.predict(table).au, atol=1e-6)
+
+
+def test_lbfgs_solver_fits_only_the_linear_head():
+    from abaw.errors import AbawError
+
+    with pytest.raises(AbawError, match="solver lbfgs fits the linear head only"):
+        TrainConfig.create(solver="lbfgs").validate()
+    with pytest.raises(AbawError, match="solver: one of adam, lbfgs"):
+        TrainConfig.create(arch="linear", solver="sgd").validate()
+
+
 # ------------------------------------------------------------------ cross-fitting
 
 def _fake(n_videos=5, length=60, seed=0, signal=0.0):

@@ -73,6 +73,12 @@ from abaw.commands.options import echo_result, json_option, parse_task_weights, 
               help="One best epoch for all tasks by validation P_MTL, or one per task (each task predicted by the "
                    "weights of its own best validation epoch).")
 @click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--solver", type=click.Choice(["adam", "lbfgs"]), default="adam", show_default=True,
+              help="adam: mini-batch AdamW over epochs; lbfgs: the linear head (--arch linear) fitted on every "
+                   "training frame at once to convergence, L2-penalised (no epochs, no early stopping).")
+@click.option("--lbfgs-c", default=0.1, show_default=True,
+              help="--solver lbfgs: inverse L2 strength, as scikit-learn's C.")
+@click.option("--lbfgs-iters", default=500, show_default=True, help="--solver lbfgs: iterations at most per task.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0: torch's default).")

@@ -119,15 +119,20 @@ class MultiTaskLoss:
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts: dict[str, torch.Tensor] = {}
-        if "va" in self.tasks:
-            parts["va"] = va_loss(outputs["va"], batch["va"], batch["va_valid"], self.va_scale, self.va_cols)
-        if "expr" in self.tasks:
-            parts["expr"] = expr_loss(outputs["expr"], batch["expr"], batch["expr_valid"], self.expr_class_weight)
-        if "au" in self.tasks:
-            parts["au"] = au_loss(outputs["au"], batch["au"], batch["au_valid"], self.au_pos_weight)
+        parts = {t: self.task_loss(t, outputs, batch) for t in self.tasks}
         total = sum((self.weights[t] * parts[t] for t in parts), start=torch.zeros((), device=_device(outputs)))
         return total, parts
+
+
+    def task_loss(self, task: str, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One task's masked loss (unweighted)."""
+        if task == "va":
+            return va_loss(outputs["va"], batch["va"], batch["va_valid"], self.va_scale, self.va_cols)
+        if task == "expr":
+            return expr_loss(outputs["expr"], batch["expr"], batch["expr_valid"], self.expr_class_weight)
+        if task == "au":
+            return au_loss(outputs["au"], batch["au"], batch["au_valid"], self.au_pos_weight)
+        raise ValueError(f"unknown task {task!r}")
 
 
 def _device(outputs: dict[str, torch.Tensor]) -> torch.device:

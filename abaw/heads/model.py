@@ -136,8 +136,12 @@ class HeadModel(nn.Module):
         return self.apply_heads(self.embed(feats, mask))
 
     def apply_heads(self, h: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The task heads on one representation, or on one per task (`{task: [B, W, d]}`)."""
-        out = {t: head(h[t] if isinstance(h, dict) else h) for t, head in self.heads.items()}
+        """The task heads on one representation, or on one per task (`{task: [B, W, d]}`; tasks left
+        out of the dict are not computed)."""
+        if isinstance(h, dict):
+            out = {t: head(h[t]) for t, head in self.heads.items() if t in h}
+        else:
+            out = {t: head(h) for t, head in self.heads.items()}
         if "va" in out:
             out["va"] = torch.tanh(out["va"])
         return out

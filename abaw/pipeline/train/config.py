@@ -12,6 +12,7 @@ from abaw.heads.model import ModelSpec
 from abaw.pipeline.train.dataset import CONTEXTS, DEFAULT_MAX_GAP
 from abaw.pipeline.train.postprocess import DEFAULT_KERNELS, DEFAULT_WINDOWS
 
+SOLVERS = ("adam", "lbfgs")
 # Fields added later, with the value that reproduces run folders saved before them (`run.read_config`).
 OLD_DEFAULTS: dict[str, Any] = {"min_steps": 0, "smooth_kernels": ["box"], "honest_folds": 0, "select": "total"}
 # (`va_dims` is no setting of its own: the flat `tasks` spell it, `v` / `a` for one VA dimension)
@@ -35,7 +36,7 @@ class TrainConfig:
     architecture (`model`: a ModelSpec whose backbone keys and dims are filled from the
     cache), losses (task_weights, au_pos_weight, expr_class_weight, va_loss), optimisation (lr,
     weight_decay, epochs, min_steps, batch_frames, warmup_epochs, patience, grad_clip, seed,
-    init_from), post-processing (au_thresholds, smoothing, smooth_windows, smooth_kernels,
+    init_from; solver lbfgs with lbfgs_c, lbfgs_iters: the linear head fitted full-batch instead), post-processing (au_thresholds, smoothing, smooth_windows, smooth_kernels,
     honest_folds) and runtime
     arguments (device, threads: recorded, never compared when resuming).
 
@@ -67,6 +68,9 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without a better validation score (any task's, with select=task)
     select: str = "total"  # total: one best epoch by P_MTL | task: each task keeps the weights of its own best epoch
     grad_clip: float = 1.0  # max gradient norm (0 = off)
+    solver: str = "adam"  # adam: mini-batch AdamW, epochs, early stopping | lbfgs: the linear head fitted full-batch
+    lbfgs_c: float = 0.1  # lbfgs: inverse L2 strength as scikit-learn's C (penalty ||W||^2 / (2 C N) per task)
+    lbfgs_iters: int = 500  # lbfgs: iterations at most per task
     seed: int = 0
     init_from: tuple[str, ...] = ()  # run directories to initialise from (progressive learning)
     # post-processing (fitted on validation)
@@ -149,6 +153,10 @@ class TrainConfig:
                   (self.expr_class_weight in ("none", "inverse"), "expr_class_weight: none or inverse"),
                   (self.va_loss in ("mean", "sum"), "va_loss: mean or sum"),
                   (self.select in ("task", "total"), "select: task or total"),
+                  (self.solver in SOLVERS, f"solver: one of {', '.join(SOLVERS)}"),
+                  (self.solver != "lbfgs" or self.model.arch == "linear",
+                   f"solver lbfgs fits the linear head only (arch linear, not {self.model.arch})"),
+                  (self.lbfgs_c > 0, "lbfgs_c must be > 0"), (self.lbfgs_iters >= 1, "lbfgs_iters must be >= 1"),
                   (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
                   (self.min_steps >= 0, "min_steps must be >= 0"), (self.honest_folds >= 0, "honest_folds >= 0"),
                   (len(self.smooth_kernels) > 0 and all(k in DEFAULT_KERNELS for k in self.smooth_kernels),

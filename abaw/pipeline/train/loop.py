@@ -44,6 +44,7 @@ from abaw.pipeline.train.dataset import (
     labelled_windows,
     train_windows,
 )
+from abaw.pipeline.train.fullbatch import fit_full_batch
 from abaw.pipeline.train.honest import FoldTracker, crossfit_config
 from abaw.pipeline.train.init import feature_stats, init_from_runs
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
@@ -272,17 +273,22 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
     stride = cfg.train_stride
     score_tasks = loss_fn.tasks
 
+    full_batch = cfg.solver == "lbfgs"
+    n_epochs = 1 if full_batch else cfg.epochs  # a full-batch fit is the run's one epoch
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="train-heads", unit="epoch", dynamic_ncols=True)
+        bar = tqdm(total=n_epochs, initial=start_epoch, desc="train-heads", unit="epoch", dynamic_ncols=True)
     t_run = time.perf_counter()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, n_epochs):
             if bad_epochs >= cfg.patience:
                 break
-            rec = _train_epoch(model, opt, loss_fn, train_ctx, train_b, cfg, epoch, bw, stride, device, bar)
+            if full_batch:
+                rec = fit_full_batch(model, loss_fn, train_ctx, train_b, c=cfg.lbfgs_c, max_iter=cfg.lbfgs_iters)
+            else:
+                rec = _train_epoch(model, opt, loss_fn, train_ctx, train_b, cfg, epoch, bw, stride, device, bar)
             t0 = time.perf_counter()
             val_out = predict_frameset(model, val_ctx, keys, cfg.window, max(4096, cfg.batch_frames), device, val_b)
             sc = score_outputs(val_out.only(score_tasks), val_fs.labels)
@@ -325,7 +331,7 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
         if bar is not None:
             bar.close()
     return _finish(out, cfg, spec, model, val_fs, val_ctx, keys, device, val_b, history, best,
-                   len(history) < cfg.epochs, time.perf_counter() - t_run, table, tracker,
+                   len(history) < n_epochs, time.perf_counter() - t_run, table, tracker,
                    task_best if per_task else None)
 
 
