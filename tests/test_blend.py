@@ -235,3 +235,30 @@ def test_au_weights_are_scored_at_thresholds_from_other_folds():
     assert set(np.unique(dec)) <= {0.0, 1.0}
     with pytest.raises(AbawError, match="au-weight-folds"):
         BlendConfig(au_weight_folds=1).validate()
+
+
+def test_weights_are_scored_after_smoothing():
+    """A per-frame member (truth + frame noise: poor raw, excellent smoothed) against a smooth but
+    biased one: scored as delivered (smoothed), the per-frame member gets the weight; raw, the other."""
+    from abaw.pipeline.blend import fit_weights
+
+    rng = np.random.default_rng(0)
+    n_v, length = 6, 120
+    n = n_v * length
+    vid = np.repeat(np.arange(n_v), length).astype(np.int32)
+    t = np.tile(np.arange(length), n_v)
+    truth = (0.6 * np.sin(2 * np.pi * (t[:, None] / 60.0 + vid[:, None] * np.array([0.13, 0.37])
+                                       + np.array([0, 0.25])))).astype(np.float32)
+    noisy = np.clip(truth + rng.normal(0, 0.6, (n, 2)), -1, 1).astype(np.float32)
+    smooth_biased = (0.5 * truth + 0.25 * np.roll(truth, 7, 0) + 0.15).astype(np.float32)
+    tmpl = FrameOutputs(tuple(f"v{i}" for i in range(n_v)), vid, (t + 1).astype(np.int32))
+    labels = Labels(truth, np.full(n, -1, np.int64), np.full((n, 12), -1, np.int8), np.ones(n, bool),
+                    np.zeros(n, bool), np.zeros(n, bool))
+
+    def weights(smoothing: bool) -> tuple[float, ...]:
+        data = BlendData(tmpl, np.arange(n), labels, {"va": [noisy, smooth_biased]}, {"va": ["noisy", "smooth"]},
+                         CrossfitConfig(windows=(1, 9, 25), kernels=("box", "median"), smoothing=smoothing))
+        return fit_weights(data, np.arange(n), "prob", 10)["va"]
+
+    raw, smoothed = weights(False), weights(True)
+    assert raw[0] < 0.5 < smoothed[0] and smoothed[0] - raw[0] >= 0.3, (raw, smoothed)

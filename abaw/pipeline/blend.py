@@ -4,8 +4,10 @@ HSEmotion's last step (validation 1.4805 -> 1.4939 blending two backbones): per 
 runs' raw validation outputs (VA values, EXPR/AU probabilities; `space="logit"`: EXPR
 log-probabilities and AU logits) are averaged with non-negative weights summing to 1,
 chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate search
-when the grid is too large), each task on its own score (AU at per-AU thresholds fitted on
-other folds of the validation videos, `au_weight_folds`: thresholds fitted on the scored
+when the grid is too large), each task on its own score after smoothing (the best of a few
+kernel/window candidates: each member's own and the equal blend's; raw scores under-weight a
+per-frame member that gains most from smoothing) and AU at per-AU thresholds fitted on
+other folds of the validation videos (`au_weight_folds`: thresholds fitted on the scored
 frames favour the member whose rare-AU scores overfit them most). The post-processing the
 runs use (`abaw.pipeline.crossfit`: smoothing kernel and window per task, AU thresholds
 fitted jointly) is then fitted on the blend.
@@ -35,7 +37,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +56,7 @@ from abaw.pipeline.crossfit import (
     fit_thresholds,
     make_series,
     score_values,
+    smooth,
     task_score,
     video_bootstrap_se,
 )
@@ -198,6 +201,17 @@ class BlendData:
     arrays: dict[str, list[np.ndarray]]  # task -> one array per member serving it, over `template`'s frames
     names: dict[str, list[str]]  # task -> member names, same order
     cfg: CrossfitConfig
+    _smoothed: dict = field(default_factory=dict, repr=False)  # (task, member, kernel, window) -> [rows, C]
+
+    def smoothed(self, t: str, i: int, kernel: str, window: int) -> np.ndarray:
+        """Member i's `t` outputs smoothed over all frames, at the labelled rows (float32, cached)."""
+        key = (t, i, kernel, window)
+        if key not in self._smoothed:
+            a = self.arrays[t][i]
+            if window > 1:
+                a = smooth(a, self.template.video_idx, self.template.frame, kernel, window)
+            self._smoothed[key] = np.asarray(a, np.float32)[self.rows]
+        return self._smoothed[key]
 
     def base(self) -> Series:
         """The labelled rows (no smoothing): labels and video ids for scores and folds."""
@@ -291,21 +305,32 @@ def crossfit_au_decisions(v: np.ndarray, s: Series, fold: np.ndarray, grid) -> n
 
 def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int,
                 au_folds: int = 0) -> dict[str, tuple[float, ...]]:
-    """Per task, the weights scoring best on the labelled rows `sel` of `data`. AU, when the
+    """Per task, the weights scoring best on the labelled rows `sel` of `data`.
+
+    Each weight vector is scored as it will be delivered: smoothed (when the post-processing
+    smooths), at the best of a few (kernel, window) candidates — each member's own best alone
+    and the equal-weight blend's best — applied to the members before blending (exactly the
+    smoothed blend for box and gaussian kernels; for median the blend of the members'
+    medians). Scored on raw outputs instead, a per-frame member (the linear probe, which gains
+    most from smoothing) loses weight to a temporal one that is smooth already. AU, when the
     post-processing fits thresholds: scored at thresholds fitted on those rows (`au_folds` 0),
     or cross-fitted over `au_folds` folds of their videos — per-AU thresholds fitted on the
     scored rows reward the member whose rare-AU scores overfit the split most."""
     s = data.base().take(sel)
-    rows = data.rows[sel]
     fold = assign_folds(s.video_idx, au_folds) if au_folds >= 2 else None
     if fold is not None and fold.max() < 1:
         fold = None  # one video: nothing to cross-fit over
+    cands = [("box", 1)] + ([(k, w) for k in data.cfg.kernels for w in data.cfg.windows if w > 1]
+                            if data.cfg.smoothing else [])
     out = {}
     for t, arrs in data.arrays.items():
-        parts = [a[rows] for a in arrs]
+        m = len(arrs)
+        if m == 1:
+            out[t] = (1.0,)
+            continue
 
-        def score(w: np.ndarray, t: str = t, parts: list = parts) -> float:
-            v = combine(t, parts, w, space).astype(np.float64)
+        def score(w: np.ndarray, c: tuple[str, int], t: str = t, m: int = m) -> float:
+            v = combine(t, [data.smoothed(t, i, *c)[sel] for i in range(m)], w, space).astype(np.float64)
             thr = None
             if t == "au" and data.cfg.thresholds and s.labels["au_valid"].any():
                 if fold is not None:
@@ -315,7 +340,14 @@ def fit_weights(data: BlendData, sel: np.ndarray, space: str, steps: int,
             sc = task_score(t, v, s, thr)
             return -np.inf if sc is None else sc
 
-        out[t] = search_weights(score, len(parts), steps)
+        def best_smoothing(w: np.ndarray) -> tuple[str, int]:
+            vals = [score(w, c) for c in cands]
+            return cands[int(np.argmax(vals))]
+
+        short = {best_smoothing(np.eye(m)[i]) for i in range(m)} | {best_smoothing(np.full(m, 1.0 / m)), cands[0]}
+        short_list = sorted(short)
+        out[t] = search_weights(lambda w, short_list=short_list, score=score: max(score(w, c) for c in short_list),
+                                m, steps)
     return out
 
 
