@@ -13,7 +13,8 @@ from abaw.cache.store import FeatureStore
 from abaw.cli import main
 from abaw.data.annotations import read_annotations
 from abaw.errors import AbawError
-from abaw.pipeline.blend import BlendConfig, BlendData, evaluate_blend, search_weights, simplex_grid
+from abaw.pipeline.blend import BlendConfig, BlendData, evaluate_blend
+from abaw.pipeline.blend_weights import search_weights, simplex_grid
 from abaw.pipeline.crossfit import CrossfitConfig
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.dataset import Labels
@@ -213,7 +214,7 @@ def test_search_compose_blend_is_a_seed_ensemble_with_the_linear_probe(two_runs,
 
 def test_au_weights_are_scored_at_thresholds_from_other_folds():
     """The AU decisions a weight is scored on never used the scored fold's labels."""
-    from abaw.pipeline.blend import crossfit_au_decisions
+    from abaw.pipeline.blend_weights import crossfit_au_decisions
     from abaw.pipeline.crossfit import GRID, Series
 
     rng = np.random.default_rng(5)
@@ -240,7 +241,7 @@ def test_au_weights_are_scored_at_thresholds_from_other_folds():
 def test_weights_are_scored_after_smoothing():
     """A per-frame member (truth + frame noise: poor raw, excellent smoothed) against a smooth but
     biased one: scored as delivered (smoothed), the per-frame member gets the weight; raw, the other."""
-    from abaw.pipeline.blend import fit_weights
+    from abaw.pipeline.blend_weights import fit_weights
 
     rng = np.random.default_rng(0)
     n_v, length = 6, 120
