@@ -48,7 +48,8 @@ class RunLayout:
 
 HEADS_RUN = RunLayout("train-heads run", "config.json", (
     "config.json", "data.json", "metrics.json", "best.pt", *(f"best-{t}.pt" for t in TASKS), "last.pt",
-    "val_outputs.npz", "postprocess.json", "curves.png", "result.json"))  # best-<task>.pt: select=task, while training
+    "val_outputs.npz", "val_outputs_honest.npz", "postprocess.json", "curves.png",
+    "result.json"))  # best-<task>.pt: select=task, while training
 FINETUNE_RUN = RunLayout("fine-tuning run", "finetune_config.json", (
     "finetune_config.json", "state.pt", "history.json", "learning_curve.png", "backbone.json",
     "backbone.safetensors", "head.safetensors"))

@@ -234,6 +234,27 @@ def test_fold_tracker_chooses_each_folds_epoch_without_it():
         "fold_epochs"] == [{"va": 1}] * 4
 
 
+def test_honest_outputs_take_each_row_from_the_epoch_its_fold_did_not_choose_on():
+    """Epoch 1 is right on videos 0-1, epoch 2 on videos 2-3: each video's complement has two
+    videos right under the other epoch, so every row's honest output is the wrong epoch's."""
+    from abaw.pipeline.train.honest import FoldTracker
+
+    out, labels = _fake(n_videos=4, signal=1.0)
+    vid = out.video_idx
+    right, wrong = labels.va, -labels.va
+    e1 = out.with_values(va=np.where((vid < 2)[:, None], right, wrong).astype(np.float32), expr=None, au=None)
+    e2 = out.with_values(va=np.where((vid >= 2)[:, None], right, wrong).astype(np.float32), expr=None, au=None)
+    tr = FoldTracker(vid, labels, 4)
+    tr.update(1, e1, ("va",))
+    tr.update(2, e2, ("va",))
+    chosen = {int(vid[tr.fold == f][0]): tr.best_epoch[f]["total"] for f in range(4)}
+    assert chosen == {0: 2, 1: 2, 2: 1, 3: 1}
+    h = tr.honest_outputs(e1)
+    assert h is not None and h.expr is None and np.array_equal(h.frame, e1.frame)
+    assert np.array_equal(h.va, wrong.astype(np.float32))  # no row at the epoch that is right on it
+    assert FoldTracker(vid[:60], labels.take(np.arange(60)), 4).honest_outputs(e1.take(np.arange(60))) is None
+
+
 def test_video_bootstrap_se_measures_the_spread_between_videos():
     out, labels = _fake(n_videos=8, seed=4, signal=0.6)
     s = make_series(out, labels, CrossfitConfig(smoothing=False))

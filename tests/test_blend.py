@@ -146,6 +146,31 @@ def test_a_folds_weights_never_saw_the_fold():
     assert fit.honest["va"] < 0.2 < fit.optimistic["va"]  # each video scored with the other's (wrong) member
 
 
+def test_the_honest_estimate_scores_the_members_honest_outputs():
+    """Best-epoch outputs equal to the labels (an epoch chosen on the scored rows) but honest
+    outputs of the opposite sign: the honest estimate must see those, the optimistic score the labels."""
+    d = _constructed()
+    truth = d.labels.va
+    leaky = BlendData(d.template, d.rows, d.labels, {"va": [truth]}, {"va": ["A"]}, d.cfg, {"va": [-truth]})
+    fit = evaluate_blend(leaky, BlendConfig(steps=10, folds=2))
+    assert fit.optimistic["va"] > 0.99 and fit.honest["va"] < 0
+    without = evaluate_blend(BlendData(d.template, d.rows, d.labels, {"va": [truth]}, {"va": ["A"]}, d.cfg),
+                             BlendConfig(steps=10, folds=2))
+    assert without.honest["va"] > 0.99  # no honest outputs: the best-epoch ones are all there is
+    assert leaky.alone("A").honest is not None
+
+
+def test_runs_write_honest_outputs_and_blends_read_them(two_runs):
+    from abaw.pipeline.blend import Member, member_outputs
+
+    _, runs = two_runs
+    best, hon = FrameOutputs.load(runs["a"] / "val_outputs.npz"), FrameOutputs.load(runs["a"] / "val_outputs_honest.npz")
+    assert np.array_equal(best.frame, hon.frame) and best.tasks == hon.tasks
+    m = Member("a", (runs["a"],), best.tasks)
+    assert np.array_equal(member_outputs(m, honest=True)[0].au, hon.au)
+    assert np.array_equal(member_outputs(m)[0].au, best.au)
+
+
 def test_weights_on_the_simplex():
     g = simplex_grid(3, 5)
     assert len(g) == 21 and np.allclose(g.sum(1), 1) and (g >= 0).all()

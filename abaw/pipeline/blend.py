@@ -6,7 +6,9 @@ log-probabilities and AU logits) are averaged with non-negative weights summing 
 chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate search
 when the grid is too large), each task on its own score after smoothing (the best of a few
 kernel/window candidates: each member's own and the equal blend's; raw scores under-weight a
-per-frame member that gains most from smoothing) and AU at per-AU thresholds fitted on
+per-frame member that gains most from smoothing), on each run's best-epoch outputs or, with
+`weights_on="honest"`, on its honest ones (below: a run whose epoch was chosen among many on
+these frames is not favoured for it), and AU at per-AU thresholds fitted on
 other folds of the validation videos (`au_weight_folds`: thresholds fitted on the scored
 frames favour the member whose rare-AU scores overfit them most). The post-processing the
 runs use (`abaw.pipeline.crossfit`: smoothing kernel and window per task, AU thresholds
@@ -23,8 +25,11 @@ outputs are averaged with equal weights, and the blend fits one weight for the s
 Scores: `optimistic` (weights and post-processing fitted on all validation frames and
 scored on them) and `honest`: the validation videos in `folds` folds (whole videos,
 `abaw.pipeline.train.honest.assign_folds`); for each fold the weights AND the
-post-processing are fitted on the other folds and applied to it (`crossfit_folds`); the
-pooled predictions are scored. Every member alone gets the same three numbers.
+post-processing are fitted on the other folds and applied to it (`crossfit_folds`), to
+each member's *honest* outputs (`val_outputs_honest.npz`: every row at the epoch its run's
+other honest folds chose, so the run's early stopping never saw the scored rows either;
+runs without that file, such as full-batch fits, use `val_outputs.npz`); the pooled
+predictions are scored. Every member alone gets the same three numbers.
 
 The blend is written as a composed-like JSON (`tasks: {t: {runs, weights, members}}`,
 `postprocess`, `space`, `scores`, `folds`, `config`) that `abaw predict --compose` and
@@ -74,6 +79,7 @@ class BlendConfig:
     folds: int = 5  # validation-video folds of the honest estimate
     group_seeds: bool = True  # runs whose settings differ only in `seed` form one equal-weight member
     au_weight_folds: int = 5  # AU weights scored at thresholds fitted on other video folds (0: on the scored rows)
+    weights_on: str = "best"  # the outputs weights are fitted on: best (each run's best epoch) | honest
 
     def validate(self) -> BlendConfig:
         if self.space not in SPACES:
@@ -82,6 +88,8 @@ class BlendConfig:
             raise AbawError("--steps must be >= 1 and --folds >= 2")
         if self.au_weight_folds == 1 or self.au_weight_folds < 0:
             raise AbawError("--au-weight-folds must be 0 or >= 2")
+        if self.weights_on not in ("best", "honest"):
+            raise AbawError("--weights-on must be best or honest")
         return self
 
 
@@ -169,23 +177,38 @@ def _concat(outs: list[FrameOutputs]) -> FrameOutputs:
     return FrameOutputs(videos, vidx[order], frame[order], **arrays)
 
 
-def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutputs, Annotations]:
-    """The member's raw validation outputs and labels (k-fold runs: out-of-fold, together)."""
-    from abaw.pipeline.report.evaluate import run_labels
+def _outputs_path(run: Path, honest: bool) -> Path:
+    h = run / "val_outputs_honest.npz"
+    return h if honest and h.is_file() else run / "val_outputs.npz"
 
-    outs = [FrameOutputs.load(r / "val_outputs.npz") for r in m.runs]
-    groups: dict[tuple, list[int]] = {}  # runs validated on the same frames (seeds of one fold) are averaged
+
+def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[Path]]:
+    """The member's raw validation outputs (k-fold runs: out-of-fold, together) and the first run of
+    each group of runs validated on the same frames (seeds of one fold: averaged). `honest`: each
+    run's `val_outputs_honest.npz` (every row at the epoch chosen without its fold) where it has one."""
+    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+    groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(outs):
         groups.setdefault(tuple(_keys(o)), []).append(i)
     means = [outs[g[0]].with_values(**{t: combine(t, [getattr(outs[i], t) for i in g], [1 / len(g)] * len(g))
                                        for t in outs[g[0]].tasks}) for g in groups.values()]
+    firsts = [m.runs[g[0]] for g in groups.values()]
     if len(means) == 1:
-        return means[0], run_labels(m.runs[0], val_ann)
+        return means[0], firsts
     scored = [{o.videos[i] for i in np.unique(o.video_idx)} for o in means]
     if any(a & b for a, b in itertools.combinations(scored, 2)):
         raise AbawError(f"{m.name}: its runs' validation frames neither coincide nor are disjoint")
-    ann = val_ann or Annotations.concat([run_labels(m.runs[g[0]]) for g in groups.values()])
-    return _concat(means), ann
+    return _concat(means), firsts
+
+
+def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutputs, Annotations]:
+    """The member's raw validation outputs and labels (k-fold runs: out-of-fold, together)."""
+    from abaw.pipeline.report.evaluate import run_labels
+
+    out, firsts = member_outputs(m)
+    if len(firsts) == 1:
+        return out, run_labels(firsts[0], val_ann)
+    return out, val_ann or Annotations.concat([run_labels(r) for r in firsts])
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,6 +221,7 @@ class BlendData:
     arrays: dict[str, list[np.ndarray]]  # task -> one array per member serving it, over `template`'s frames
     names: dict[str, list[str]]  # task -> member names, same order
     cfg: CrossfitConfig
+    honest: dict[str, list[np.ndarray]] | None = None  # like `arrays`, each row at an epoch chosen without it
     _smoothed: dict = field(default_factory=dict, repr=False)  # (task, member, kernel, window) -> [rows, C]
 
     def smoothed(self, t: str, i: int, kernel: str, window: int) -> np.ndarray:
@@ -224,19 +248,27 @@ class BlendData:
     def alone(self, name: str) -> BlendData:
         """This data restricted to one member (the tasks it serves)."""
         keep = {t: [i for i, n in enumerate(ns) if n == name] for t, ns in self.names.items()}
-        return BlendData(self.template, self.rows, self.labels,
-                         {t: [self.arrays[t][i] for i in ix] for t, ix in keep.items() if ix},
-                         {t: [name] for t, ix in keep.items() if ix}, self.cfg)
+        pick = lambda arrays: {t: [arrays[t][i] for i in ix] for t, ix in keep.items() if ix}  # noqa: E731
+        return BlendData(self.template, self.rows, self.labels, pick(self.arrays),
+                         {t: [name] for t, ix in keep.items() if ix}, self.cfg,
+                         None if self.honest is None else pick(self.honest))
+
+    def honest_view(self) -> BlendData:
+        """The members' honest outputs in place of their best-epoch ones (itself without them)."""
+        if self.honest is None:
+            return self
+        return BlendData(self.template, self.rows, self.labels, self.honest, self.names, self.cfg)
 
 
 def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig) -> BlendData:
-    """Load every member's validation outputs, aligned on the first member's frames."""
+    """Load every member's validation outputs (best epoch and honest), aligned on the first member's frames."""
     ref, ann = member_validation(members[0], val_ann)
     ref_keys = {k: i for i, k in enumerate(_keys(ref))}
     arrays: dict[str, list[np.ndarray]] = {}
+    honest: dict[str, list[np.ndarray]] = {}
     names: dict[str, list[str]] = {}
     for m in members:
-        out = ref if m is members[0] else member_validation(m, val_ann)[0]
+        out = ref if m is members[0] else member_outputs(m)[0]
         keys = _keys(out)
         pos = np.array([ref_keys.get(k, -1) for k in keys], np.int64)
         if len(keys) != len(ref_keys) or (pos < 0).any():
@@ -244,16 +276,21 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
                             f"({len(keys)} vs {len(ref_keys)} frames); blend runs validated on the same videos")
         inv = np.empty(len(pos), np.int64)
         inv[pos] = np.arange(len(pos))
+        hon = member_outputs(m, honest=True)[0] if any(_outputs_path(r, True) != _outputs_path(r, False)
+                                                      for r in m.runs) else out
+        if hon is not out and _keys(hon) != keys:
+            raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
         for t in m.tasks:
             if getattr(out, t) is None:
                 raise AbawError(f"{m.name}: no {t.upper()} validation outputs")
             arrays.setdefault(t, []).append(getattr(out, t)[inv])
+            honest.setdefault(t, []).append(getattr(hon, t)[inv])
             names.setdefault(t, []).append(m.name)
     try:
         rows, labels = align_annotations(ref, ann)
     except AbawError as e:
         raise AbawError(f"{members[0].name}: {e}") from None
-    return BlendData(ref.only(()), rows, labels, arrays, names, cfg)
+    return BlendData(ref.only(()), rows, labels, arrays, names, cfg, honest)
 
 
 # ------------------------------------------------------------------ weights: abaw.pipeline.blend_weights
@@ -280,21 +317,23 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     if len(base.videos()) < 2:
         raise AbawError("blend: the honest estimate needs at least two validation videos")
     everything = np.arange(len(base))
-    w_all = fit_weights(data, everything, cfg.space, cfg.steps, cfg.au_weight_folds)
+    fitted = data.honest_view() if cfg.weights_on == "honest" else data
+    w_all = fit_weights(fitted, everything, cfg.space, cfg.steps, cfg.au_weight_folds)
     s_all = data.series(w_all, cfg.space)
     pf_all = fit_postfit(s_all, data.cfg)
     raw = score_values({t: s_all.outputs[t] for t in s_all.tasks}, s_all, None)
     optimistic = score_values(apply_postfit(s_all, pf_all), s_all, pf_all.au_thresholds)
     fold = assign_folds(base.video_idx, cfg.folds)
     k = int(fold.max()) + 1
-    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds)
+    fold_w = [fit_weights(fitted, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds)
               for f in range(k)]
     cache: dict[str, Series] = {}
+    scored = data.honest_view()  # each member's epoch, too, chosen without the scored rows
 
     def series_of(f: int) -> Series:
         key = repr(sorted(fold_w[f].items()))
         if key not in cache:
-            cache[key] = data.series(fold_w[f], cfg.space)
+            cache[key] = scored.series(fold_w[f], cfg.space)
         return cache[key]
 
     values, thr, fits = crossfit_folds(fold, series_of, data.cfg)

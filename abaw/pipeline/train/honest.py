@@ -100,6 +100,23 @@ class FoldTracker:
         self.best_epoch = [{k: int(v) for k, v in as_dict(x).items()} for x in st["epoch"]]
         self.outputs = [None if o is None else {t: a.numpy() for t, a in o.items()} for o in st["outputs"]]
 
+    def honest_outputs(self, template: FrameOutputs) -> FrameOutputs | None:
+        """Every validation row's outputs at the epoch its fold's OTHER folds chose (None when
+        fewer than two folds or no epoch was seen): outputs whose epoch choice never saw the
+        row's label, for estimates built on top of the run (`abaw blend`, `search --compose blend`)."""
+        if not self.usable or any(o is None for o in self.outputs):
+            return None
+        arrays = {}
+        for t in template.tasks:
+            if any(self.outputs[f].get(t) is None for f in range(self.k)):
+                return None
+            a = np.empty_like(self.outputs[0][t])
+            for f in range(self.k):
+                inside = self.fold == f
+                a[inside] = self.outputs[f][t][inside]
+            arrays[t] = a
+        return template.with_values(**arrays)
+
     def estimate(self, template: FrameOutputs, cfg: CrossfitConfig) -> dict[str, Any] | None:
         """The pooled honest scores (None when fewer than two folds or no epoch was seen)."""
         if not self.usable or any(o is None for o in self.outputs):

@@ -447,6 +447,9 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     else:
         pp, steps = PostProcess(), [{"step": "raw", **score_summary(val_out, val_fs.labels)}]
     honest = tracker.estimate(val_out, crossfit_config(cfg))
+    honest_out = tracker.honest_outputs(val_out)
+    if honest_out is not None:
+        honest_out.save(out / "val_outputs_honest.npz")
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps, "honest": honest})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
     data = read_json(out / "data.json")

@@ -12,6 +12,8 @@ A run directory holds:
                        (`TaskSnapshots` when they differ; best-<task>.pt while training)
     last.pt            resume state of an unfinished run (deleted when the run finishes)
     val_outputs.npz    raw per-frame validation outputs of the best checkpoint (for ensembles)
+    val_outputs_honest.npz  the same frames, each at the epoch the OTHER honest folds chose
+                       (for honest estimates of blends; absent with fewer than two folds)
     postprocess.json   fitted PostProcess and the P_MTL before/after each step
     curves.png         learning curves, per-task validation scores, post-processing steps
     result.json        summary, written last: its presence marks a finished run
