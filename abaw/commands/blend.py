@@ -20,9 +20,6 @@ from abaw.commands.options import echo_result, json_option
 @click.option("--au-weight-folds", default=5, show_default=True, type=click.IntRange(0),
               help="AU weights are scored at per-AU thresholds fitted on other folds of validation videos "
                    "(0: at thresholds fitted on the scored frames).")
-@click.option("--weights-on", default="best", show_default=True, type=click.Choice(["best", "honest"]),
-              help="Fit the weights on each run's best-epoch validation outputs, or on its honest ones (every "
-                   "row at the epoch chosen without its fold: early stopping on these frames is not rewarded).")
 @click.option("--group-seeds/--no-group-seeds", default=True, show_default=True,
               help="Runs whose settings differ only in --seed are one member (averaged with equal weights).")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
@@ -30,7 +27,7 @@ from abaw.commands.options import echo_result, json_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @json_option
 def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, au_weight_folds: int,
-          weights_on: str, group_seeds: bool,
+          group_seeds: bool,
           val_ann: str | None, overwrite: bool, json_out: str | None) -> None:
     """Blend several runs per task with weights searched on validation (HSEmotion's last step).
 
@@ -53,6 +50,6 @@ def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int
     from abaw.pipeline.blend import blend as run_blend
 
     res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds, group_seeds=group_seeds,
-                                                  au_weight_folds=au_weight_folds, weights_on=weights_on),
+                                                  au_weight_folds=au_weight_folds),
                     read_annotations(val_ann) if val_ann else None, overwrite=overwrite)
     echo_result(res, json_out)
