@@ -164,7 +164,8 @@ def test_runs_write_honest_outputs_and_blends_read_them(two_runs):
     from abaw.pipeline.blend import Member, member_outputs
 
     _, runs = two_runs
-    best, hon = FrameOutputs.load(runs["a"] / "val_outputs.npz"), FrameOutputs.load(runs["a"] / "val_outputs_honest.npz")
+    best = FrameOutputs.load(runs["a"] / "val_outputs.npz")
+    hon = FrameOutputs.load(runs["a"] / "val_outputs_honest.npz")
     assert np.array_equal(best.frame, hon.frame) and best.tasks == hon.tasks
     m = Member("a", (runs["a"],), best.tasks)
     assert np.array_equal(member_outputs(m, honest=True)[0].au, hon.au)

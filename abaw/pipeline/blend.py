@@ -7,8 +7,8 @@ chosen on a grid over the simplex (multiples of 1/`steps`; a pairwise coordinate
 when the grid is too large), each task on its own score after smoothing (the best of a few
 kernel/window candidates: each member's own and the equal blend's; raw scores under-weight a
 per-frame member that gains most from smoothing) on each run's best-epoch outputs (the
-model that predicts; fitting them on the honest outputs below scored lower on test in 6 of
-8 synthetic benchmark blends) and AU at per-AU thresholds fitted on
+model that predicts; weights fitted on the honest outputs below scored lower on test in 5
+and higher in 2 of 8 synthetic benchmark blends) and AU at per-AU thresholds fitted on
 other folds of the validation videos (`au_weight_folds`: thresholds fitted on the scored
 frames favour the member whose rare-AU scores overfit them most). The post-processing the
 runs use (`abaw.pipeline.crossfit`: smoothing kernel and window per task, AU thresholds
@@ -28,8 +28,9 @@ scored on them) and `honest`: the validation videos in `folds` folds (whole vide
 post-processing are fitted on the other folds and applied to it (`crossfit_folds`), to
 each member's *honest* outputs (`val_outputs_honest.npz`: every row at the epoch its run's
 other honest folds chose, so the run's early stopping never saw the scored rows either;
-runs without that file, validated on one video or written before it, use `val_outputs.npz`); the pooled
-predictions are scored. Every member alone gets the same three numbers.
+runs without that file, validated on one video or written before it, use
+`val_outputs.npz`); the pooled predictions are scored. Every member alone gets the same
+three numbers.
 
 The blend is written as a composed-like JSON (`tasks: {t: {runs, weights, members}}`,
 `postprocess`, `space`, `scores`, `folds`, `config`) that `abaw predict --compose` and
