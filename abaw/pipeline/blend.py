@@ -64,7 +64,7 @@ from abaw.pipeline.crossfit import (
     smooth,
     video_bootstrap_se,
 )
-from abaw.pipeline.train.honest import assign_folds, crossfit_config
+from abaw.pipeline.train.honest import HONEST_OUTPUTS, assign_folds, crossfit_config
 from abaw.pipeline.train.outputs import SPACES, FrameOutputs, align_annotations, combine
 from abaw.results import Result, fmt_score
 
@@ -176,8 +176,7 @@ def _concat(outs: list[FrameOutputs]) -> FrameOutputs:
 
 
 def _outputs_path(run: Path, honest: bool) -> Path:
-    h = run / "val_outputs_honest.npz"
-    return h if honest and h.is_file() else run / "val_outputs.npz"
+    return run / HONEST_OUTPUTS if honest and (run / HONEST_OUTPUTS).is_file() else run / "val_outputs.npz"
 
 
 def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[Path]]:
@@ -274,8 +273,7 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
                             f"({len(keys)} vs {len(ref_keys)} frames); blend runs validated on the same videos")
         inv = np.empty(len(pos), np.int64)
         inv[pos] = np.arange(len(pos))
-        hon = member_outputs(m, honest=True)[0] if any(_outputs_path(r, True) != _outputs_path(r, False)
-                                                      for r in m.runs) else out
+        hon = member_outputs(m, honest=True)[0] if any((r / HONEST_OUTPUTS).is_file() for r in m.runs) else out
         if hon is not out and _keys(hon) != keys:
             raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
         for t in m.tasks:

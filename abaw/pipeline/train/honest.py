@@ -29,6 +29,9 @@ from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 
 
 
+HONEST_OUTPUTS = "val_outputs_honest.npz"  # a run's validation outputs, each frame at its fold's honest epoch
+
+
 def assign_folds(video_idx: np.ndarray, k: int) -> np.ndarray:
     """Fold id per row: whole videos, largest first onto the lightest fold (deterministic)."""
     vids, counts = np.unique(np.asarray(video_idx), return_counts=True)
@@ -138,4 +141,4 @@ class FoldTracker:
 
 
 
-__all__ = ["FoldTracker", "assign_folds", "crossfit_config"]
+__all__ = ["HONEST_OUTPUTS", "FoldTracker", "assign_folds", "crossfit_config"]

@@ -45,7 +45,7 @@ from abaw.pipeline.train.dataset import (
     train_windows,
 )
 from abaw.pipeline.train.fullbatch import fit_full_batch
-from abaw.pipeline.train.honest import FoldTracker, crossfit_config
+from abaw.pipeline.train.honest import HONEST_OUTPUTS, FoldTracker, crossfit_config
 from abaw.pipeline.train.init import feature_stats, init_from_runs
 from abaw.pipeline.train.outputs import FrameOutputs, score_outputs
 from abaw.pipeline.train.postprocess import PostProcess, fit_postprocess, score_summary
@@ -449,7 +449,7 @@ def _finish(out: Path, cfg: TrainConfig, spec: ModelSpec, model: nn.Module, val_
     honest = tracker.estimate(val_out, crossfit_config(cfg))
     honest_out = tracker.honest_outputs(val_out)
     if honest_out is not None:
-        honest_out.save(out / "val_outputs_honest.npz")
+        honest_out.save(out / HONEST_OUTPUTS)
     write_json(out / "postprocess.json", {"postprocess": to_dict(pp), "steps": steps, "honest": honest})
     plot_curves(out / "curves.png", history, steps, best["epoch"])
     data = read_json(out / "data.json")
