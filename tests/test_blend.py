@@ -289,3 +289,76 @@ def test_weights_are_scored_after_smoothing():
 
     raw, smoothed = weights(False), weights(True)
     assert raw[0] < 0.5 < smoothed[0] and smoothed[0] - raw[0] >= 0.3, (raw, smoothed)
+
+
+def test_per_column_weights_combine_each_column_on_its_own():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((5, 12)), rng.random((5, 12))
+    w = np.zeros((2, 12))
+    w[0, :6], w[1, 6:] = 1.0, 1.0  # AUs 1-6 from a, the others from b
+    for space in ("prob", "logit"):
+        got = combine("au", [a, b], w, space)
+        np.testing.assert_allclose(got[:, :6], a[:, :6], atol=1e-6)
+        np.testing.assert_allclose(got[:, 6:], b[:, 6:], atol=1e-6)
+        np.testing.assert_allclose(combine("au", [a, b], np.full((2, 12), 0.5), space),
+                                   combine("au", [a, b], (0.5, 0.5), space), atol=1e-6)
+    for bad, msg in ((np.full((2, 11), 0.5), "11 weights per run for 12"),
+                     (np.full((2, 12), 0.6), "summing to 1")):
+        with pytest.raises(AbawError, match=msg):
+            combine("au", [a, b], bad)
+    with pytest.raises(AbawError, match="EXPR classes share one weight"):
+        combine("expr", [a[:, :8], b[:, :8]], np.full((2, 8), 0.5))
+
+
+def _au_members(seed: int = 0):
+    """Six videos; member A knows AUs 1-6 (noise on 7-12), member B the reverse."""
+    rng = np.random.default_rng(seed)
+    n_v, length = 6, 80
+    n = n_v * length
+    vid = np.repeat(np.arange(n_v), length).astype(np.int32)
+    t = np.tile(np.arange(length), n_v)
+    au = (rng.random((n, 12)) < 0.3).astype(np.int8)
+    good = np.clip(0.25 + 0.5 * au + 0.1 * rng.standard_normal((n, 12)), 0.01, 0.99)
+    noise = rng.random((n, 12))
+    a = np.where(np.arange(12) < 6, good, noise).astype(np.float32)
+    b = np.where(np.arange(12) < 6, noise, good).astype(np.float32)
+    tmpl = FrameOutputs(tuple(f"v{i}" for i in range(n_v)), vid, (t + 1).astype(np.int32))
+    labels = Labels(np.zeros((n, 2), np.float32), np.full(n, -1, np.int64), au, np.zeros(n, bool),
+                    np.zeros(n, bool), np.ones(n, bool))
+    return BlendData(tmpl, np.arange(n), labels, {"au": [a, b]}, {"au": ["A", "B"]},
+                     CrossfitConfig(windows=(1,), kernels=("box",)))
+
+
+def test_per_au_weights_take_each_au_from_the_member_that_knows_it():
+    from abaw.pipeline.blend_weights import fit_weights
+
+    data = _au_members()
+    shared = fit_weights(data, np.arange(len(data.rows)), "prob", 10, au_folds=3)["au"]
+    per_au = fit_weights(data, np.arange(len(data.rows)), "prob", 10, au_folds=3, per_au=True)["au"]
+    assert all(np.ndim(w) == 0 for w in shared)
+    wa, wb = np.asarray(per_au[0]), np.asarray(per_au[1])
+    assert wa.shape == (12,) and np.allclose(wa + wb, 1)
+    assert (wa[:6] >= 0.7).all() and (wa[6:] <= 0.3).all(), per_au
+    fits = {mode: evaluate_blend(data, BlendConfig(au_weights=mode, folds=3)) for mode in ("task", "per-au")}
+    assert fits["per-au"].honest["au"] > fits["task"].honest["au"] + 0.1  # cross-fitted: not only in-sample
+    with pytest.raises(AbawError, match="--au-weights"):
+        BlendConfig(au_weights="each").validate()
+
+
+def test_per_au_blend_file_predicts_and_exports(two_runs, tiny_synth, tmp_path):
+    root, runs = two_runs
+    out = cli("blend", runs["a"], runs["b"], "-o", tmp_path / "blend.json", "--steps", "4", "--au-weights", "per-au")
+    assert "per AU" in out
+    doc = json.loads((tmp_path / "blend.json").read_text())
+    w = np.array([m["weight"] for m in doc["tasks"]["au"]["members"]])
+    assert w.shape == (2, 12) and np.allclose(w.sum(0), 1)
+    assert all(np.ndim(m["weight"]) == 0 for t in ("va", "expr") for m in doc["tasks"][t]["members"])
+    from abaw.pipeline.blend import read_blend
+
+    got = read_blend(tmp_path / "blend.json")["weights"]["au"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(doc["tasks"]["au"]["weights"]))
+    out = cli("predict", "--compose", tmp_path / "blend.json", "--cache", root / "cache.zarr",
+              "--test-list", tiny_synth / "MTL.txt", "--out", tmp_path / "sub.txt", "--quiet")
+    cli("export-system", tmp_path / "blend.json", "-o", tmp_path / "system")
+    manifest = json.loads((tmp_path / "system" / "system.json").read_text())
+    assert manifest["blend"]["weights"]["au"] == doc["tasks"]["au"]["weights"]

@@ -20,6 +20,8 @@ from abaw.commands.options import echo_result, json_option
 @click.option("--au-weight-folds", default=5, show_default=True, type=click.IntRange(0),
               help="AU weights are scored at per-AU thresholds fitted on other folds of validation videos "
                    "(0: at thresholds fitted on the scored frames).")
+@click.option("--au-weights", default="task", show_default=True, type=click.Choice(["task", "per-au"]),
+              help="AU: one weight per member for all AUs (task), or one per member and AU (per-au).")
 @click.option("--group-seeds/--no-group-seeds", default=True, show_default=True,
               help="Runs whose settings differ only in --seed are one member (averaged with equal weights).")
 @click.option("--val-ann", type=click.Path(exists=True, dir_okay=False),
@@ -27,7 +29,7 @@ from abaw.commands.options import echo_result, json_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @json_option
 def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int, au_weight_folds: int,
-          group_seeds: bool,
+          au_weights: str, group_seeds: bool,
           val_ann: str | None, overwrite: bool, json_out: str | None) -> None:
     """Blend several runs per task with weights searched on validation (HSEmotion's last step).
 
@@ -50,6 +52,6 @@ def blend(sources: tuple[str, ...], out: str, space: str, steps: int, folds: int
     from abaw.pipeline.blend import blend as run_blend
 
     res = run_blend(list(sources), out, BlendConfig(space=space, steps=steps, folds=folds, group_seeds=group_seeds,
-                                                  au_weight_folds=au_weight_folds),
+                                                  au_weight_folds=au_weight_folds, au_weights=au_weights),
                     read_annotations(val_ann) if val_ann else None, overwrite=overwrite)
     echo_result(res, json_out)

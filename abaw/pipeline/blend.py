@@ -65,10 +65,20 @@ from abaw.pipeline.crossfit import (
     video_bootstrap_se,
 )
 from abaw.pipeline.train.honest import HONEST_OUTPUTS, assign_folds, crossfit_config
-from abaw.pipeline.train.outputs import SPACES, FrameOutputs, align_annotations, combine
+from abaw.pipeline.train.outputs import (
+    SPACES,
+    FrameOutputs,
+    align_annotations,
+    combine,
+    format_weight,
+    weight_matrix,
+    weights_from_json,
+    weights_json,
+)
 from abaw.results import Result, fmt_score
 
 BLEND_VERSION = 1
+AU_WEIGHTS = ("task", "per-au")
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,15 @@ class BlendConfig:
     folds: int = 5  # validation-video folds of the honest estimate
     group_seeds: bool = True  # runs whose settings differ only in `seed` form one equal-weight member
     au_weight_folds: int = 5  # AU weights scored at thresholds fitted on other video folds (0: on the scored rows)
+    au_weights: str = "task"  # task: one weight per member for all AUs | per-au: one per member and AU
 
     def validate(self) -> BlendConfig:
         if self.space not in SPACES:
             raise AbawError(f"--space must be one of {', '.join(SPACES)}")
         if self.steps < 1 or self.folds < 2:
             raise AbawError("--steps must be >= 1 and --folds >= 2")
+        if self.au_weights not in AU_WEIGHTS:
+            raise AbawError(f"--au-weights must be one of {', '.join(AU_WEIGHTS)}")
         if self.au_weight_folds == 1 or self.au_weight_folds < 0:
             raise AbawError("--au-weight-folds must be 0 or >= 2")
         return self
@@ -313,14 +326,16 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     if len(base.videos()) < 2:
         raise AbawError("blend: the honest estimate needs at least two validation videos")
     everything = np.arange(len(base))
-    w_all = fit_weights(data, everything, cfg.space, cfg.steps, cfg.au_weight_folds)
+    w_all = fit_weights(data, everything, cfg.space, cfg.steps, cfg.au_weight_folds,
+                        cfg.au_weights == "per-au")
     s_all = data.series(w_all, cfg.space)
     pf_all = fit_postfit(s_all, data.cfg)
     raw = score_values({t: s_all.outputs[t] for t in s_all.tasks}, s_all, None)
     optimistic = score_values(apply_postfit(s_all, pf_all), s_all, pf_all.au_thresholds)
     fold = assign_folds(base.video_idx, cfg.folds)
     k = int(fold.max()) + 1
-    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds)
+    fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds,
+                          cfg.au_weights == "per-au")
               for f in range(k)]
     cache: dict[str, Series] = {}
     scored = data.honest_view()  # each member's epoch, too, chosen without the scored rows
@@ -365,7 +380,8 @@ class BlendResult(Result):
         lines += [line(m["source"], m) for m in self.members]
         lines.append(line(f"blend ({self.space})", self.scores))
         for t, e in self.tasks.items():
-            lines.append(f"  {t.upper()} weights: " + ", ".join(f"{m['source']} {m['weight']:.2f}" for m in e["members"]))
+            lines.append(f"  {t.upper()} weights: " + ", ".join(f"{m['source']} {format_weight(m['weight'])}"
+                                                              for m in e["members"]))
         lines.append(f"blend written to {self.out} (abaw predict --compose {self.out})")
         return "\n".join(lines)
 
@@ -405,12 +421,12 @@ def write_blend(members: list[Member], dest: Path, cfg: BlendConfig, val_ann: An
         if t not in data.names:
             continue
         runs, weights, mem = [], [], []
-        for name, w in zip(data.names[t], fit.weights[t]):
+        for name, w in zip(data.names[t], weights_json(fit.weights[t])):
             m = by_name[name]
             mem.append({"source": name, "runs": [os.path.relpath(r.resolve(), base_dir) for r in m.runs],
                         "weight": w})
             runs += mem[-1]["runs"]
-            weights += [w / len(m.runs)] * len(m.runs)
+            weights += weights_json([np.asarray(w) / len(m.runs)] * len(m.runs))
         tasks[t] = {"runs": runs, "weights": weights, "members": mem,
                     "score": fit.optimistic[t], "honest": fit.honest[t]}
     pp = PostProcess.from_postfit(fit.postfit, tuple(tasks), cf.thresholds)
@@ -418,7 +434,8 @@ def write_blend(members: list[Member], dest: Path, cfg: BlendConfig, val_ann: An
     doc = {"abaw_blend": BLEND_VERSION, "mode": "blend", "space": cfg.space, "tasks": tasks,
            "postprocess": to_dict(pp), "total": fit.optimistic["total"], "honest": fit.honest["total"],
            "scores": scores, "members": alone,
-           "folds": {"videos": fit.fold_videos, "weights": [dict(w) for w in fit.fold_weights],
+           "folds": {"videos": fit.fold_videos,
+                     "weights": [{t: weights_json(x) for t, x in w.items()} for w in fit.fold_weights],
                      "postprocess": [asdict(p) for p in fit.fold_postfits]},
            "config": {**asdict(cfg), "postprocess_search": asdict(cf), "sources": sources}}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -440,9 +457,9 @@ def read_blend(path: str | os.PathLike) -> dict[str, Any]:
     try:
         if data.get("abaw_blend") != BLEND_VERSION or data["space"] not in SPACES:
             raise KeyError("abaw_blend")
-        weights = {t: tuple(float(x) for x in e["weights"]) for t, e in data["tasks"].items()}
-        if any(len(w) != len(data["tasks"][t]["runs"]) for t, w in weights.items()):
-            raise KeyError("weights")
+        weights = {t: weights_from_json(e["weights"]) for t, e in data["tasks"].items()}
+        for t, w in weights.items():
+            weight_matrix(w, len(data["tasks"][t]["runs"]), t)
         return {"weights": weights, "space": data["space"], "postprocess": from_dict(PostProcess, data["postprocess"])}
     except (KeyError, TypeError, ValueError, AbawError) as e:
         raise AbawError(f"{p}: not a blend written by abaw blend ({e})") from None

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from abaw.metrics import per_au_f1
 from abaw.pipeline.crossfit import Series, fit_thresholds, task_score
 from abaw.pipeline.train.honest import assign_folds
 from abaw.pipeline.train.outputs import combine
@@ -57,8 +58,16 @@ def crossfit_au_decisions(v: np.ndarray, s: Series, fold: np.ndarray, grid) -> n
     return dec
 
 
+def per_au_weights(f1: np.ndarray, grid: np.ndarray, shared: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """Per AU, the grid point of the best F1 (`f1` [G, C] over `grid` [G, m]; ties: closest to the
+    `shared` weights), as one tuple of C weights per member."""
+    key = f1 - 1e-9 * ((grid - shared[None]) ** 2).sum(1)[:, None]
+    w = grid[key.argmax(0)]  # [C, m]
+    return tuple(tuple(float(x) for x in col) for col in w.T)
+
+
 def fit_weights(data: Any, sel: np.ndarray, space: str, steps: int,
-                au_folds: int = 0) -> dict[str, tuple[float, ...]]:
+                au_folds: int = 0, per_au: bool = False) -> dict[str, tuple]:
     """Per task, the weights scoring best on the labelled rows `sel` of `data` (a `blend.BlendData`).
 
     Each weight vector is scored as it will be delivered: smoothed (when the post-processing
@@ -69,7 +78,13 @@ def fit_weights(data: Any, sel: np.ndarray, space: str, steps: int,
     most from smoothing) loses weight to a temporal one that is smooth already. AU, when the
     post-processing fits thresholds: scored at thresholds fitted on those rows (`au_folds` 0),
     or cross-fitted over `au_folds` folds of their videos — per-AU thresholds fitted on the
-    scored rows reward the member whose rare-AU scores overfit the split most."""
+    scored rows reward the member whose rare-AU scores overfit the split most.
+
+    `per_au`: AU gets one weight vector per AU (each member's weight a tuple of 12): P_AU is the
+    mean of per-AU F1s, each depending on its own column only (thresholds and smoothing are per
+    column), so every AU takes the grid point of its own best F1 at the smoothing candidate whose
+    mean is best (ties: the shared weights). The members differ most on the rare AUs (a deep
+    temporal head memorises 3 %-base-rate AUs that a linear probe does not)."""
     s = data.base().take(sel)
     fold = assign_folds(s.video_idx, au_folds) if au_folds >= 2 else None
     if fold is not None and fold.max() < 1:
@@ -102,4 +117,32 @@ def fit_weights(data: Any, sel: np.ndarray, space: str, steps: int,
         short_list = sorted(short)
         out[t] = search_weights(lambda w, short_list=short_list, score=score: max(score(w, c) for c in short_list),
                                 m, steps)
+        if t == "au" and per_au and math.comb(steps + m - 1, m - 1) <= MAX_GRID:
+            out[t] = _per_au(data, sel, s, fold, space, steps, m, short_list, np.asarray(out[t]))
     return out
+
+
+def _per_au(data: Any, sel: np.ndarray, s: Series, fold: np.ndarray | None, space: str, steps: int, m: int,
+            short_list: list[tuple[str, int]], shared: np.ndarray) -> tuple:
+    """`fit_weights`' per-AU weights: the grid's per-AU F1 [G, 12] at each smoothing candidate."""
+    grid = simplex_grid(m, steps)
+    valid = s.labels["au_valid"]
+    if not valid.any():
+        return tuple(float(x) for x in shared)
+    true = s.labels["au"][valid]
+    best, best_f1 = -np.inf, None
+    for c in short_list:
+        arrs = [data.smoothed("au", i, *c)[sel] for i in range(m)]
+        f1 = []
+        for w in grid:
+            v = combine("au", arrs, w, space).astype(np.float64)
+            if data.cfg.thresholds:
+                dec = (crossfit_au_decisions(v, s, fold, data.cfg.grid) if fold is not None else
+                       v >= fit_thresholds(v, s.labels["au"], valid, data.cfg.grid)[None])
+            else:
+                dec = v >= 0.5
+            f1.append(per_au_f1(true, dec[valid]))
+        f1 = np.asarray(f1)
+        if f1.max(0).mean() > best:
+            best, best_f1 = f1.max(0).mean(), f1
+    return per_au_weights(best_f1, grid, shared)

@@ -74,6 +74,7 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
     from abaw.data.labels import AU_NAMES, EXPR_NAMES
     from abaw.io import atomic_write, write_json
     from abaw.pipeline.predict.system import load_system
+    from abaw.pipeline.train.outputs import weights_json
 
     srcs = [runs_or_composed] if isinstance(runs_or_composed, (str, os.PathLike)) else list(runs_or_composed)
     composed = None
@@ -121,7 +122,7 @@ def export_system(runs_or_composed: list[str] | tuple[str, ...] | str, out: str 
         if system.va_dims:  # VA composed per dimension: the runs of valence and of arousal
             manifest["va_dims"] = {d: [ids[str(r.path)] for r in rs] for d, rs in system.va_dims.items()}
         if system.blended:  # `abaw blend`: per-task run weights, their space, the blend's post-processing
-            manifest["blend"] = {"weights": {t: list(w) for t, w in system.weights.items()}, "space": system.space,
+            manifest["blend"] = {"weights": {t: weights_json(w) for t, w in system.weights.items()}, "space": system.space,
                                  "postprocess": to_dict(system.postprocess)}
         write_json(tmp / MANIFEST, manifest)
         if archive:
@@ -302,6 +303,7 @@ def load_exported(ref: str, device: str = "cpu"):
     from abaw.pipeline.predict.heads_system import RunsSystem
     from abaw.pipeline.predict.system import System
     from abaw.pipeline.train.config import TrainConfig
+    from abaw.pipeline.train.outputs import weights_from_json
     from abaw.pipeline.train.postprocess import PostProcess
     from abaw.pipeline.train.run import Run
     from abaw.runtime import resolve_device
@@ -326,7 +328,7 @@ def load_exported(ref: str, device: str = "cpu"):
                             fingerprints=e.get("fingerprints", {}), device=dev,
                             train_gap=None if e.get("train_gap") is None else float(e["train_gap"]))
         blend = m.get("blend")
-        extra = {} if not blend else {"weights": {t: tuple(float(x) for x in w) for t, w in blend["weights"].items()},
+        extra = {} if not blend else {"weights": {t: weights_from_json(w) for t, w in blend["weights"].items()},
                                       "space": str(blend["space"]),
                                       "postprocess": from_dict(PostProcess, blend["postprocess"])}
         system = System({t: [runs[r] for r in rs] for t, rs in m["tasks"].items()},

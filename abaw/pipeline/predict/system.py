@@ -94,9 +94,11 @@ class System:
         return _thresholds([r.postprocess for r in self.runs["au"]]) if self.runs.get("au") else np.full(N_AU, 0.5)
 
     def describe(self) -> str:
+        from abaw.pipeline.train.outputs import format_weight
+
         def runs(t: str) -> str:
             w = self.weights.get(t)
-            return ", ".join(f"{r.path}" + (f" x{w[i]:.2f}" if w else "") for i, r in enumerate(self.runs[t]))
+            return ", ".join(f"{r.path}" + (f" x{format_weight(w[i])}" if w else "") for i, r in enumerate(self.runs[t]))
 
         def va() -> str:
             src = self.va_sources()

@@ -38,6 +38,7 @@ from abaw.pipeline.search.leaderboard import (
 )
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
+from abaw.pipeline.train.outputs import format_weight
 from abaw.results import Result
 from abaw.rundir import check_identity, data_identity, feature_fingerprints
 
@@ -231,8 +232,9 @@ class SearchResult(Result):
         lines = [format_leaderboard(list(self.rows)), f"leaderboard: {Path(self.out) / 'leaderboard.csv'}"]
         if self.composed is not None and self.composed.get("mode") == "blend":
             c = self.composed
-            parts = "; ".join(f"{t.upper()} " + ", ".join(f"{m['source']} {m['weight']:.2f}" for m in e["members"]
-                                                      if m["weight"] > 0) for t, e in c["tasks"].items())
+            parts = "; ".join(f"{t.upper()} " + ", ".join(f"{m['source']} {format_weight(m['weight'])}"
+                                                      for m in e["members"] if np.max(m["weight"]) > 0)
+                              for t, e in c["tasks"].items())
             se = c["scores"]["honest"].get("se")
             lines.append(f"composed blend: P {c['total']:.4f} (honest {c['honest']:.4f}"
                          f"{'' if se is None else f' ± {se:.3f}'}) = {parts}  "

@@ -93,8 +93,40 @@ def mean_outputs(outputs: list[FrameOutputs]) -> FrameOutputs:
 SPACES = ("prob", "logit")
 
 
+def weight_matrix(weights, n: int, task: str = "") -> np.ndarray:
+    """Blend weights as an array: [n] (one per run) or [n, C] (one per run and output column,
+    e.g. per AU), every column non-negative and summing to 1."""
+    try:
+        w = np.asarray(weights, np.float64)
+    except (TypeError, ValueError):
+        w = np.zeros(0)
+    if w.ndim not in (1, 2) or len(w) != n or not n or (w < 0).any() or (np.abs(w.sum(0) - 1.0) > 1e-6).any():
+        raise AbawError(f"combine {task}: need one non-negative weight (or one per column) per run, summing to 1 "
+                        f"(got {np.asarray(weights, dtype=object).tolist()})")
+    return w
+
+
+def weights_json(weights) -> list:
+    """Blend weights of one task as plain JSON numbers (a float or a list of floats per run)."""
+    return [[float(x) for x in w] if np.ndim(w) else float(w) for w in weights]
+
+
+def weights_from_json(values) -> tuple:
+    """Inverse of `weights_json`: per run a float, or a tuple of floats (per column)."""
+    return tuple(tuple(float(x) for x in w) if isinstance(w, (list, tuple)) else float(w) for w in values)
+
+
+def format_weight(w) -> str:
+    """A run's blend weight for people: `0.40`, or per column `0.40 (0.00-1.00 per AU)`."""
+    if not np.ndim(w):
+        return f"{float(w):.2f}"
+    a = np.asarray(w, np.float64)
+    return f"{a.mean():.2f} ({a.min():.2f}-{a.max():.2f} per AU)"
+
+
 def combine(task: str, arrays: list[np.ndarray], weights, space: str = "prob") -> np.ndarray:
-    """Weighted mean of several runs' outputs of one task (weights >= 0, summing to 1).
+    """Weighted mean of several runs' outputs of one task (weights >= 0, summing to 1; one per
+    run, or one per run and output column [runs, C], e.g. per AU).
 
     `prob`: VA values and EXPR/AU probabilities averaged as they are; `logit`: EXPR
     log-probabilities (then softmax) and AU logits (then sigmoid) averaged. VA values are
@@ -102,19 +134,25 @@ def combine(task: str, arrays: list[np.ndarray], weights, space: str = "prob") -
     """
     if space not in SPACES:
         raise AbawError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
-    w = np.asarray(weights, np.float64)
-    if len(arrays) != len(w) or not len(w) or (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
-        raise AbawError(f"combine {task}: need one non-negative weight per run summing to 1 (got {w.tolist()})")
+    w = weight_matrix(weights, len(arrays), task)
     if len(arrays) == 1:
         return np.asarray(arrays[0], np.float32)
     x = np.stack([np.asarray(a, np.float64) for a in arrays])
+    if w.ndim == 2 and w.shape[1] != x.shape[-1]:
+        raise AbawError(f"combine {task}: {w.shape[1]} weights per run for {x.shape[-1]} output columns")
+    if w.ndim == 2 and task == "expr":
+        raise AbawError("combine expr: per-column weights are for AU and VA (EXPR classes share one weight)")
+
+    def mean(z: np.ndarray) -> np.ndarray:
+        return np.tensordot(w, z, 1) if w.ndim == 1 else np.einsum("mc,m...c->...c", w, z)
+
     if space == "prob" or task == "va":
-        return np.tensordot(w, x, 1).astype(np.float32)
+        return mean(x).astype(np.float32)
     p = np.clip(x, 1e-7, 1 - 1e-7)
     if task == "au":
-        z = np.tensordot(w, np.log(p) - np.log1p(-p), 1)
+        z = mean(np.log(p) - np.log1p(-p))
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    z = np.tensordot(w, np.log(p), 1)
+    z = mean(np.log(p))
     z = np.exp(z - z.max(-1, keepdims=True))
     return (z / z.sum(-1, keepdims=True)).astype(np.float32)
 
