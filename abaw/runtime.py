@@ -96,10 +96,16 @@ class DistEnv:
         values = self.gather(float(x))
         return float(sum(values) / len(values))
 
-    def teardown(self) -> None:
+    def teardown(self, sync: bool = False) -> None:
+        """Leave the group this process joined. `sync` (a rank that finished normally): first
+        meet every other rank at a barrier, so none closes its connections while another is
+        still tearing down (a gloo rank that loses its peer then can abort with SIGABRT). A
+        rank leaving on an error does not wait: it exits, and torchrun stops the others."""
         if self.owns_group:
             import torch.distributed as dist
 
+            if sync:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

@@ -11,6 +11,8 @@ decimals), the mean of honest - test ± its standard error over the runs (the es
 bias), runs within 0.05 of test, and how many would be within 0.05 if the estimate were
 exactly unbiased with the standard errors measured (sum over runs of
 P(|N(0, se_h^2 + se_t^2)| <= 0.05)): what the 0.05 target can be at these split sizes.
+Then per (profile, size) and system, over its seeds: the mean test ratio per task to the
+strongest baseline ± its standard error over the seeds, and the mean honest - test.
 Rows repeated across files (the same size, seed and system) are shown once (the last file wins).
 """
 
@@ -66,6 +68,28 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def _mean_se(xs: list[float], spec: str = ".3f") -> str:
+    n = len(xs)
+    m = sum(xs) / n
+    se = (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5 / n ** 0.5 if n > 1 else None
+    return format(m, spec) + (f" ± {se:.3f}" if se is not None else "")
+
+
+def group_lines(keyed: list[tuple[str, dict]]) -> list[str]:
+    """Per (profile, size, system): seeds, mean test ratio per task ± se over seeds, mean honest - test."""
+    out = ["| profile | size | system | seeds | mean ratio VA | mean ratio EXPR | mean ratio AU | mean honest − test |",
+           "| --- " * 8 + "|"]
+    by: dict[tuple, list[dict]] = {}
+    for profile, r in keyed:
+        by.setdefault((profile, r["size"], r["system"]), []).append(r)
+    for (profile, size, name), rs in by.items():
+        gaps = [r["val_honest"]["total"] - r["test"]["total"] for r in rs]
+        out.append(f"| {profile} | {size} | {name} | {','.join(str(r['seed']) for r in rs)} | "
+                   + " | ".join(_mean_se([r["ratio"][k] for r in rs]) for k in TASKS)
+                   + f" | {_mean_se(gaps, '+.3f')} |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+")
@@ -87,6 +111,8 @@ def main(argv=None) -> int:
         print(row_line(*rows[key]))
     print()
     print("\n".join(summary_lines([rows[k][1] for k in ordered])))
+    print()
+    print("\n".join(group_lines([rows[k] for k in ordered])))
     return 0
 
 

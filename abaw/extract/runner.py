@@ -147,9 +147,11 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
         summary.wall_s = time.perf_counter() - t_start
         if ctx.grouped:
             summary = ExtractSummary.merge(env.gather(summary.to_dict()))
-        return summary
-    finally:
+    except BaseException:
         env.teardown()
+        raise
+    env.teardown(sync=True)
+    return summary
 
 
 # ---------------------------------------------------------------------------- frame folders

@@ -214,9 +214,12 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None 
     env = DistEnv.from_env()
     env.init_group(dev)
     try:
-        return _finetune(cfg, Path(out), dev, env, workers, progress, overwrite, on_epoch_end)
-    finally:
+        result = _finetune(cfg, Path(out), dev, env, workers, progress, overwrite, on_epoch_end)
+    except BaseException:
         env.teardown()
+        raise
+    env.teardown(sync=True)
+    return result
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, workers: int, progress: bool,
