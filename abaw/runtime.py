@@ -16,7 +16,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -95,6 +95,17 @@ class DistEnv:
         """The mean of `x` over the ranks (`x` in one process)."""
         values = self.gather(float(x))
         return float(sum(values) / len(values))
+
+    @contextlib.contextmanager
+    def leaving(self) -> Iterator[None]:
+        """Leave the group when the block ends: after every rank is done when it ends normally
+        (`teardown(sync=True)`), at once when it raises."""
+        try:
+            yield
+        except BaseException:
+            self.teardown()
+            raise
+        self.teardown(sync=True)
 
     def teardown(self, sync: bool = False) -> None:
         """Leave the group this process joined. `sync` (a rank that finished normally): first

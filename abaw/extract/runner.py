@@ -135,7 +135,7 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     sources = discover(inputs, cfg.kind)
     only = read_only_lists(cfg.only) if cfg.only else None
     grouped = env.init_group(backend="gloo") if env.distributed else False
-    try:
+    with env.leaving():
         ctx = RunContext.create(backbones, cfg, env, progress, background_writes)  # before the store:
         ctx.grouped = grouped  # a model that cannot be built leaves no empty store behind
         jobs = make_jobs(sources, cfg, only, ctx.crop)
@@ -147,11 +147,7 @@ def extract(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
         summary.wall_s = time.perf_counter() - t_start
         if ctx.grouped:
             summary = ExtractSummary.merge(env.gather(summary.to_dict()))
-    except BaseException:
-        env.teardown()
-        raise
-    env.teardown(sync=True)
-    return summary
+        return summary
 
 
 # ---------------------------------------------------------------------------- frame folders

@@ -213,13 +213,8 @@ def finetune(cfg: FinetuneConfig, out: str | os.PathLike, *, device: str | None 
         torch.cuda.set_device(dev)
     env = DistEnv.from_env()
     env.init_group(dev)
-    try:
-        result = _finetune(cfg, Path(out), dev, env, workers, progress, overwrite, on_epoch_end)
-    except BaseException:
-        env.teardown()
-        raise
-    env.teardown(sync=True)
-    return result
+    with env.leaving():
+        return _finetune(cfg, Path(out), dev, env, workers, progress, overwrite, on_epoch_end)
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, dev: torch.device, env: DistEnv, workers: int, progress: bool,
