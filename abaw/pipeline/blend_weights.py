@@ -58,6 +58,18 @@ def crossfit_au_decisions(v: np.ndarray, s: Series, fold: np.ndarray, grid) -> n
     return dec
 
 
+def au_decisions(v: np.ndarray, s: Series, fold: np.ndarray | None, cfg: Any) -> np.ndarray:
+    """AU decisions (0/1) of probabilities `v` on the rows of `s` as the post-processing `cfg`
+    will make them: at thresholds cross-fitted over `fold` (None: fitted on these rows), or at
+    0.5 when it fits none."""
+    valid = s.labels["au_valid"]
+    if not (cfg.thresholds and valid.any()):
+        return (v >= 0.5).astype(np.float64)
+    if fold is not None:
+        return crossfit_au_decisions(v, s, fold, cfg.grid)
+    return (v >= fit_thresholds(v, s.labels["au"], valid, cfg.grid)[None]).astype(np.float64)
+
+
 def per_au_weights(f1: np.ndarray, grid: np.ndarray, shared: np.ndarray) -> tuple[tuple[float, ...], ...]:
     """Per AU, the grid point of the best F1 (`f1` [G, C] over `grid` [G, m]; ties: closest to the
     `shared` weights), as one tuple of C weights per member."""
@@ -100,13 +112,9 @@ def fit_weights(data: Any, sel: np.ndarray, space: str, steps: int,
 
         def score(w: np.ndarray, c: tuple[str, int], t: str = t, m: int = m) -> float:
             v = combine(t, [data.smoothed(t, i, *c)[sel] for i in range(m)], w, space).astype(np.float64)
-            thr = None
-            if t == "au" and data.cfg.thresholds and s.labels["au_valid"].any():
-                if fold is not None:
-                    v, thr = crossfit_au_decisions(v, s, fold, data.cfg.grid), np.full(v.shape[1], 0.5)
-                else:
-                    thr = fit_thresholds(v, s.labels["au"], s.labels["au_valid"], data.cfg.grid)
-            sc = task_score(t, v, s, thr)
+            if t == "au":
+                v = au_decisions(v, s, fold, data.cfg)  # scored at 0.5 below
+            sc = task_score(t, v, s)
             return -np.inf if sc is None else sc
 
         def best_smoothing(w: np.ndarray) -> tuple[str, int]:
@@ -135,13 +143,8 @@ def _per_au(data: Any, sel: np.ndarray, s: Series, fold: np.ndarray | None, spac
         arrs = [data.smoothed("au", i, *c)[sel] for i in range(m)]
         f1 = []
         for w in grid:
-            v = combine("au", arrs, w, space).astype(np.float64)
-            if data.cfg.thresholds:
-                dec = (crossfit_au_decisions(v, s, fold, data.cfg.grid) if fold is not None else
-                       v >= fit_thresholds(v, s.labels["au"], valid, data.cfg.grid)[None])
-            else:
-                dec = v >= 0.5
-            f1.append(per_au_f1(true, dec[valid]))
+            dec = au_decisions(combine("au", arrs, w, space).astype(np.float64), s, fold, data.cfg)
+            f1.append(per_au_f1(true, dec[valid] >= 0.5))
         f1 = np.asarray(f1)
         if f1.max(0).mean() > best:
             best, best_f1 = f1.max(0).mean(), f1
