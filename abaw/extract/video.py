@@ -13,6 +13,7 @@ decode were yielded; `decoded` says how many, for a caller that keeps partial vi
 
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,9 @@ def _decode(path: str, c, threads: int = 0) -> Iterator:
     Threaded decoding can swallow an error or lose the frames next to it, and how many
     depends on timing. So when anything is wrong the file is decoded again on one thread,
     which decides: its frames beyond those already yielded are yielded too, and its
-    outcome (damaged, truncated, or fine after all) is the one raised.
+    outcome (damaged, truncated, or fine after all) is the one raised. The threaded pass
+    holds back two frames per thread, so frames next to the damage come from that exact
+    pass (a fresh clone's CI once kept 15 frames of a video whose 14th decodes corrupt).
     """
     import av
 
@@ -152,15 +155,22 @@ def _decode(path: str, c, threads: int = 0) -> Iterator:
     s.thread_type = "AUTO"
     if threads:
         s.thread_count = threads
+    # a threaded decoder reports a problem up to one frame per thread late: hold that many
+    # frames back, so the frames next to damaged data come from the exact pass, never from here
+    lag = 2 * (threads or (os.cpu_count() or 1) + 1)
+    held: collections.deque = collections.deque()
     n = 0
     try:
         for fr in c.decode(s):
             if getattr(fr, "is_corrupt", False):
                 break
-            n += 1
-            yield fr
+            held.append(fr)
+            if len(held) > lag:
+                n += 1
+                yield held.popleft()
         else:
-            if n and not info.is_short(n):
+            if n + len(held) and not info.is_short(n + len(held)):
+                yield from held
                 return
     except av.error.FFmpegError:
         pass
