@@ -19,7 +19,7 @@ test split only ever used for scoring:
 Per system: the validation score as the tool reports it (optimistic: epoch and
 post-processing chosen on the frames scored), the honest estimate (heads: the tool's own,
 `abaw.pipeline.train.honest`, epoch and post-processing fitted on other validation folds;
-baselines: post-processing cross-fitted leave-one-video-out by `abaw.pipeline.crossfit`)
+baselines: post-processing cross-fitted leave-one-clip-out by `abaw.pipeline.crossfit`)
 and the test score of the system as delivered. Prints per-task test ratios heads / the
 stronger baseline and the gap honest estimate - test; writes JSON to bench/out/. A
 benchmark, not a test: no assertion. Targets (issue 10): every ratio >= 1.00 at both
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from abaw.data.annotations import read_annotations  # noqa: E402
+from abaw.data.labels import clip_ids  # noqa: E402
 from abaw.io import write_json  # noqa: E402
 from abaw.pipeline.crossfit import CrossfitConfig, PostFit, apply_to, crossfit, make_series, score_values  # noqa: E402
 
@@ -260,7 +261,8 @@ def tool_pp_test(run, test_out, labels) -> tuple[dict, tuple]:
 
 
 def evaluate(val_out, test_out, splits, pp_cfg: CrossfitConfig) -> dict:
-    cf = crossfit(make_series(val_out, splits["validation"].labels, pp_cfg), pp_cfg)
+    cf = crossfit(make_series(val_out, splits["validation"].labels, pp_cfg), pp_cfg,
+                  groups=clip_ids(val_out.videos, val_out.video_idx))  # a clip's tracks left out together
     return {"val_raw": cf.raw, "val_optimistic": cf.optimistic, "val_honest": cf.honest,
             "test": score_test(test_out, splits["test"].labels, cf.fit_all), "postprocess": cf.fit_all.__dict__,
             "_dec": test_decisions(test_out, splits["test"].labels, apply_to(test_out, cf.fit_all),
@@ -496,7 +498,7 @@ def main(argv=None) -> int:
             print("\n".join(table_lines(here) + diff_lines(here)), flush=True)
     print("\nval rep: validation as the tool reports it (optimistic); honest: the tool's honest estimate (heads: "
           "epoch + post-processing fitted on other validation folds; baselines: post-processing cross-fitted "
-          "leave-one-video-out); test: the system as delivered (heads: the run's own post-processing; baselines: "
+          "leave-one-clip-out); test: the system as delivered (heads: the run's own post-processing; baselines: "
           "fitted on all validation); gap = honest - test; r*: test ratio vs the stronger baseline per task; "
           "testX: heads with the cross-fit module's post-processing; min: training minutes")
     print("\n".join(table_lines(rows)))

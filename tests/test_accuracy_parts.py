@@ -144,6 +144,39 @@ def test_crossfit_never_fits_on_the_scored_video():
         assert fold_videos == {0, 1, 2, 3} - {v}
 
 
+def test_crossfit_leaves_out_both_tracks_of_a_clip():
+    """`a_left` and `a_right` are two people of one clip: the post-processing applied to one
+    is never fitted on the other (nor is a fold of the honest estimate or of a blend)."""
+    from abaw.data.labels import clip_ids, clip_of
+    from abaw.pipeline.train.honest import FoldTracker, assign_folds
+
+    names = ("a_left", "a_right", "b", "c_left", "c_right", "d")
+    assert [clip_of(v) for v in names] == ["a", "a", "b", "c", "c", "d"]
+    out, labels = _fake(n_videos=6, signal=0.5)
+    out = FrameOutputs(names, out.video_idx, out.frame, va=out.va, expr=out.expr, au=out.au)
+    groups = clip_ids(out.videos, out.video_idx)
+    assert len(np.unique(groups)) == 4
+    seen: list[set[str]] = []
+
+    def recording_fit(s, c):
+        seen.append({names[int(v)] for v in s.videos()})
+        return fit_postfit(s, c)
+
+    cfg = CrossfitConfig(windows=(1, 5))
+    res = crossfit(make_series(out, labels, cfg), cfg, fit_fn=recording_fit, groups=groups)
+    assert sorted(seen[1:], key=sorted) == sorted([set(names) - {"a_left", "a_right"}, set(names) - {"b"},
+                                                   set(names) - {"c_left", "c_right"}, set(names) - {"d"}], key=sorted)
+    assert len(res.folds) == 4
+    by_video = crossfit(make_series(out, labels, cfg), cfg)  # without groups: one video at a time
+    assert len(by_video.folds) == 6
+    fold = assign_folds(groups, 3)
+    assert fold[out.video_idx == 0][0] == fold[out.video_idx == 1][0]  # a_left and a_right: one fold
+    tracker = FoldTracker(out.video_idx, labels, 3, groups=groups)
+    assert np.array_equal(tracker.fold, fold)
+    with pytest.raises(ValueError, match="groups for"):
+        crossfit(make_series(out, labels, cfg), cfg, groups=groups[:10])
+
+
 def test_crossfit_honest_below_optimistic_on_noise():
     out, labels = _fake(n_videos=6, seed=1, signal=0.0)
     res = crossfit(make_series(out, labels), CrossfitConfig())

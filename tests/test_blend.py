@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from abaw.cache.store import FeatureStore
 from abaw.cli import main
 from abaw.data.annotations import read_annotations
+from abaw.data.labels import clip_of
 from abaw.errors import AbawError
 from abaw.pipeline.blend import BlendConfig, BlendData, evaluate_blend
 from abaw.pipeline.blend_weights import search_weights, simplex_grid
@@ -72,8 +73,10 @@ def test_blend_of_two_runs_predicts_and_exports(two_runs, tiny_synth, tmp_path):
         assert all(abs(x * 4 - round(x * 4)) < 1e-9 for x in w)  # on the grid of --steps 4
         assert abs(sum(e["weights"]) - 1) < 1e-9
     k = len(doc["folds"]["videos"])
-    assert k == 3 and sorted(v for f in doc["folds"]["videos"] for v in f) == \
+    assert sorted(v for f in doc["folds"]["videos"] for v in f) == \
         sorted(read_annotations(tiny_synth / FILES[1]).videos)  # every validation video in one fold
+    clips = [{clip_of(v) for v in f} for f in doc["folds"]["videos"]]
+    assert k == len({c for f in clips for c in f}) == 2 and not clips[0] & clips[1]  # a clip's tracks: one fold
     assert len(doc["folds"]["weights"]) == k and doc["scores"]["honest"]["total"] == doc["honest"]
     assert [m["source"] for m in doc["members"]] == [str(runs["a"]), str(runs["b"])]  # each alone, scored too
     assert all(m["honest"]["total"] is not None for m in doc["members"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 AU_NAMES: tuple[str, ...] = (
     "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26",
 )
@@ -91,3 +93,19 @@ def frame_problem(name: str, frame: int) -> str | None:
 def image_name(video: str, frame: int) -> str:
     """The canonical Aff-Wild2 image name: 5-digit, 1-based frame number."""
     return f"{video}/{frame:05d}.jpg"
+
+
+def clip_of(video: str) -> str:
+    """The clip a track belongs to: Aff-Wild2 names the two people of one clip `<clip>_left` and
+    `<clip>_right`. They share the scene, the camera and the annotators, so any split that must
+    not see a scored track (folds, cross-fitting) keeps a clip's tracks together."""
+    return video.removesuffix("_left").removesuffix("_right")
+
+
+def clip_ids(videos, video_idx) -> np.ndarray:
+    """A clip id per row (`video_idx` indexes `videos`): split rows on it, not on the track."""
+    names = [clip_of(v) for v in videos]
+    index = {c: i for i, c in enumerate(sorted(set(names)))}
+    of_video = np.array([index[c] for c in names], np.int64)
+    vi = np.asarray(video_idx, np.int64)
+    return of_video[vi] if len(of_video) else np.zeros(len(vi), np.int64)

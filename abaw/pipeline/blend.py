@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS, VA_DIMS
+from abaw.data.labels import TASKS, VA_DIMS, clip_ids
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
 from abaw.pipeline.blend_weights import fit_weights
@@ -248,6 +248,10 @@ class BlendData:
         """The labelled rows (no smoothing): labels and video ids for scores and folds."""
         return make_series(self.template.only(()), self.labels, CrossfitConfig(smoothing=False), self.rows)
 
+    def clips(self) -> np.ndarray:
+        """The clip id of each labelled row (`base()` order): folds keep a clip's tracks together."""
+        return clip_ids(self.template.videos, self.template.video_idx[self.rows])
+
     def blended(self, weights: dict[str, tuple[float, ...]], space: str) -> FrameOutputs:
         return self.template.with_values(**{t: (combine(t, self.arrays[t], weights[t], space)
                                                 if t in weights else None) for t in TASKS})
@@ -332,7 +336,7 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     pf_all = fit_postfit(s_all, data.cfg)
     raw = score_values({t: s_all.outputs[t] for t in s_all.tasks}, s_all, None)
     optimistic = score_values(apply_postfit(s_all, pf_all), s_all, pf_all.au_thresholds)
-    fold = assign_folds(base.video_idx, cfg.folds)
+    fold = assign_folds(data.clips(), cfg.folds)
     k = int(fold.max()) + 1
     fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds,
                           cfg.au_weights == "per-au")

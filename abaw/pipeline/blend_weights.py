@@ -98,7 +98,7 @@ def fit_weights(data: Any, sel: np.ndarray, space: str, steps: int,
     mean is best (ties: the shared weights). The members differ most on the rare AUs (a deep
     temporal head memorises 3 %-base-rate AUs that a linear probe does not)."""
     s = data.base().take(sel)
-    fold = assign_folds(s.video_idx, au_folds) if au_folds >= 2 else None
+    fold = assign_folds(data.clips()[sel], au_folds) if au_folds >= 2 else None
     if fold is not None and fold.max() < 1:
         fold = None  # one video: nothing to cross-fit over
     cands = [("box", 1)] + ([(k, w) for k in data.cfg.kernels for w in data.cfg.windows if w > 1]

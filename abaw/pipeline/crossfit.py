@@ -260,7 +260,7 @@ class CrossfitResult:
     honest: dict[str, float | None]  # each video scored with post-processing fitted on the others
     raw: dict[str, float | None]  # no post-processing (AU at 0.5)
     fit_all: PostFit
-    folds: dict[int, PostFit]  # video index -> the PostFit applied to it
+    folds: dict[int, PostFit]  # video index (group id with `groups`) -> the PostFit applied to it
 
     def to_dict(self) -> dict[str, Any]:
         return {"raw": self.raw, "optimistic": self.optimistic, "honest": self.honest,
@@ -270,14 +270,21 @@ class CrossfitResult:
 FitFn = Callable[[Series, CrossfitConfig], PostFit]
 
 
-def crossfit(s: Series, cfg: CrossfitConfig = CrossfitConfig(), fit_fn: FitFn = fit_postfit) -> CrossfitResult:
-    """Optimistic and honest (leave-one-video-out) post-processed scores of a validation Series."""
-    if len(s.videos()) < 2:
-        raise ValueError("crossfit needs at least two validation videos")
+def crossfit(s: Series, cfg: CrossfitConfig = CrossfitConfig(), fit_fn: FitFn = fit_postfit,
+             groups: np.ndarray | None = None) -> CrossfitResult:
+    """Optimistic and honest (leave-one-video-out) post-processed scores of a validation Series.
+
+    `groups`: a group id per row left out together instead of the video (`clip_ids`: the two
+    tracks of one clip)."""
+    fold = s.video_idx if groups is None else np.asarray(groups)
+    if len(fold) != len(s):
+        raise ValueError(f"crossfit: {len(fold)} groups for {len(s)} rows")
+    if len(np.unique(fold)) < 2:
+        raise ValueError("crossfit needs at least two validation videos (clips)")
     raw = score_values({t: s.outputs[t] for t in s.tasks}, s, None)
     pf_all = fit_fn(s, cfg)
     optimistic = score_values(apply_postfit(s, pf_all), s, pf_all.au_thresholds)
-    values, thr, folds = crossfit_folds(s.video_idx, lambda _: s, cfg, fit_fn)  # leave one video out
+    values, thr, folds = crossfit_folds(fold, lambda _: s, cfg, fit_fn)  # leave one video (clip) out
     honest = score_values(values, s, thr)
     return CrossfitResult(optimistic, honest, raw, pf_all, folds)
 

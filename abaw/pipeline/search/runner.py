@@ -25,7 +25,7 @@ import numpy as np
 
 from abaw.config import to_dict
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS, VA_DIMS
+from abaw.data.labels import TASKS, VA_DIMS, clip_of
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
 from abaw.pipeline.search.leaderboard import (
@@ -99,8 +99,7 @@ def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
         raise AbawError("--folds must be at least 2")
     clips: dict[str, list[str]] = {}
     for v in ann.videos:
-        base = v.removesuffix("_left").removesuffix("_right")
-        clips.setdefault(base, []).append(v)
+        clips.setdefault(clip_of(v), []).append(v)
     if len(clips) < k:
         raise AbawError(f"{k} folds need at least {k} videos; the annotations have {len(clips)}")
     sizes = {c: sum(ann.video_slice(v).stop - ann.video_slice(v).start for v in vs) for c, vs in clips.items()}

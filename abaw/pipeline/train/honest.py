@@ -33,7 +33,8 @@ HONEST_OUTPUTS = "val_outputs_honest.npz"  # a run's validation outputs, each fr
 
 
 def assign_folds(video_idx: np.ndarray, k: int) -> np.ndarray:
-    """Fold id per row: whole videos, largest first onto the lightest fold (deterministic)."""
+    """Fold id per row: whole videos, largest first onto the lightest fold (deterministic).
+    Pass `clip_ids(...)` instead of video indices to keep the tracks of a clip together."""
     vids, counts = np.unique(np.asarray(video_idx), return_counts=True)
     k = max(1, min(int(k), len(vids)))
     load = np.zeros(k, np.int64)
@@ -58,8 +59,9 @@ class FoldTracker:
     score; otherwise one epoch for all tasks by raw P_MTL.
     """
 
-    def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int, per_task: bool = False):
-        self.fold = assign_folds(video_idx, folds)
+    def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int, per_task: bool = False,
+                 groups: np.ndarray | None = None):
+        self.fold = assign_folds(video_idx if groups is None else groups, folds)  # groups: clip ids
         self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
         self.labels = labels
         self.per_task = bool(per_task)

@@ -29,7 +29,7 @@ from torch import nn
 from abaw.cache.store import FeatureStore, FeatureTable, load_features
 from abaw.config import to_dict
 from abaw.data.annotations import Annotations
-from abaw.data.labels import TASKS
+from abaw.data.labels import TASKS, clip_ids
 from abaw.errors import AbawError
 from abaw.heads.losses import MultiTaskLoss, inverse_frequency_weights, positive_weights
 from abaw.heads.model import ModelSpec, build_model, combine_snapshots
@@ -221,7 +221,8 @@ def _train(cfg: TrainConfig, store, train_ann: Annotations, val_ann: Annotations
 
     history: list[dict[str, Any]] = []
     per_task = cfg.select == "task"
-    tracker = FoldTracker(val_fs.video_idx, val_fs.labels, cfg.honest_folds, per_task=per_task)
+    tracker = FoldTracker(val_fs.video_idx, val_fs.labels, cfg.honest_folds, per_task=per_task,
+                          groups=clip_ids(val_fs.table.videos, val_fs.video_idx))
     best = {"score": -math.inf, "epoch": 0}
     task_best = {t: {"score": -math.inf, "epoch": 0} for t in spec.tasks}
     bad_epochs = 0
