@@ -79,10 +79,13 @@ def synth_profile(requested: str) -> tuple[list[str], str]:
     return [], "dense"
 
 
-def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Path, profile: str) -> Path:
-    """Synth data + feature cache under work/<size>-<seed>/ (reused when complete)."""
-    d = work / f"{size}-{seed}"
+def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Path, profile: str,
+            test_videos: int | None = None) -> Path:
+    """Synth data + feature cache under work/<size>-<seed>/ (reused when complete);
+    `test_videos`: another test split size (work/<size>-<seed>-test<N>/: a different dataset)."""
     tr, va, te = SIZES[profile][size]
+    d = work / (f"{size}-{seed}" if test_videos is None else f"{size}-{seed}-test{test_videos}")
+    te = te if test_videos is None else test_videos
     if not (d / "data" / "synth.json").exists():
         sh([sys.executable, "-m", "abaw", "synth", str(d / "data"), "--seed", str(seed), "--train-videos", str(tr),
             "--val-videos", str(va), "--test-videos", str(te), "--no-videos", "--jobs", "1", "--overwrite",
@@ -439,6 +442,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kfold-baseline", type=int, default=0, metavar="K",
                     help="also the scikit-learn baseline trained as `abaw search --folds K` trains (K fits on "
                          "train + val folds, post-processing fitted out-of-fold, test outputs averaged)")
+    ap.add_argument("--test-videos", type=int, default=None, metavar="N",
+                    help="N test tracks instead of the size's own (a separate dataset; rows are labelled "
+                         "<size>/test<N>): a larger test split measures honest - test more precisely")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))
     ap.add_argument("--out", default=None, help="JSON path (default bench/out/accuracy-<profile>.json)")
     a = ap.parse_args(argv)
@@ -460,7 +466,8 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for size in a.sizes.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            d = prepare(work, size, seed, pflags, log, profile)
+            d = prepare(work, size, seed, pflags, log, profile, a.test_videos)
+            label = size if a.test_videos is None else f"{size}/test{a.test_videos}"
             table, keys, splits = load_splits(d)
             n_train = len(splits["training"].rows)
             base = baseline(table, keys, splits)
@@ -492,9 +499,9 @@ def main(argv=None) -> int:
                 ratio = {k: (ev["test"][k] / best_base[k]) if best_base.get(k) else float("nan") for k in TASKS}
                 diff = dict(diffs.get(name, {}))
                 ev["test_se"] = diff.pop("total_se", None)
-                rows.append({"size": size, "seed": seed, "train_frames": n_train, "system": name, "ratio": ratio,
+                rows.append({"size": label, "seed": seed, "train_frames": n_train, "system": name, "ratio": ratio,
                              "test_diff": diff, **ev})
-            here = [r for r in rows if r["size"] == size and r["seed"] == seed]
+            here = [r for r in rows if r["size"] == label and r["seed"] == seed]
             print("\n".join(table_lines(here) + diff_lines(here)), flush=True)
     print("\nval rep: validation as the tool reports it (optimistic); honest: the tool's honest estimate (heads: "
           "epoch + post-processing fitted on other validation folds; baselines: post-processing cross-fitted "
@@ -502,7 +509,8 @@ def main(argv=None) -> int:
           "fitted on all validation); gap = honest - test; r*: test ratio vs the stronger baseline per task; "
           "testX: heads with the cross-fit module's post-processing; min: training minutes")
     print("\n".join(table_lines(rows)))
-    write_json(out_path, {"profile": profile, "requested_profile": a.profile, "sizes": SIZES, "rows": rows,
+    write_json(out_path, {"profile": profile, "requested_profile": a.profile, "sizes": SIZES,
+                          "test_videos": a.test_videos, "rows": rows,
                           "configs": configs})
     print(f"wrote {out_path}")
     return 0
