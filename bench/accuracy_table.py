@@ -14,12 +14,20 @@ P(|N(0, se_h^2 + se_t^2)| <= 0.05)): what the 0.05 target can be at these split 
 Then per (profile, size) and system, over its seeds: the mean test ratio per task to the
 strongest baseline ± its standard error over the seeds, and the mean honest - test.
 Rows repeated across files (the same size, seed and system) are shown once (the last file wins).
+
+`--plot PATH` also draws them (PNG): per task, each run's test - strongest baseline with its
++-2 SE bar (paired bootstrap), and honest estimate against test with +-1 SE bars and the
++-0.05 band; `--plot-systems` picks the systems drawn (default: every non-baseline system).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TASKS = ("va", "expr", "au")
 
@@ -90,10 +98,65 @@ def group_lines(keyed: list[tuple[str, dict]]) -> list[str]:
     return out
 
 
+def plot(path: str, keyed: list[tuple[str, dict]], systems: list[str] | None = None) -> None:
+    """The figure of `--plot` (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from abaw.io import atomic_write
+
+    names = systems or list(dict.fromkeys(r["system"] for _, r in keyed if not r["system"].startswith("baseline")))
+    runs = list(dict.fromkeys((p, r["size"], r["seed"]) for p, r in keyed))
+    labels = [f"{'sparse' if p == 's-aff-wild2' else p} {size} s{seed}" for p, size, seed in runs]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 0.32 * len(runs) + 2.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.2]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, name in enumerate(names):
+        rs = {(p, r["size"], r["seed"]): r for p, r in keyed if r["system"] == name}
+        off = (j - (len(names) - 1) / 2) * 0.8 / max(len(names), 1)
+        for i, task in enumerate(TASKS):
+            ys, xs, es = [], [], []
+            for y, run in enumerate(runs):
+                d = (rs.get(run, {}).get("test_diff") or {}).get(task)
+                if d:
+                    ys.append(y + off), xs.append(d["diff"]), es.append(2 * d["se"])
+            axes[i].errorbar(xs, ys, xerr=es, fmt="o", ms=4, color=colours[j % len(colours)], label=name)
+        hx, hy, he, te = [], [], [], []
+        for run, r in rs.items():
+            hx.append(r["test"]["total"]), hy.append(r["val_honest"]["total"])
+            he.append(r.get("val_honest_se") or 0), te.append(r.get("test_se") or 0)
+        axes[3].errorbar(hx, hy, xerr=te, yerr=he, fmt="o", ms=4, color=colours[j % len(colours)], label=name)
+    for i, task in enumerate(TASKS):
+        ax = axes[i]
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(runs)), labels if i == 0 else [""] * len(runs))
+        ax.invert_yaxis()
+        ax.set_title(f"{task.upper()}: test − strongest baseline (± 2 SE)")
+        ax.grid(axis="x", alpha=0.3)
+    lo = min(min(ax.get_xlim()[0], ax.get_ylim()[0]) for ax in axes[3:])
+    hi = max(max(ax.get_xlim()[1], ax.get_ylim()[1]) for ax in axes[3:])
+    ax = axes[3]
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [lo - 0.05, hi - 0.05], [lo + 0.05, hi + 0.05], color="0.85", label="± 0.05")
+    ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
+    ax.set_xlabel("test P_MTL (± SE)"), ax.set_ylabel("honest estimate (± SE)")
+    ax.set_title("honest estimate vs test")
+    ax.legend(fontsize=8, loc="upper left")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--systems", help="comma-separated system names to keep (default: all)")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the runs (see above)")
+    ap.add_argument("--plot-systems", help="comma-separated systems to draw (default: every non-baseline one)")
     a = ap.parse_args(argv)
     keep = set(a.systems.split(",")) if a.systems else None
     rows: dict[tuple, tuple[str, dict]] = {}
@@ -113,6 +176,8 @@ def main(argv=None) -> int:
     print("\n".join(summary_lines([rows[k][1] for k in ordered])))
     print()
     print("\n".join(group_lines([rows[k] for k in ordered])))
+    if a.plot:
+        plot(a.plot, [rows[k] for k in ordered], a.plot_systems.split(",") if a.plot_systems else None)
     return 0
 
 
