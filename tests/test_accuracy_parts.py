@@ -175,6 +175,31 @@ def test_crossfit_leaves_out_both_tracks_of_a_clip():
     assert np.array_equal(tracker.fold, fold)
     with pytest.raises(ValueError, match="groups for"):
         crossfit(make_series(out, labels, cfg), cfg, groups=groups[:10])
+    # a resumed run keeps its tracked epochs only when they were tracked over the same folds
+    tracker.update(1, out.with_values(expr=None, au=None), ("va",))
+    st = tracker.state()
+    same = FoldTracker(out.video_idx, labels, 3, groups=groups)
+    same.load(st)
+    assert same.best_epoch == tracker.best_epoch != [{}] * 3
+    by_video = FoldTracker(out.video_idx, labels, 3)  # other folds: the state does not apply
+    assert not np.array_equal(by_video.fold, tracker.fold)
+    by_video.load(st)
+    assert by_video.best_epoch == [{}] * 3
+    old = {k: v for k, v in by_video_state(out, labels).items() if k != "fold"}  # saved before clip groups
+    again = FoldTracker(out.video_idx, labels, 3, groups=groups)
+    again.load(old)
+    assert again.best_epoch == [{}] * 3  # its folds were by video: not these
+    legacy = FoldTracker(out.video_idx, labels, 3, groups=out.video_idx)
+    legacy.load(old)
+    assert legacy.best_epoch != [{}] * 3
+
+
+def by_video_state(out, labels):
+    from abaw.pipeline.train.honest import FoldTracker
+
+    t = FoldTracker(out.video_idx, labels, 3)
+    t.update(1, out.with_values(expr=None, au=None), ("va",))
+    return t.state()
 
 
 def test_crossfit_honest_below_optimistic_on_noise():

@@ -62,6 +62,7 @@ class FoldTracker:
     def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int, per_task: bool = False,
                  groups: np.ndarray | None = None):
         self.fold = assign_folds(video_idx if groups is None else groups, folds)  # groups: clip ids
+        self._by_video = assign_folds(video_idx, folds)  # the folds of states saved before clip groups
         self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
         self.labels = labels
         self.per_task = bool(per_task)
@@ -93,13 +94,16 @@ class FoldTracker:
 
     def state(self) -> dict[str, Any]:
         """For the resume state (tensors and JSON types)."""
-        return {"score": list(self.best_score), "epoch": list(self.best_epoch),
+        return {"fold": torch.from_numpy(self.fold), "score": list(self.best_score), "epoch": list(self.best_epoch),
                 "outputs": [None if o is None else {t: torch.from_numpy(a) for t, a in o.items()}
                             for o in self.outputs]}
 
     def load(self, st: dict[str, Any] | None) -> None:
         if not st or len(st.get("score", [])) != self.k:
             return
+        saved = st["fold"].numpy() if "fold" in st else self._by_video
+        if not np.array_equal(saved, self.fold):
+            return  # a state tracked over other folds: it would choose epochs seeing the scored rows
         as_dict = lambda x: dict(x) if isinstance(x, dict) else {"total": x}  # noqa: E731  (older states: P_MTL)
         self.best_score = [{k: float(v) for k, v in as_dict(x).items()} for x in st["score"]]
         self.best_epoch = [{k: int(v) for k, v in as_dict(x).items()} for x in st["epoch"]]
