@@ -332,6 +332,10 @@ def test_video_bootstrap_se_measures_the_spread_between_videos():
     assert video_bootstrap_se(values, s, thr) > 0
     assert score_values(values, s, thr)["total"] != score_values(values, s, None)["total"]
     assert video_bootstrap_se(values, s.take(np.flatnonzero(out.video_idx == 0)), None) is None
+    # clips as units: one clip (all eight tracks) cannot be resampled; four pairs give another spread
+    assert video_bootstrap_se(values, s, None, groups=np.zeros(len(s), np.int64)) is None
+    pairs = video_bootstrap_se(values, s, None, groups=out.video_idx // 2)
+    assert pairs is not None and pairs > 0 and pairs != se
 
 
 def test_min_steps_spread_over_epochs_and_honest_reported(linear_data, tmp_path):

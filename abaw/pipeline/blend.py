@@ -351,7 +351,7 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
         return cache[key]
 
     values, thr, fits = crossfit_folds(fold, series_of, data.cfg)
-    honest = {**score_values(values, base, thr), "se": video_bootstrap_se(values, base, thr)}
+    honest = {**score_values(values, base, thr), "se": video_bootstrap_se(values, base, thr, groups=data.clips())}
     vids = data.template.videos
     fold_videos = [sorted({vids[v] for v in np.unique(base.video_idx[fold == f])}) for f in range(k)]
     return BlendFit(w_all, pf_all, raw, optimistic, honest, fold_videos, fold_w, [fits[f] for f in range(k)])

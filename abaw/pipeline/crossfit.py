@@ -233,17 +233,20 @@ def score_values(values: dict[str, np.ndarray], s: Series, thr) -> dict[str, flo
     return out
 
 
-def video_bootstrap_se(values: dict[str, np.ndarray], s: Series, thr, n: int = 200, seed: int = 0) -> float | None:
+def video_bootstrap_se(values: dict[str, np.ndarray], s: Series, thr, n: int = 200, seed: int = 0,
+                       groups: np.ndarray | None = None) -> float | None:
     """The standard error of P_MTL due to which videos were scored: the standard deviation of
     `score_values(...)["total"]` over `n` resamples of whole videos (with replacement) of the
     fixed predictions `values` (thresholds `thr` as in `score_values`). None with one video.
 
     The scale against which an estimate's distance from another split's score is read: two
-    splits of this size differ by about sqrt(se_1^2 + se_2^2) by chance alone."""
-    vids = s.videos()
+    splits of this size differ by about sqrt(se_1^2 + se_2^2) by chance alone. `groups`: a unit
+    id per row resampled instead of the video (`clip_ids`: the tracks of a clip together)."""
+    unit = s.video_idx if groups is None else np.asarray(groups)
+    vids = np.unique(unit)
     if len(vids) < 2:
         return None
-    rows_of = [np.flatnonzero(s.video_idx == v) for v in vids]
+    rows_of = [np.flatnonzero(unit == v) for v in vids]
     rng = np.random.default_rng(seed)
     totals = []
     for _ in range(n):

@@ -63,6 +63,7 @@ class FoldTracker:
                  groups: np.ndarray | None = None):
         self.fold = assign_folds(video_idx if groups is None else groups, folds)  # groups: clip ids
         self._by_video = assign_folds(video_idx, folds)  # the folds of states saved before clip groups
+        self.groups = video_idx if groups is None else groups  # the units of the standard error
         self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
         self.labels = labels
         self.per_task = bool(per_task)
@@ -142,7 +143,7 @@ class FoldTracker:
         values, thr, _ = crossfit_folds(self.fold, series_of, cfg)
         scores = {t: None for t in TASKS} | score_values(values, series_of(0), thr)
         epochs = [dict(e) if self.per_task else e.get("total", 0) for e in self.best_epoch]
-        return {"step": "honest", **scores, "se": video_bootstrap_se(values, series_of(0), thr),
+        return {"step": "honest", **scores, "se": video_bootstrap_se(values, series_of(0), thr, groups=self.groups),
                 "folds": self.k, "fold_epochs": epochs}
 
 
