@@ -128,12 +128,13 @@ def test_search_resumes_and_kfold(world, searched, tmp_path):
               "--tasks", "va,expr,au", "--tasks", "au", "--temporal", "none,transformer",
               "--set", "epochs=8", "--set", "min_steps=0", "--set", "window=16", "--set", "batch_frames=128", "--set", "lr=0.001",
               "--compose", "best-per-task", "--quiet")
-    assert "(5 already finished)" in out
+    assert "(5 already finished)" in out and "k-fold:" not in out
     assert {p: p.stat().st_mtime_ns for p in searched.glob("runs/*/best.pt")} == before
     # 2-fold cross-validation by video over train + val: the score is the mean over folds
     kf = tmp_path / "kfold"
-    cli("search", "--cache", world / "cache.zarr", "--data", world / "data", "--out", kf, "--tasks", "au",
-        "--set", "epochs=2", "--set", "min_steps=0", "--set", "window=16", "--folds", "2", "--quiet")
+    out = cli("search", "--cache", world / "cache.zarr", "--data", world / "data", "--out", kf, "--tasks", "au",
+              "--set", "epochs=2", "--set", "min_steps=0", "--set", "window=16", "--folds", "2", "--quiet")
+    assert "k-fold: every validation frame is scored by the one fold model" in out
     folds = json.loads((kf / "folds.json").read_text())
     assert not set(folds["fold0"]) & set(folds["fold1"])
     pair = {v.removesuffix("_left").removesuffix("_right") for v in folds["fold0"]}

@@ -246,6 +246,10 @@ class SearchResult(Result):
             lines.append(f"composed best-per-task: P {c['total']:.4f}{honest} = {parts}  "
                          f"-> {Path(self.out) / 'composed.json'}"
                          + (f" (partial: no config trained {', '.join(c['partial'])})" if c.get("partial") else ""))
+        if any("/fold" in str(r) for row in self.rows for r in row.get("runs", ())):
+            lines.append("k-fold: every validation frame is scored by the one fold model that did not train on it; "
+                         "`predict` averages all the fold models, which tends to score higher than these estimates "
+                         "(README: Accuracy against strong baselines)")
         if self.nested is not None:
             n = self.nested
             lines.append(f"nested estimate over {n['folds']} folds (configs chosen on the other folds): best config "
