@@ -82,7 +82,8 @@ def synth_profile(requested: str) -> tuple[list[str], str]:
 def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Path, profile: str,
             test_videos: int | None = None) -> Path:
     """Synth data + feature cache under work/<size>-<seed>/ (reused when complete);
-    `test_videos`: another test split size (work/<size>-<seed>-test<N>/: a different dataset)."""
+    `test_videos`: another test split size (work/<size>-<seed>-test<N>/: the same training and
+    validation tracks, and N test tracks, the first of them the size's own)."""
     tr, va, te = SIZES[profile][size]
     d = work / (f"{size}-{seed}" if test_videos is None else f"{size}-{seed}-test{test_videos}")
     te = te if test_videos is None else test_videos
@@ -443,8 +444,8 @@ def main(argv=None) -> int:
                     help="also the scikit-learn baseline trained as `abaw search --folds K` trains (K fits on "
                          "train + val folds, post-processing fitted out-of-fold, test outputs averaged)")
     ap.add_argument("--test-videos", type=int, default=None, metavar="N",
-                    help="N test tracks instead of the size's own (a separate dataset; rows are labelled "
-                         "<size>/test<N>): a larger test split measures honest - test more precisely")
+                    help="N test tracks instead of the size's own (the same training and validation tracks; rows "
+                         "are labelled <size>/test<N>): a larger test split measures honest - test more precisely")
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"))
     ap.add_argument("--out", default=None, help="JSON path (default bench/out/accuracy-<profile>.json)")
     a = ap.parse_args(argv)
