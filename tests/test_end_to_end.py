@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from abaw.cli import main
 from abaw.data.annotations import read_annotations
+from abaw.data.labels import clip_of
 from abaw.data.submission import read_predictions
 from abaw.data.synth import SynthConfig, generate
 from abaw.data.testlist import read_test_list
@@ -137,8 +138,8 @@ def test_search_resumes_and_kfold(world, searched, tmp_path):
     assert "k-fold: every validation frame is scored by the one fold model" in out
     folds = json.loads((kf / "folds.json").read_text())
     assert not set(folds["fold0"]) & set(folds["fold1"])
-    pair = {v.removesuffix("_left").removesuffix("_right") for v in folds["fold0"]}
-    assert not pair & {v.removesuffix("_left").removesuffix("_right") for v in folds["fold1"]}
+    pair = {clip_of(v) for v in folds["fold0"]}
+    assert not pair & {clip_of(v) for v in folds["fold1"]}
     [row] = [r for r in json.loads((kf / "leaderboard.json").read_text()) if r["tasks"] == "au"]
     fold_scores = [json.loads((kf / r / "result.json").read_text())["val_final"]["au"] for r in row["runs"]]
     assert len(fold_scores) == 2 and row["val"]["au"] == pytest.approx(np.mean(fold_scores))

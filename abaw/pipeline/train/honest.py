@@ -62,7 +62,8 @@ class FoldTracker:
     def __init__(self, video_idx: np.ndarray, labels: Labels, folds: int, per_task: bool = False,
                  groups: np.ndarray | None = None):
         self.fold = assign_folds(video_idx if groups is None else groups, folds)  # groups: clip ids
-        self._by_video = assign_folds(video_idx, folds)  # the folds of states saved before clip groups
+        # the folds of states saved before clip groups (by video: the same as `fold` without groups)
+        self._by_video = self.fold if groups is None else assign_folds(video_idx, folds)
         self.groups = video_idx if groups is None else groups  # the units of the standard error
         self.k = int(self.fold.max()) + 1 if len(self.fold) else 0
         self.labels = labels
