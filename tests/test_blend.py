@@ -365,3 +365,44 @@ def test_per_au_blend_file_predicts_and_exports(two_runs, tiny_synth, tmp_path):
     cli("export-system", tmp_path / "blend.json", "-o", tmp_path / "system")
     manifest = json.loads((tmp_path / "system" / "system.json").read_text())
     assert manifest["blend"]["weights"]["au"] == doc["tasks"]["au"]["weights"]
+
+
+def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_synth, tmp_path):
+    """--repeats 2: two partitions into folds; a frame's out-of-fold output is the mean of the two
+    runs (one per partition) that did not train on it, and predict averages every run."""
+    from abaw.data.labels import clip_of
+    from abaw.pipeline.blend import Member, member_outputs
+
+    root, _ = two_runs
+    sets = ["temporal=none", "d_model=16", "window=8", "batch_frames=64", "epochs=2", "min_steps=0", "lr=0.003",
+            "smooth_windows=[1,3]"]
+    s = tmp_path / "s"
+    out = cli("search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", s, "--backbones", "a",
+              *[x for v in sets for x in ("--set", v)], "--compose", "blend", "--folds", 2, "--repeats", 2, "--quiet")
+    assert "repeated k-fold: every validation frame is scored by the mean of the fold models" in out
+    folds = json.loads((s / "folds.json").read_text())
+    assert sorted(folds) == ["fold0", "fold1", "repeat1/fold0", "repeat1/fold1"]
+    every = sorted(set(read_annotations(tiny_synth / FILES[0]).videos) | set(read_annotations(tiny_synth / FILES[1]).videos))
+    for part in ("", "repeat1/"):
+        a, b = folds[f"{part}fold0"], folds[f"{part}fold1"]
+        assert sorted(a + b) == every and not {clip_of(v) for v in a} & {clip_of(v) for v in b}
+    board = json.loads((s / "leaderboard.json").read_text())
+    row = next(r for r in board if r["overrides"].get("arch") != "linear")
+    assert row["runs"][2:] == [f"runs/{row['config']}/repeat1/fold0", f"runs/{row['config']}/repeat1/fold1"]
+    runs = [s / r for r in row["runs"]]
+    oof = member_outputs(Member("m", tuple(runs), ("va", "expr", "au")))[0]
+    loaded = [FrameOutputs.load(r / "val_outputs.npz") for r in runs]
+    for i in (0, 40, len(oof) - 1):  # each frame: the mean of the runs that validated it, one per partition
+        video, frame = oof.videos[oof.video_idx[i]], oof.frame[i]
+        seen = [o.au[(np.asarray(o.videos)[o.video_idx] == video) & (o.frame == frame)] for o in loaded]
+        seen = [x[0] for x in seen if len(x)]
+        assert len(seen) == 2 and np.allclose(oof.au[i], np.mean(seen, 0), atol=1e-6)
+    doc = json.loads((s / "composed.json").read_text())
+    assert all(len(e["runs"]) == 2 * 4 for e in doc["tasks"].values())  # the config and the linear probe, 4 runs each
+    assert sum(len(f) for f in doc["folds"]["videos"]) == len(every)
+    cli("predict", "--compose", s, "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
+        "--out", tmp_path / "sub.txt", "--quiet")
+    assert (tmp_path / "sub.txt").read_text().count("\n") > 1
+    r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
+                                  "--out", str(tmp_path / "t"), "--repeats", "2"])
+    assert r.exit_code == 1 and "--repeats" in r.output and not (tmp_path / "t" / "search.json").exists()

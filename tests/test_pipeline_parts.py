@@ -131,6 +131,38 @@ def test_rank_by_honest_and_nested_selection_never_scores_its_choice_folds():
     assert c["chosen_by"] == "honest" and c["honest"] == pytest.approx(1.2)
     assert c["total"] == pytest.approx(1.2 + 0.6)  # the optimistic val scores of the chosen configs
     assert nested_estimate([_row("a", [_f(0.1, 0.1, 0.1)] * 2)]) is None  # two folds: no nested estimate
+    # repeated 3-fold (a second partition's runs appended): nested on the first partition's folds only
+    again = rank([_row("lucky", lucky["honest_folds"] + [_f(0.9, 0.9, 0.9)] * 3),
+                  _row("steady", steady["honest_folds"] + [_f(0.4, 0.4, 0.4)] * 3)])
+    assert nested_estimate(again, 3) == n
+
+
+def test_repeated_kfold_partitions_differ_are_balanced_and_keep_clips_together():
+    from abaw.data.annotations import Annotations
+    from abaw.data.labels import clip_of
+    from abaw.pipeline.search.runner import kfold_videos
+
+    rng = np.random.default_rng(0)
+    names, sizes = [], []
+    for c in range(40):  # 40 clips, a few with two tracks, 10-200 labelled frames each
+        for side in (("_left", "_right") if c % 5 == 0 else ("",)):
+            names.append(f"{c:03d}{side}")
+            sizes.append(int(rng.integers(10, 200)))
+    vid = np.repeat(np.arange(len(names), dtype=np.int32), sizes)
+    frame = np.concatenate([np.arange(1, n + 1) for n in sizes]).astype(np.int64)
+    n = len(frame)
+    ann = Annotations(tuple(names), vid, frame, np.zeros((n, 2), np.float32), np.zeros(n, np.int64),
+                      np.zeros((n, 12), np.int8))
+    parts = [kfold_videos(ann, 5, seed=0, repeat=r) for r in range(3)]
+    assert kfold_videos(ann, 5, seed=0, repeat=1) == parts[1]  # seeded
+    for folds in parts:
+        assert sorted(v for f in folds for v in f) == sorted(names)
+        clips = [{clip_of(v) for v in f} for f in folds]
+        assert all(not (a & b) for i, a in enumerate(clips) for b in clips[i + 1:])
+        load = [sum(sizes[names.index(v)] for v in f) for f in folds]
+        assert max(load) - min(load) <= 2 * 200  # about equal frame counts
+    as_sets = [{frozenset(f) for f in folds} for folds in parts]
+    assert as_sets[0] != as_sets[1] and as_sets[1] != as_sets[2]
 
 
 def test_report_page_contents_differences_curves_provenance_and_no_reprs(tmp_path, synthetic_split, one_thread):

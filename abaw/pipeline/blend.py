@@ -193,9 +193,11 @@ def _outputs_path(run: Path, honest: bool) -> Path:
 
 
 def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[Path]]:
-    """The member's raw validation outputs (k-fold runs: out-of-fold, together) and the first run of
-    each group of runs validated on the same frames (seeds of one fold: averaged). `honest`: each
-    run's `val_outputs_honest.npz` (every row at the epoch chosen without its fold) where it has one."""
+    """The member's raw validation outputs (k-fold runs: out-of-fold, together; repeated k-fold:
+    each frame the mean of the R runs that validated it) and the first run of each group of runs
+    validated on the same frames (seeds of one fold: averaged) that together cover every frame
+    once. `honest`: each run's `val_outputs_honest.npz` (every row at the epoch chosen without its
+    fold) where it has one."""
     outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(outs):
@@ -206,9 +208,41 @@ def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[
     if len(means) == 1:
         return means[0], firsts
     scored = [{o.videos[i] for i in np.unique(o.video_idx)} for o in means]
-    if any(a & b for a, b in itertools.combinations(scored, 2)):
-        raise AbawError(f"{m.name}: its runs' validation frames neither coincide nor are disjoint")
-    return _concat(means), firsts
+    if not any(a & b for a, b in itertools.combinations(scored, 2)):
+        return _concat(means), firsts
+    return _repeated(m, means, scored), _cover(firsts, scored)
+
+
+def _cover(firsts: list[Path], scored: list[set[str]]) -> list[Path]:
+    """The groups (in run order) that cover every video once: repeated k-fold's first partition."""
+    seen: set[str] = set()
+    keep = []
+    for r, vids in zip(firsts, scored):
+        if not vids & seen:
+            keep.append(r)
+            seen |= vids
+    return keep
+
+
+def _repeated(m: Member, means: list[FrameOutputs], scored: list[set[str]]) -> FrameOutputs:
+    """Repeated k-fold: every video validated by the same number R of groups, on the same frames;
+    each frame's outputs averaged over its R groups (each an unseen model)."""
+    count: dict[str, int] = {}
+    for vids in scored:
+        for v in vids:
+            count[v] = count.get(v, 0) + 1
+    reps = set(count.values())
+    if len(reps) != 1:
+        raise AbawError(f"{m.name}: its runs' validation frames neither coincide, nor are disjoint, nor cover "
+                        f"every video equally often (repeated k-fold); counts {sorted(reps)}")
+    r = reps.pop()
+    both = _concat(means)  # rows sorted by (video, frame): each frame's R copies adjacent
+    n = len(both) // r
+    key = np.stack([both.video_idx, both.frame], 1).reshape(n, r, 2)
+    if len(both) % r or (key != key[:, :1]).any():
+        raise AbawError(f"{m.name}: its repeated k-fold runs validated different frames of the same videos")
+    arrays = {t: getattr(both, t).reshape(n, r, -1).mean(1).astype(np.float32) for t in both.tasks}
+    return FrameOutputs(both.videos, both.video_idx[::r], both.frame[::r], **arrays)
 
 
 def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutputs, Annotations]:

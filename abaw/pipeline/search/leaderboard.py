@@ -77,13 +77,15 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def nested_estimate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def nested_estimate(rows: list[dict[str, Any]], folds: int | None = None) -> dict[str, Any] | None:
     """With K >= 3 folds: pick the config on K-1 folds' honest scores, score it on the K-th.
 
     Returns the mean over folds for the single best config (`best`) and for the
-    best-per-task composition (`composed`), with the configs each fold chose.
+    best-per-task composition (`composed`), with the configs each fold chose. `folds`: use
+    the first K runs of each row only (repeated K-fold: the first partition, whose folds are disjoint).
     """
-    ok = [r for r in rows if "honest_folds" in r]
+    ok = [dict(r, honest_folds=r["honest_folds"][:folds] if folds else r["honest_folds"])
+          for r in rows if "honest_folds" in r]
     if not ok or len(ok[0]["honest_folds"]) < 3 or any(len(r["honest_folds"]) != len(ok[0]["honest_folds"]) for r in ok):
         return None
     k = len(ok[0]["honest_folds"])

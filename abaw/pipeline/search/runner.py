@@ -61,6 +61,7 @@ class SearchSettings:
     budget: int | None = None  # configs to run (None: the whole grid / one random draw)
     seed: int = 0  # sampling seed
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
+    repeats: int = 1  # repeated K-fold: R partitions into K folds (R x K runs per config); every frame R unseen models
     jobs: int = 1  # runs at once: CPU processes or GPU slots (0 / -1: as many as fit), see search/execute.py
     scheduler: str | None = None  # a Dask scheduler's address (tcp://HOST:8786): run on its cluster instead
     compose: str | None = None  # "best-per-task" | "blend" (every config, seed replicas as one member)
@@ -90,10 +91,13 @@ def config_from_overrides(base: TrainConfig, overrides: dict[str, Any]) -> Train
     return TrainConfig.from_dict(merged).validate()
 
 
-def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
+def kfold_videos(ann: Annotations, k: int, seed: int = 0, repeat: int = 0) -> list[list[str]]:
     """Split the videos of `ann` into k folds of about equal frame counts (by video, exact ids).
 
-    `_left`/`_right` tracks of the same clip stay in the same fold.
+    `_left`/`_right` tracks of the same clip stay in the same fold. `repeat` 0: the largest clips
+    first, each to the least-loaded fold (ties in a seeded order); repeat r >= 1 (repeated K-fold):
+    the clips in a random order seeded by (seed, r), each to the least-loaded fold, so every
+    repeat is another partition of about equal folds.
     """
     if k < 2:
         raise AbawError("--folds must be at least 2")
@@ -103,10 +107,12 @@ def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
     if len(clips) < k:
         raise AbawError(f"{k} folds need at least {k} videos; the annotations have {len(clips)}")
     sizes = {c: sum(ann.video_slice(v).stop - ann.video_slice(v).start for v in vs) for c, vs in clips.items()}
-    rng = np.random.default_rng(seed)
     names = sorted(clips)
-    rng.shuffle(names)
-    names.sort(key=lambda c: -sizes[c])  # stable: ties keep the shuffled order
+    if repeat == 0:
+        np.random.default_rng(seed).shuffle(names)
+        names.sort(key=lambda c: -sizes[c])  # stable: ties keep the shuffled order
+    else:
+        np.random.default_rng([seed, repeat]).shuffle(names)
     folds: list[list[str]] = [[] for _ in range(k)]
     load = [0] * k
     for c in names:
@@ -114,6 +120,11 @@ def kfold_videos(ann: Annotations, k: int, seed: int = 0) -> list[list[str]]:
         folds[i].extend(clips[c])
         load[i] += sizes[c]
     return [sorted(f) for f in folds]
+
+
+def fold_name(repeat: int, fold: int) -> str:
+    """A k-fold run's folder below its config: `fold<k>`, or `repeat<r>/fold<k>` for repeats r >= 1."""
+    return f"fold{fold}" if repeat == 0 else f"repeat{repeat}/fold{fold}"
 
 
 # ------------------------------------------------------------------ the search
@@ -133,6 +144,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
 
     if settings.compose is not None and settings.compose not in COMPOSE_MODES:
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
+    if settings.repeats < 1 or (settings.repeats > 1 and settings.folds < 2):
+        raise AbawError("--repeats R needs R >= 1, and R >= 2 needs --folds K >= 2")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampled = sample_configs(space, settings.budget, settings.seed)
@@ -149,13 +162,19 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
                        "choose another --out")
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space), "base": to_dict(base),
                                      "configs": {i: o for i, o, _ in configs}, "data": identity})
-    # splits: the given train/val, or K folds by video over train + val
+    # splits: the given train/val, or K folds by video over train + val (R partitions with --repeats)
+    names: list[str] = []
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
-        folds = kfold_videos(every, settings.folds, settings.seed)
-        splits = [(every.select_videos([v for j, f in enumerate(folds) if j != i for v in f]),
-                   every.select_videos(folds[i])) for i in range(settings.folds)]
-        write_json(out / "folds.json", {f"fold{i}": f for i, f in enumerate(folds)})
+        splits, parts = [], {}
+        for r in range(settings.repeats):
+            folds = kfold_videos(every, settings.folds, settings.seed, r)
+            for i in range(settings.folds):
+                splits.append((every.select_videos([v for j, f in enumerate(folds) if j != i for v in f]),
+                               every.select_videos(folds[i])))
+                names.append(fold_name(r, i))
+                parts[names[-1]] = folds[i]
+        write_json(out / "folds.json", parts)
     else:
         splits = [(train_ann, val_ann)]
     device = next((c.device for _, _, c in configs if c.device not in ("auto", "cuda")), "auto")
@@ -164,7 +183,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     work: list[Run] = []
     for cid, _, cfg in configs:
         for k, (tr, va) in enumerate(splits):
-            run_dir = out / "runs" / cid / f"fold{k}" if len(splits) > 1 else out / "runs" / cid
+            run_dir = out / "runs" / cid / names[k] if names else out / "runs" / cid
             work.append(Run(cid, run_dir, to_dict(cfg), tr, va))
     n_done = sum(1 for w in work if (w.run_dir / "result.json").exists())
     log(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
@@ -177,7 +196,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     rows = rank([make_row(cid, overrides, cfg.task_names, by_cfg[cid], [os.path.relpath(r["run"], out) for r in by_cfg[cid]])
                  for cid, overrides, cfg in configs])  # run folders relative to OUT
     write_leaderboard(out, rows)
-    nested = nested_estimate(rows)
+    nested = nested_estimate(rows, settings.folds or None)  # on the first partition's folds
     if nested is not None:
         write_json(out / "nested.json", nested)
     composed = None
@@ -246,10 +265,16 @@ class SearchResult(Result):
             lines.append(f"composed best-per-task: P {c['total']:.4f}{honest} = {parts}  "
                          f"-> {Path(self.out) / 'composed.json'}"
                          + (f" (partial: no config trained {', '.join(c['partial'])})" if c.get("partial") else ""))
-        if any("/fold" in str(r) for row in self.rows for r in row.get("runs", ())):
-            lines.append("k-fold: every validation frame is scored by the one fold model that did not train on it; "
-                         "`predict` averages all the fold models, which tends to score higher than these estimates "
-                         "(README: Accuracy against strong baselines)")
+        runs = [str(r) for row in self.rows for r in row.get("runs", ())]
+        if any("/fold" in r for r in runs):
+            if any("/repeat" in r for r in runs):
+                lines.append("repeated k-fold: every validation frame is scored by the mean of the fold models (one "
+                             "per repeat) that did not train on it; `predict` averages all the fold models "
+                             "(README: Folds)")
+            else:
+                lines.append("k-fold: every validation frame is scored by the one fold model that did not train on "
+                             "it; `predict` averages all the fold models, which tends to score higher than these "
+                             "estimates (`--repeats 2` narrows the gap; README: Folds)")
         if self.nested is not None:
             n = self.nested
             lines.append(f"nested estimate over {n['folds']} folds (configs chosen on the other folds): best config "
