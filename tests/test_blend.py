@@ -377,8 +377,11 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     sets = ["temporal=none", "d_model=16", "window=8", "batch_frames=64", "epochs=2", "min_steps=0", "lr=0.003",
             "smooth_windows=[1,3]"]
     s = tmp_path / "s"
-    out = cli("search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", s, "--backbones", "a",
-              *[x for v in sets for x in ("--set", v)], "--compose", "blend", "--folds", 2, "--repeats", 2, "--quiet")
+    args = ["search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", s, "--backbones", "a",
+            *[x for v in sets for x in ("--set", v)], "--compose", "blend", "--folds", 2, "--quiet"]
+    assert "k-fold: every validation frame is scored by the one fold model" in cli(*args)
+    out = cli(*args, "--repeats", 2)  # the first partition's runs are reused
+    assert "(4 already finished)" in out
     assert "repeated k-fold: every validation frame is scored by the mean of the fold models" in out
     folds = json.loads((s / "folds.json").read_text())
     assert sorted(folds) == ["fold0", "fold1", "repeat1/fold0", "repeat1/fold1"]
@@ -400,6 +403,10 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     doc = json.loads((s / "composed.json").read_text())
     assert all(len(e["runs"]) == 2 * 4 for e in doc["tasks"].values())  # the config and the linear probe, 4 runs each
     assert sum(len(f) for f in doc["folds"]["videos"]) == len(every)
+    # abaw report: each config on its first partition's folds, the blend as composed.json scores it
+    rep = cli("report", s, "--out", tmp_path / "rep")
+    line = next(x for x in rep.splitlines() if x.startswith("composed blend"))
+    assert f"P_MTL {doc['total']:.4f}" in line and (tmp_path / "rep" / "report.html").is_file()
     cli("predict", "--compose", s, "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
         "--out", tmp_path / "sub.txt", "--quiet")
     assert (tmp_path / "sub.txt").read_text().count("\n") > 1

@@ -59,7 +59,8 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
 
     The defaults and the linear baseline, 5-fold, blended per task out-of-fold (the strongest
     system measured in bench/bench_accuracy.py): abaw search --cache cache.zarr --data data/synth
-    --out kf --folds 5 --compose blend   (--seeds 0,7,8: each config with three training seeds)
+    --out kf --folds 5 --compose blend   (--seeds 0,7,8: each config with three training seeds;
+    --repeats 2: repeated 5-fold, twice the runs, an honest estimate closer to what predict scores)
     """
     from abaw.data.annotations import read_annotations
     from abaw.pipeline.search.runner import SearchSettings, run_search

@@ -4,8 +4,9 @@ A run folder is evaluated on its own validation frames: the saved raw outputs of
 best checkpoint, post-processed as the run fitted, scored against the validation labels
 (rebuilt from the annotation files and videos the run recorded, or given). A search
 folder contributes its top configs (a k-fold config: its folds' validation frames
-together, i.e. an out-of-fold evaluation) and, if present, its composed best-per-task
-system.
+together, i.e. an out-of-fold evaluation; repeated k-fold: the first partition's folds) and,
+if present, its composed system (best-per-task, or a blend: its members' out-of-fold outputs
+blended and post-processed as `composed.json` says).
 """
 
 from __future__ import annotations
@@ -42,14 +43,56 @@ def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -
 def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
                  name: str | None = None) -> RunEvaluation:
     """Post-processed validation decisions of one run, aligned with its labels."""
-    from abaw.pipeline.train.outputs import decide
     from abaw.pipeline.train.postprocess import apply_postprocess
     from abaw.pipeline.train.run import load_run
 
     run = load_run(run_dir)
     ann = run_labels(run_dir, val_ann)
     out = apply_postprocess(run.val_outputs(), run.postprocess)
-    va, expr, au = decide(out, run.postprocess.au_thresholds)
+    cfg = run.config
+    info = {"run": str(run_dir), "tasks": ",".join(cfg.task_names), "backbones": ", ".join(run.keys),
+            "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
+            "best epoch": run.result.best_epoch, "post-processing": run.postprocess}
+    return _evaluation(out, run.postprocess.au_thresholds, ann, name or Path(run_dir).name, info, (str(run_dir),),
+                       run.tasks)
+
+
+def evaluate_blend_system(path: str | os.PathLike, val_ann: Annotations | None = None,
+                          name: str = "composed blend") -> RunEvaluation:
+    """The validation decisions of a blend (`abaw blend` / `search --compose blend`): its members'
+    outputs (k-fold configs out-of-fold) with its weights and post-processing, fitted on these frames."""
+    from abaw.pipeline.blend import Member, blend_data, member_validation, read_blend
+    from abaw.pipeline.crossfit import CrossfitConfig
+    from abaw.pipeline.train.postprocess import apply_postprocess
+
+    path = Path(path)
+    doc, system = read_json(path), read_blend(path)
+    members: dict[str, Member] = {}
+    weights: dict[str, list[Any]] = {}
+    for t, e in doc["tasks"].items():
+        for m in e["members"]:
+            prev = members.get(m["source"])
+            members[m["source"]] = Member(m["source"], tuple(run_path(path.parent, r) for r in m["runs"]),
+                                          (prev.tasks if prev else ()) + (t,))
+            weights.setdefault(t, []).append(m["weight"])
+    ms = list(members.values())
+    data = blend_data(ms, val_ann, CrossfitConfig(smoothing=False))
+    w = {t: tuple(weights[t][[m["source"] for m in doc["tasks"][t]["members"]].index(n)] for n in names)
+         for t, names in data.names.items()}
+    pp = system["postprocess"]
+    out = apply_postprocess(data.blended(w, system["space"]), pp)
+    ann = member_validation(ms[0], val_ann)[1]
+    info = {"blend": str(path), "members": ", ".join(members), "space": system["space"], "post-processing": pp}
+    return _evaluation(out, pp.au_thresholds, ann, name, info, tuple(str(r) for m in ms for r in m.runs),
+                       tuple(doc["tasks"]))
+
+
+def _evaluation(out, au_thresholds, ann: Annotations, name: str, info: dict[str, Any], run_dirs: tuple[str, ...],
+                tasks: tuple[str, ...]) -> RunEvaluation:
+    """Decisions from post-processed outputs, aligned with the labels `ann` (frames without output left out)."""
+    from abaw.pipeline.train.outputs import decide
+
+    va, expr, au = decide(out, au_thresholds)
     out_video = np.asarray(out.videos, dtype=object)[out.video_idx]
     index = {(v, int(f)): i for i, (v, f) in enumerate(zip(out_video.tolist(), out.frame.tolist()))}
     ann_video = ann.video_of_rows()
@@ -57,18 +100,14 @@ def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
     keep = rows >= 0  # frames skipped with --allow-missing have no output
     r = rows[keep]
     n = int(keep.sum())
-    cfg = run.config
-    info = {"run": str(run_dir), "tasks": ",".join(cfg.task_names), "backbones": ", ".join(run.keys),
-            "fusion": cfg.model.fusion, "temporal": cfg.model.temporal, "window": cfg.window, "lr": cfg.lr,
-            "best epoch": run.result.best_epoch, "post-processing": run.postprocess}
     return RunEvaluation(
-        name=name or Path(run_dir).name, videos=ann_video[keep], frame=ann.frame[keep],
-        va_true=ann.va[keep], va_valid=ann.va_valid[keep] & ("va" in run.tasks),
-        expr_true=ann.expr[keep], expr_valid=ann.expr_valid[keep] & ("expr" in run.tasks),
-        au_true=ann.au[keep], au_valid=ann.au_valid[keep] & ("au" in run.tasks),
+        name=name, videos=ann_video[keep], frame=ann.frame[keep],
+        va_true=ann.va[keep], va_valid=ann.va_valid[keep] & ("va" in tasks),
+        expr_true=ann.expr[keep], expr_valid=ann.expr_valid[keep] & ("expr" in tasks),
+        au_true=ann.au[keep], au_valid=ann.au_valid[keep] & ("au" in tasks),
         va_pred=va[r] if va is not None else np.zeros((n, 2)),
         expr_pred=expr[r] if expr is not None else np.zeros(n, np.int64),
-        au_pred=au[r] if au is not None else np.zeros((n, 12), np.int8), info=info, run_dirs=(str(run_dir),))
+        au_pred=au[r] if au is not None else np.zeros((n, 12), np.int8), info=info, run_dirs=run_dirs)
 
 
 def concat_evaluations(evals: list[RunEvaluation], name: str, info: dict[str, Any] | None = None) -> RunEvaluation:
@@ -120,8 +159,8 @@ def evaluations_from_paths(paths: list[str], val_ann: Annotations | None = None,
             by_cfg: dict[str, RunEvaluation] = {}
 
             def cfg_eval(row: dict[str, Any]) -> RunEvaluation:
-                if row["config"] not in by_cfg:
-                    evs = [evaluate_run(run_path(path, d), val_ann) for d in row["runs"]]
+                if row["config"] not in by_cfg:  # repeated k-fold: the first partition's folds
+                    evs = [evaluate_run(run_path(path, d), val_ann) for d in row["runs"] if "/repeat" not in d]
                     by_cfg[row["config"]] = evs[0] if len(evs) == 1 else concat_evaluations(
                         evs, row["config"], {**evs[0].info, "folds": len(evs)})
                     by_cfg[row["config"]] = RunEvaluation(**{**by_cfg[row["config"]].__dict__,
@@ -130,7 +169,9 @@ def evaluations_from_paths(paths: list[str], val_ann: Annotations | None = None,
 
             for row in rows[:top]:
                 out.append(cfg_eval(row))
-            if (path / "composed.json").exists():
+            if (path / "composed.json").exists() and read_json(path / "composed.json").get("mode") == "blend":
+                out.append(evaluate_blend_system(path / "composed.json", val_ann))
+            elif (path / "composed.json").exists():
                 comp = read_json(path / "composed.json")["tasks"]
                 lookup = {r["config"]: r for r in rows}
                 per_task = {t: cfg_eval(lookup[c["config"]]) for t, c in comp.items() if c["config"] in lookup}
