@@ -17,34 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from abaw.data.annotations import Annotations, read_annotations
+from abaw.data.annotations import Annotations
 from abaw.errors import AbawError
 from abaw.io import read_json
 from abaw.pipeline.report.html import RunEvaluation
 from abaw.pipeline.composed import run_path
 
 
-def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
-    """The validation labels of a run: given, or rebuilt from what the run recorded."""
-    if val_ann is not None:
-        return val_ann
-    p = Path(run_dir) / "data.json"
-    data = read_json(p) if p.exists() else {}
-    src = data.get("sources", {}).get("val_ann") or []
-    missing = [s for s in src if not Path(s).exists()]
-    if not src or missing:
-        raise AbawError(f"{run_dir}: cannot find the run's validation annotations "
-                        f"({'moved: ' + missing[0] if missing else 'not recorded'}); pass --val-ann")
-    ann = Annotations.concat([read_annotations(s) for s in src]) if len(src) > 1 else read_annotations(src[0])
-    videos = [v for v in data.get("val_videos", ann.videos) if v in set(ann.videos)]
-    return ann.select_videos(videos)
-
-
 def evaluate_run(run_dir: str | os.PathLike, val_ann: Annotations | None = None,
                  name: str | None = None) -> RunEvaluation:
     """Post-processed validation decisions of one run, aligned with its labels."""
     from abaw.pipeline.train.postprocess import apply_postprocess
-    from abaw.pipeline.train.run import load_run
+    from abaw.pipeline.train.run import load_run, run_labels
 
     run = load_run(run_dir)
     ann = run_labels(run_dir, val_ann)

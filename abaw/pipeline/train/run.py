@@ -32,6 +32,7 @@ from torch import nn
 
 from abaw.cache.store import FeatureTable
 from abaw.config import from_dict, to_dict
+from abaw.data.annotations import Annotations, read_annotations
 from abaw.data.labels import TASKS, VA_DIMS
 from abaw.errors import AbawError
 from abaw.heads.model import ModelSpec, build_model
@@ -196,7 +197,7 @@ class TrainResult(Result):
                          f"AU {fmt_score(h['au'])}  ({h['folds']} folds of validation videos: epoch and "
                          f"post-processing fitted on the other folds){se}")
             if se:
-                lines.append(f"  (± the standard error over validation videos, a bootstrap of whole videos: "
+                lines.append("  (± the standard error over validation videos, a bootstrap of whole videos: "
                              "another split this size would score about that far away by chance)")
         else:
             lines.append("  honest         n/a (needs at least 2 validation videos and honest_folds >= 2)")
@@ -375,3 +376,19 @@ def plot_curves(path: str | os.PathLike, history: list[dict[str, Any]], steps: l
               for t in ("total",) + TASKS}
     learning_curve(path, [h["epoch"] for h in history], losses, scores, best_epoch=best_epoch,
                    score_label="validation score (raw)", steps=steps)
+
+
+def run_labels(run_dir: str | os.PathLike, val_ann: Annotations | None = None) -> Annotations:
+    """The validation labels of a run: given, or rebuilt from what the run recorded."""
+    if val_ann is not None:
+        return val_ann
+    p = Path(run_dir) / "data.json"
+    data = read_json(p) if p.exists() else {}
+    src = data.get("sources", {}).get("val_ann") or []
+    missing = [s for s in src if not Path(s).exists()]
+    if not src or missing:
+        raise AbawError(f"{run_dir}: cannot find the run's validation annotations "
+                        f"({'moved: ' + missing[0] if missing else 'not recorded'}); pass --val-ann")
+    ann = Annotations.concat([read_annotations(s) for s in src]) if len(src) > 1 else read_annotations(src[0])
+    videos = [v for v in data.get("val_videos", ann.videos) if v in set(ann.videos)]
+    return ann.select_videos(videos)
