@@ -52,17 +52,15 @@ def evaluate_blend_system(path: str | os.PathLike, val_ann: Annotations | None =
     path = Path(path)
     doc, system = read_json(path), read_blend(path)
     members: dict[str, Member] = {}
-    weights: dict[str, list[Any]] = {}
     for t, e in doc["tasks"].items():
         for m in e["members"]:
             prev = members.get(m["source"])
             members[m["source"]] = Member(m["source"], tuple(run_path(path.parent, r) for r in m["runs"]),
                                           (prev.tasks if prev else ()) + (t,))
-            weights.setdefault(t, []).append(m["weight"])
     ms = list(members.values())
     data = blend_data(ms, val_ann, CrossfitConfig(smoothing=False))
-    w = {t: tuple(weights[t][[m["source"] for m in doc["tasks"][t]["members"]].index(n)] for n in names)
-         for t, names in data.names.items()}
+    weight = {(t, m["source"]): m["weight"] for t, e in doc["tasks"].items() for m in e["members"]}
+    w = {t: tuple(weight[t, n] for n in names) for t, names in data.names.items()}
     pp = system["postprocess"]
     out = apply_postprocess(data.blended(w, system["space"]), pp)
     ann = member_validation(ms[0], val_ann)[1]
