@@ -163,17 +163,16 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space), "base": to_dict(base),
                                      "configs": {i: o for i, o, _ in configs}, "data": identity})
     # splits: the given train/val, or K folds by video over train + val (R partitions with --repeats)
-    names: list[str] = []
+    parts: dict[str, list[str]] = {}  # k-fold run folder name -> its validation videos, in split order
     if settings.folds >= 2:
         every = Annotations.concat([train_ann, val_ann])
-        splits, parts = [], {}
+        splits = []
         for r in range(settings.repeats):
             folds = kfold_videos(every, settings.folds, settings.seed, r)
             for i in range(settings.folds):
                 splits.append((every.select_videos([v for j, f in enumerate(folds) if j != i for v in f]),
                                every.select_videos(folds[i])))
-                names.append(fold_name(r, i))
-                parts[names[-1]] = folds[i]
+                parts[fold_name(r, i)] = folds[i]
         write_json(out / "folds.json", parts)
     else:
         splits = [(train_ann, val_ann)]
@@ -181,9 +180,10 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     plan = plan_for(settings.jobs, settings.scheduler, device, len(configs) * len(splits), str(store), keys, videos)
 
     work: list[Run] = []
+    fold_dirs = list(parts)
     for cid, _, cfg in configs:
         for k, (tr, va) in enumerate(splits):
-            run_dir = out / "runs" / cid / names[k] if names else out / "runs" / cid
+            run_dir = out / "runs" / cid / fold_dirs[k] if fold_dirs else out / "runs" / cid
             work.append(Run(cid, run_dir, to_dict(cfg), tr, va))
     n_done = sum(1 for w in work if (w.run_dir / "result.json").exists())
     log(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
