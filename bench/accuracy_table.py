@@ -15,6 +15,10 @@ Then per (profile, size) and system, over its seeds: the mean test ratio per tas
 strongest baseline ± its standard error over the seeds, and the mean honest - test.
 Rows repeated across files (the same size, seed and system) are shown once (the last file wins).
 
+`--extrapolated` adds, for each row with one (a repeated k-fold search: `abaw search --repeats`),
+a row "<system> extrapolated" whose honest estimate is the search's extrapolation to the
+number of models `abaw predict` averages (README: Folds); its SE is the honest estimate's.
+
 `--plot PATH` also draws them (PNG): per task, each run's test - strongest baseline with its
 +-2 SE bar (paired bootstrap), and honest estimate against test with +-1 SE bars and the
 +-0.05 band; `--plot-systems` picks the systems drawn (default: every non-baseline system).
@@ -157,14 +161,19 @@ def main(argv=None) -> int:
     ap.add_argument("--systems", help="comma-separated system names to keep (default: all)")
     ap.add_argument("--plot", metavar="PNG", help="also draw the runs (see above)")
     ap.add_argument("--plot-systems", help="comma-separated systems to draw (default: every non-baseline one)")
+    ap.add_argument("--extrapolated", action="store_true",
+                    help="also a row with the extrapolated honest estimate where a search has one (see above)")
     a = ap.parse_args(argv)
     keep = set(a.systems.split(",")) if a.systems else None
     rows: dict[tuple, tuple[str, dict]] = {}
     for f in a.files:
         d = json.load(open(f))
         for r in d["rows"]:
-            if keep is None or r["system"] in keep:
-                rows[(d["profile"], r["size"], r["seed"], r["system"])] = (d["profile"], r)
+            extra = ([{**r, "system": f"{r['system']} extrapolated", "val_honest": r["val_honest_ensemble"]}]
+                     if a.extrapolated and r.get("val_honest_ensemble") else [])
+            for x in [r, *extra]:
+                if keep is None or r["system"] in keep or x["system"] in keep:
+                    rows[(d["profile"], x["size"], x["seed"], x["system"])] = (d["profile"], x)
     print("| profile | size | seed | train frames | system | val (reported) | honest ± se | test ± se | z | "
           "test VA / EXPR / AU | ÷ strongest baseline | test − strongest baseline ± se (paired) |")
     print("| --- " * 12 + "|")

@@ -369,8 +369,10 @@ def run_search(d: Path, name: str, flags: list[str], seed: int, table, splits, l
         val["total"], hon["total"] = comp["total"], comp.get("honest")
         chosen = {t: c["config"] for t, c in comp["tasks"].items()}
     test = system_test(out, table, splits)
+    ens = comp.get("scores", {}).get("ensemble")  # repeated k-fold: honest extrapolated to predict's average
     return {"val_reported": _pick(val), "val_honest": _pick(hon), "val_honest_se": se, "_dec": test.pop("_dec"),
-            "test": test,
+            "test": test, **({"val_honest_ensemble": {**_pick(ens), "views": _pick(ens["views"]),
+                                                      "models": ens["models"]}} if ens else {}),
             "chosen": chosen, "flags": flags, "seconds": round(time.perf_counter() - t0, 1)}
 
 

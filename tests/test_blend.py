@@ -372,6 +372,7 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     runs (one per partition) that did not train on it, and predict averages every run."""
     from abaw.data.labels import clip_of
     from abaw.pipeline.blend import Member, member_outputs
+    from abaw.pipeline.blend_members import extrapolate, member_views
 
     root, _ = two_runs
     sets = ["temporal=none", "d_model=16", "window=8", "batch_frames=64", "epochs=2", "min_steps=0", "lr=0.003",
@@ -380,9 +381,10 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     args = ["search", "--cache", root / "cache.zarr", "--data", tiny_synth, "--out", s, "--backbones", "a",
             *[x for v in sets for x in ("--set", v)], "--compose", "blend", "--folds", 2, "--quiet"]
     assert "k-fold: every validation frame is scored by the one fold model" in cli(*args)
+    assert "ensemble" not in json.loads((s / "composed.json").read_text())["scores"]  # one model per frame: no views
     out = cli(*args, "--repeats", 2)  # the first partition's runs are reused
     assert "(4 already finished)" in out
-    assert "repeated k-fold: every validation frame is scored by the mean of the fold models" in out
+    assert "with 1 unseen model(s) per frame" in out and "extrapolated to the 4 that predict averages" in out
     folds = json.loads((s / "folds.json").read_text())
     assert sorted(folds) == ["fold0", "fold1", "repeat1/fold0", "repeat1/fold1"]
     every = sorted(set(read_annotations(tiny_synth / FILES[0]).videos) | set(read_annotations(tiny_synth / FILES[1]).videos))
@@ -394,22 +396,85 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     assert row["runs"][2:] == [f"runs/{row['config']}/repeat1/fold0", f"runs/{row['config']}/repeat1/fold1"]
     runs = [s / r for r in row["runs"]]
     oof = member_outputs(Member("m", tuple(runs), ("va", "expr", "au")))[0]
+    views = member_views(Member("m", tuple(runs), ("va", "expr", "au")), honest=False)
+    assert (views.per_frame, views.predict) == (2, 4) and len(views.outputs) == 2
+    assert member_views(Member("m", tuple(runs[:2]), ("va", "expr", "au"))) is None  # one run per frame
     loaded = [FrameOutputs.load(r / "val_outputs.npz") for r in runs]
     for i in (0, 40, len(oof) - 1):  # each frame: the mean of the runs that validated it, one per partition
         video, frame = oof.videos[oof.video_idx[i]], oof.frame[i]
         seen = [o.au[(np.asarray(o.videos)[o.video_idx] == video) & (o.frame == frame)] for o in loaded]
         seen = [x[0] for x in seen if len(x)]
         assert len(seen) == 2 and np.allclose(oof.au[i], np.mean(seen, 0), atol=1e-6)
+        picked = sorted((v.au[i] for v in views.outputs), key=lambda a: a.tolist())  # the views: one run each
+        assert np.allclose(picked, sorted(seen, key=lambda a: a.tolist()), atol=1e-6)
     doc = json.loads((s / "composed.json").read_text())
+    ens, honest = doc["scores"]["ensemble"], doc["scores"]["honest"]
+    assert ens["models"] == {"view": 1, "honest": 2, "predict": 4}
+    assert np.isclose(ens["total"], extrapolate(ens["views"]["total"], honest["total"], 1, 2, 4))
     assert all(len(e["runs"]) == 2 * 4 for e in doc["tasks"].values())  # the config and the linear probe, 4 runs each
     assert sum(len(f) for f in doc["folds"]["videos"]) == len(every)
     # abaw report: each config on its first partition's folds, the blend as composed.json scores it
     rep = cli("report", s, "--out", tmp_path / "rep")
     line = next(x for x in rep.splitlines() if x.startswith("composed blend"))
     assert f"P_MTL {doc['total']:.4f}" in line and (tmp_path / "rep" / "report.html").is_file()
-    cli("predict", "--compose", s, "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
-        "--out", tmp_path / "sub.txt", "--quiet")
+    out = cli("predict", "--compose", s, "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
+              "--out", tmp_path / "sub.txt", "--quiet")
     assert (tmp_path / "sub.txt").read_text().count("\n") > 1
+    assert f"runs/{row['config']} (4 fold runs, x" in out  # the system line: one entry per k-fold config
     r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
                                   "--out", str(tmp_path / "t"), "--repeats", "2"])
     assert r.exit_code == 1 and "--repeats" in r.output and not (tmp_path / "t" / "search.json").exists()
+
+
+def test_ensemble_extrapolation_predicts_the_score_of_a_larger_average():
+    """score(n) = a - c/n holds exactly for the expected squared error of an average of n
+    exchangeable noisy models; from 1- and 2-model averages, the 10-model score is predicted."""
+    from abaw.pipeline.blend_members import extrapolate
+
+    assert np.isclose(extrapolate(0.5 - 0.3, 0.5 - 0.3 / 2, 1, 2, 10), 0.5 - 0.3 / 10)
+    assert np.isclose(extrapolate(0.7, 0.75, 2, 6, 6), 0.75)  # the target already measured
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200_000)
+    models = y + 0.3 + rng.normal(scale=0.8, size=(10, y.size))  # shared bias, independent errors
+    score = lambda n: -np.mean((models[:n].mean(0) - y) ** 2)  # noqa: E731
+    s1 = np.mean([-np.mean((m - y) ** 2) for m in models])
+    assert abs(extrapolate(s1, score(2), 1, 2, 10) - score(10)) < 0.01
+    assert score(10) - score(2) > 0.2  # the gap it closes is large
+
+
+def test_member_views_give_each_frame_one_unseen_run_per_view(tmp_path):
+    """Two partitions of four videos into two folds: every frame is validated by two runs, one per
+    partition; view j scores it with the j-th, their mean is the member's out-of-fold output."""
+    from abaw.pipeline.blend_members import Member, member_outputs, member_views
+
+    rng = np.random.default_rng(0)
+    videos = ("v1", "v2", "v3", "v4")
+    runs = []
+    for name, vids in [("a0", "v1 v2"), ("a1", "v3 v4"), ("b0", "v1 v3"), ("b1", "v2 v4")]:
+        keep = [videos.index(v) for v in vids.split()]
+        idx = np.repeat(np.array(keep, np.int32), 5)
+        out = FrameOutputs(videos, idx, np.tile(np.arange(0, 20, 4, dtype=np.int32), 2),
+                           au=rng.random((10, 12), dtype=np.float32))
+        (tmp_path / name).mkdir()
+        out.save(tmp_path / name / "val_outputs.npz")
+        runs.append(tmp_path / name)
+    m = Member("m", tuple(runs), ("au",))
+    views = member_views(m, honest=False)
+    assert (views.per_frame, views.predict, len(views.outputs)) == (2, 4, 2)
+    oof = member_outputs(m)[0]
+    loaded = {r.name: FrameOutputs.load(r / "val_outputs.npz") for r in runs}
+
+    def run_value(name, video, frame):
+        o = loaded[name]
+        hit = (np.asarray(o.videos)[o.video_idx] == video) & (o.frame == frame)
+        return o.au[hit][0] if hit.any() else None
+
+    for i in range(len(oof)):
+        video, frame = oof.videos[oof.video_idx[i]], oof.frame[i]
+        first = next(run_value(n, video, frame) for n in ("a0", "a1") if run_value(n, video, frame) is not None)
+        second = next(run_value(n, video, frame) for n in ("b0", "b1") if run_value(n, video, frame) is not None)
+        assert np.allclose(views.outputs[0].au[i], first) and np.allclose(views.outputs[1].au[i], second)
+        assert np.allclose(oof.au[i], (first + second) / 2, atol=1e-6)
+    assert member_views(Member("m", tuple(runs[:2]), ("au",)), honest=False) is None  # one run per frame
+    with pytest.raises(AbawError, match="equally often"):
+        member_views(Member("m", tuple(runs[:3]), ("au",)), honest=False)

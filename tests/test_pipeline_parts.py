@@ -219,3 +219,13 @@ def test_report_leaderboard_section_and_formatter(tmp_path):
     assert "<td>temporal=none</td>" in page and "<td>temporal=transformer</td>" in page  # lr equal: not shown
     assert "<td>arch=linear</td>" in page and "boom &lt;x&gt;" in page and "None" not in page
     assert "<td>1.5000</td>" in page  # c1's honest P_MTL
+
+
+def test_fold_config_names_the_config_of_k_fold_runs():
+    from pathlib import Path
+
+    from abaw.pipeline.predict.system import fold_config
+
+    assert fold_config(Path("s/runs/abc/fold0")) == Path("s/runs/abc")
+    assert fold_config(Path("s/runs/abc/repeat2/fold4")) == Path("s/runs/abc")
+    assert fold_config(Path("runs/joint")) is None

@@ -32,7 +32,8 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
 @click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2).")
 @click.option("--repeats", default=1, show_default=True,
               help="Repeated K-fold: R partitions into K folds (R x K runs per config). Every frame's honest "
-                   "estimate then averages R models that did not train on it, as predict averages the R x K.")
+                   "estimate then averages R models that did not train on it, as predict averages the R x K; "
+                   "--compose blend also extrapolates it from 1 and R models to the R x K.")
 @click.option("--jobs", default=1, show_default=True,
               help="Runs at once: CPU processes (cores split between them) or slots spread over the visible GPUs "
               "(0 or -1: all cores / as many as fit per GPU).")

@@ -51,7 +51,15 @@ from abaw.data.annotations import Annotations
 from abaw.data.labels import TASKS, VA_DIMS, clip_ids
 from abaw.errors import AbawError
 from abaw.io import read_json, write_json
-from abaw.pipeline.blend_members import Member, frame_keys, member_outputs, member_validation
+from abaw.pipeline.blend_members import (
+    Member,
+    ensemble_line,
+    extrapolate,
+    frame_keys,
+    member_outputs,
+    member_validation,
+    member_views,
+)
 from abaw.pipeline.blend_weights import fit_weights
 from abaw.pipeline.crossfit import (
     CrossfitConfig,
@@ -174,6 +182,8 @@ class BlendData:
     names: dict[str, list[str]]  # task -> member names, same order
     cfg: CrossfitConfig
     honest: dict[str, list[np.ndarray]] | None = None  # like `arrays`, each row at an epoch chosen without it
+    views: tuple[dict[str, list[np.ndarray]], ...] | None = None  # repeated k-fold: like `honest`, one model per frame
+    models: tuple[int, int, int] | None = None  # models averaged per frame: in a view, in `honest`, by predict
     _smoothed: dict = field(default_factory=dict, repr=False)  # (task, member, kernel, window) -> [rows, C]
 
     def smoothed(self, t: str, i: int, kernel: str, window: int) -> np.ndarray:
@@ -202,7 +212,7 @@ class BlendData:
         return make_series(self.blended(weights, space), self.labels, self.cfg, self.rows)
 
     def alone(self, name: str) -> BlendData:
-        """This data restricted to one member (the tasks it serves)."""
+        """This data restricted to one member (the tasks it serves; without repeat views)."""
         keep = {t: [i for i, n in enumerate(ns) if n == name] for t, ns in self.names.items()}
         pick = lambda arrays: {t: [arrays[t][i] for i in ix] for t, ix in keep.items() if ix}  # noqa: E731
         return BlendData(self.template, self.rows, self.labels, pick(self.arrays),
@@ -215,6 +225,10 @@ class BlendData:
             return self
         return BlendData(self.template, self.rows, self.labels, self.honest, self.names, self.cfg)
 
+    def repeat_views(self) -> list[BlendData]:
+        """Repeated k-fold: the honest outputs with one unseen model per frame, one BlendData per view."""
+        return [BlendData(self.template, self.rows, self.labels, v, self.names, self.cfg) for v in self.views or ()]
+
 
 def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig) -> BlendData:
     """Load every member's validation outputs (best epoch and honest), aligned on the first member's frames."""
@@ -223,6 +237,8 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
     arrays: dict[str, list[np.ndarray]] = {}
     honest: dict[str, list[np.ndarray]] = {}
     names: dict[str, list[str]] = {}
+    views: list[dict[str, list[np.ndarray]]] | None = None
+    models: set[tuple[int, int, int]] = set()
     for m in members:
         out = ref if m is members[0] else member_outputs(m)[0]
         keys = frame_keys(out)
@@ -235,17 +251,28 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
         hon = member_outputs(m, honest=True)[0] if any((r / HONEST_OUTPUTS).is_file() for r in m.runs) else out
         if hon is not out and frame_keys(hon) != keys:
             raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
+        v = member_views(m)
+        if v is not None and (views is None or len(views) == len(v.outputs)) and frame_keys(v.outputs[0]) == keys:
+            views = views if views is not None else [{} for _ in v.outputs]
+            models.add((1, v.per_frame, v.predict))
+        else:
+            models.add((0, 0, 0))  # no views: the ensemble extrapolation does not apply to the blend
         for t in m.tasks:
             if getattr(out, t) is None:
                 raise AbawError(f"{m.name}: no {t.upper()} validation outputs")
             arrays.setdefault(t, []).append(getattr(out, t)[inv])
             honest.setdefault(t, []).append(getattr(hon, t)[inv])
             names.setdefault(t, []).append(m.name)
+            if v is not None and views is not None and len(views) == len(v.outputs):
+                for j, o in enumerate(v.outputs):
+                    views[j].setdefault(t, []).append(getattr(o, t)[inv])
     try:
         rows, labels = align_annotations(ref, ann)
     except AbawError as e:
         raise AbawError(f"{members[0].name}: {e}") from None
-    return BlendData(ref.only(()), rows, labels, arrays, names, cfg, honest)
+    one = len(models) == 1 and (0, 0, 0) not in models
+    return BlendData(ref.only(()), rows, labels, arrays, names, cfg, honest, tuple(views) if one and views else None,
+                     models.pop() if one and views else None)
 
 
 # ------------------------------------------------------------------ weights: abaw.pipeline.blend_weights
@@ -264,6 +291,7 @@ class BlendFit:
     fold_videos: list[list[str]]
     fold_weights: list[dict[str, tuple[float, ...]]]  # fold f: fitted on the other folds only
     fold_postfits: list[Any]
+    ensemble: dict[str, Any] | None = None  # repeated k-fold: the honest estimate extrapolated to predict's average
 
 
 def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
@@ -296,7 +324,29 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     honest = {**score_values(values, base, thr), "se": video_bootstrap_se(values, base, thr, groups=data.clips())}
     vids = data.template.videos
     fold_videos = [sorted({vids[v] for v in np.unique(base.video_idx[fold == f])}) for f in range(k)]
-    return BlendFit(w_all, pf_all, raw, optimistic, honest, fold_videos, fold_w, [fits[f] for f in range(k)])
+    return BlendFit(w_all, pf_all, raw, optimistic, honest, fold_videos, fold_w, [fits[f] for f in range(k)],
+                    ensemble_estimate(data, fold, fold_w, cfg.space, honest))
+
+
+def ensemble_estimate(data: BlendData, fold: np.ndarray, fold_w: list[dict[str, tuple[float, ...]]], space: str,
+                      honest: dict[str, Any]) -> dict[str, Any] | None:
+    """Repeated k-fold: the honest estimate scores each frame by the mean of its R unseen models,
+    `abaw predict` averages all K x R. The same cross-fitted estimate on each view (one unseen
+    model per frame; the folds' weights, post-processing fitted on the view's other folds), the
+    mean over views, and both extrapolated (`extrapolate`) to predict's number of models."""
+    if not data.views or data.models is None:
+        return None
+    base = data.base()
+    per_view = []
+    for view in data.repeat_views():
+        values, thr, _ = crossfit_folds(fold, lambda f: view.series(fold_w[f], space), data.cfg)
+        per_view.append(score_values(values, base, thr))
+    few, many, target = data.models
+    keys = [key for key, v in honest.items() if key != "se" and v is not None and all(p.get(key) is not None
+                                                                                      for p in per_view)]
+    views = {key: float(np.mean([p[key] for p in per_view])) for key in keys}
+    return {**{key: extrapolate(views[key], honest[key], few, many, target) for key in keys},
+            "views": views, "models": {"view": few, "honest": many, "predict": target}}
 
 
 # ------------------------------------------------------------------ the command
@@ -325,6 +375,8 @@ class BlendResult(Result):
                  "per task optimistic/honest):"]
         lines += [line(m["source"], m) for m in self.members]
         lines.append(line(f"blend ({self.space})", self.scores))
+        if self.scores.get("ensemble"):
+            lines.append("  " + ensemble_line(self.scores["ensemble"], self.scores["honest"]))
         for t, e in self.tasks.items():
             lines.append(f"  {t.upper()} weights: " + ", ".join(f"{m['source']} {format_weight(m['weight'])}"
                                                               for m in e["members"]))
@@ -376,7 +428,8 @@ def write_blend(members: list[Member], dest: Path, cfg: BlendConfig, val_ann: An
         tasks[t] = {"runs": runs, "weights": weights, "members": mem,
                     "score": fit.optimistic[t], "honest": fit.honest[t]}
     pp = PostProcess.from_postfit(fit.postfit, tuple(tasks), cf.thresholds)
-    scores = {"raw": fit.raw, "optimistic": fit.optimistic, "honest": fit.honest}
+    scores = {"raw": fit.raw, "optimistic": fit.optimistic, "honest": fit.honest,
+              **({"ensemble": fit.ensemble} if fit.ensemble else {})}
     doc = {"abaw_blend": BLEND_VERSION, "mode": "blend", "space": cfg.space, "tasks": tasks,
            "postprocess": to_dict(pp), "total": fit.optimistic["total"], "honest": fit.honest["total"],
            "scores": scores, "members": alone,

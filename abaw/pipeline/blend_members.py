@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,25 +51,77 @@ def _outputs_path(run: Path, honest: bool) -> Path:
     return run / HONEST_OUTPUTS if honest and (run / HONEST_OUTPUTS).is_file() else run / "val_outputs.npz"
 
 
-def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[Path]]:
-    """The member's raw validation outputs (k-fold runs: out-of-fold, together; repeated k-fold:
-    each frame the mean of the R runs that validated it) and the first run of each group of runs
-    validated on the same frames (seeds of one fold: averaged) that together cover every frame
-    once. `honest`: each run's `val_outputs_honest.npz` (every row at the epoch chosen without its
-    fold) where it has one."""
+def _groups(m: Member, honest: bool) -> tuple[list[FrameOutputs], list[Path]]:
+    """The member's runs grouped by the frames they validated (seeds of one fold), each group's
+    outputs averaged with equal weights, and the first run of each group."""
     outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(outs):
         groups.setdefault(tuple(frame_keys(o)), []).append(i)
     means = [outs[g[0]].with_values(**{t: combine(t, [getattr(outs[i], t) for i in g], [1 / len(g)] * len(g))
                                        for t in outs[g[0]].tasks}) for g in groups.values()]
-    firsts = [m.runs[g[0]] for g in groups.values()]
+    return means, [m.runs[g[0]] for g in groups.values()]
+
+
+def _scored(outs: list[FrameOutputs]) -> list[set[str]]:
+    return [{o.videos[i] for i in np.unique(o.video_idx)} for o in outs]
+
+
+def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[Path]]:
+    """The member's raw validation outputs (k-fold runs: out-of-fold, together; repeated k-fold:
+    each frame the mean of the R runs that validated it) and the first run of each group of runs
+    validated on the same frames (seeds of one fold: averaged) that together cover every frame
+    once. `honest`: each run's `val_outputs_honest.npz` (every row at the epoch chosen without its
+    fold) where it has one."""
+    means, firsts = _groups(m, honest)
     if len(means) == 1:
         return means[0], firsts
-    scored = [{o.videos[i] for i in np.unique(o.video_idx)} for o in means]
+    scored = _scored(means)
     if not any(a & b for a, b in itertools.combinations(scored, 2)):
         return _concat(means), firsts
-    return _repeated(m, means, scored), _cover(firsts, scored)
+    both, stacked = _stacked(m, means)
+    return _mean(both, stacked), _cover(firsts, scored)
+
+
+@dataclass(frozen=True)
+class Views:
+    """A member whose every validation frame was scored by n > 1 runs that did not train on it
+    (repeated k-fold, seeds of k-fold, ...) while `abaw predict` averages more: n versions of its
+    validation outputs, in each every frame scored by ONE of its n runs (the j-th, in run order;
+    any one is an unseen model), n (`per_frame`) and predict's number of models (`predict`)."""
+
+    outputs: tuple[FrameOutputs, ...]
+    per_frame: int
+    predict: int
+
+
+def member_views(m: Member, honest: bool = True) -> Views | None:
+    """The member's `Views` (rows in `member_outputs` order); None when each frame is validated by
+    one run, or by every run (nothing to extrapolate to)."""
+    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+    both, stacked = _stacked(m, outs)
+    n = next(iter(stacked.values())).shape[1]
+    if n < 2 or n == len(m.runs):
+        return None
+    views = tuple(FrameOutputs(both.videos, both.video_idx[::n], both.frame[::n],
+                               **{t: a[:, j] for t, a in stacked.items()}) for j in range(n))
+    return Views(views, n, len(m.runs))
+
+
+def extrapolate(s_few: float, s_many: float, n_few: int, n_many: int, n_target: int) -> float:
+    """The score of an average of `n_target` exchangeable models from the scores of averages of
+    `n_few` and `n_many`, assuming score(n) = a - c / n (the variance part of an average of n
+    models shrinks as 1 / n; the squared-error decomposition of an ensemble)."""
+    c = (s_many - s_few) / (1 / n_few - 1 / n_many)
+    return s_many + c / n_many - c / n_target
+
+
+def ensemble_line(ens: dict[str, Any], honest: dict[str, Any]) -> str:
+    """One line: the repeated k-fold honest estimate per number of models averaged, extrapolated."""
+    n = ens["models"]
+    return (f"repeated k-fold: honest {ens['views']['total']:.4f} with {n['view']} unseen model(s) per frame, "
+            f"{honest['total']:.4f} with {n['honest']}; extrapolated to the {n['predict']} that predict averages: "
+            f"{ens['total']:.4f} (score(n) = a - c/n)")
 
 
 def _cover(firsts: list[Path], scored: list[set[str]]) -> list[Path]:
@@ -82,25 +135,25 @@ def _cover(firsts: list[Path], scored: list[set[str]]) -> list[Path]:
     return keep
 
 
-def _repeated(m: Member, means: list[FrameOutputs], scored: list[set[str]]) -> FrameOutputs:
-    """Repeated k-fold: every video validated by the same number R of groups, on the same frames;
-    each frame's outputs averaged over its R groups (each an unseen model)."""
-    count: dict[str, int] = {}
-    for vids in scored:
-        for v in vids:
-            count[v] = count.get(v, 0) + 1
-    reps = set(count.values())
-    if len(reps) != 1:
+def _stacked(m: Member, outs: list[FrameOutputs]) -> tuple[FrameOutputs, dict]:
+    """Outputs that validate every frame the same number n of times (repeated k-fold: one group
+    of runs per partition). Returns their rows sorted by (video, frame) (each frame's n copies
+    adjacent, in `outs` order) and per task the copies of each frame, [frames, n, C]."""
+    both = _concat(outs)  # a stable sort: each frame's copies adjacent, in `outs` order
+    counts = np.unique(np.stack([both.video_idx, both.frame], 1), axis=0, return_counts=True)[1]
+    r = int(counts[0])
+    if (counts != r).any():
         raise AbawError(f"{m.name}: its runs' validation frames neither coincide, nor are disjoint, nor cover "
-                        f"every video equally often (repeated k-fold); counts {sorted(reps)}")
-    r = reps.pop()
-    both = _concat(means)  # rows sorted by (video, frame): each frame's R copies adjacent
+                        f"every frame equally often (repeated k-fold); counts {sorted(set(counts.tolist()))}")
     n = len(both) // r
-    key = np.stack([both.video_idx, both.frame], 1).reshape(n, r, 2)
-    if len(both) % r or (key != key[:, :1]).any():
-        raise AbawError(f"{m.name}: its repeated k-fold runs validated different frames of the same videos")
-    arrays = {t: getattr(both, t).reshape(n, r, -1).mean(1).astype(np.float32) for t in both.tasks}
-    return FrameOutputs(both.videos, both.video_idx[::r], both.frame[::r], **arrays)
+    return both, {t: getattr(both, t).reshape(n, r, -1) for t in both.tasks}
+
+
+def _mean(both: FrameOutputs, stacked: dict) -> FrameOutputs:
+    """Each frame's outputs averaged over its R copies."""
+    r = next(iter(stacked.values())).shape[1]
+    return FrameOutputs(both.videos, both.video_idx[::r], both.frame[::r],
+                        **{t: a.mean(1).astype(np.float32) for t, a in stacked.items()})
 
 
 def member_validation(m: Member, val_ann: Annotations | None) -> tuple[FrameOutputs, Annotations]:

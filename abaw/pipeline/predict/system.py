@@ -98,7 +98,17 @@ class System:
 
         def runs(t: str) -> str:
             w = self.weights.get(t)
-            return ", ".join(f"{r.path}" + (f" x{format_weight(w[i])}" if w else "") for i, r in enumerate(self.runs[t]))
+            groups: list[list] = []  # adjacent fold runs of one k-fold config with equal weights: one entry
+            for i, r in enumerate(self.runs[t]):
+                key = (fold_config(Path(r.path)), w[i] if w else None)
+                if groups and key[0] is not None and groups[-1][0] == key:
+                    groups[-1][1].append(r)
+                else:
+                    groups.append([key, [r]])
+            x = lambda wt: "" if wt is None else f"x{format_weight(wt)}"  # noqa: E731
+            return ", ".join(f"{rs[0].path} {x(wt)}".rstrip() if len(rs) == 1 else
+                             f"{cfg} ({len(rs)} fold runs" + (f", {x(wt)} each)" if wt is not None else ")")
+                             for (cfg, wt), rs in groups)
 
         def va() -> str:
             src = self.va_sources()
@@ -108,6 +118,13 @@ class System:
 
         return "; ".join(f"{t.upper()}: {va() if t == 'va' else runs(t)}" for t in self.tasks) + (
             f" (blend, {self.space} space)" if self.blended else "")
+
+
+def fold_config(path: Path) -> Path | None:
+    """The config folder of a k-fold run (`<config>/fold<k>`, `<config>/repeat<r>/fold<k>`); None otherwise."""
+    if not path.name.startswith("fold"):
+        return None
+    return path.parent.parent if path.parent.name.startswith("repeat") else path.parent
 
 
 @dataclass(frozen=True)

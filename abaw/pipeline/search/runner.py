@@ -36,6 +36,7 @@ from abaw.pipeline.search.leaderboard import (
     rank,
     write_leaderboard,
 )
+from abaw.pipeline.blend_members import ensemble_line
 from abaw.pipeline.search.space import SearchSpace, config_id, sample_configs
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.outputs import format_weight
@@ -267,7 +268,10 @@ class SearchResult(Result):
                          + (f" (partial: no config trained {', '.join(c['partial'])})" if c.get("partial") else ""))
         runs = [str(r) for row in self.rows for r in row.get("runs", ())]
         if any("/fold" in r for r in runs):
-            if any("/repeat" in r for r in runs):
+            ens = (self.composed or {}).get("scores", {}).get("ensemble")
+            if ens:
+                lines.append(ensemble_line(ens, self.composed["scores"]["honest"]) + " (README: Folds)")
+            elif any("/repeat" in r for r in runs):
                 lines.append("repeated k-fold: every validation frame is scored by the mean of the fold models (one "
                              "per repeat) that did not train on it; `predict` averages all the fold models "
                              "(README: Folds)")
