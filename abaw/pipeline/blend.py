@@ -30,7 +30,9 @@ each member's *honest* outputs (`val_outputs_honest.npz`: every row at the epoch
 other honest folds chose, so the run's early stopping never saw the scored rows either;
 runs without that file, validated on one video or written before it, use
 `val_outputs.npz`); the pooled predictions are scored. Every member alone gets the same
-three numbers.
+three numbers. Members whose every frame was validated by n > 1 unseen runs while predict
+averages more (repeated k-fold) add `ensemble`: the honest estimate on n views with one
+unseen run per frame, extrapolated with score(m) = a - c/m to predict's number of models.
 
 The blend is written as a composed-like JSON (`tasks: {t: {runs, weights, members}}`,
 `postprocess`, `space`, `scores`, `folds`, `config`) that `abaw predict --compose` and
@@ -339,7 +341,15 @@ def ensemble_estimate(data: BlendData, fold: np.ndarray, fold_w: list[dict[str, 
     base = data.base()
     per_view = []
     for view in data.repeat_views():
-        values, thr, _ = crossfit_folds(fold, lambda f: view.series(fold_w[f], space), data.cfg)
+        cache: dict[str, Series] = {}
+
+        def series_of(f: int, view: BlendData = view, cache: dict = cache) -> Series:
+            key = repr(sorted(fold_w[f].items()))
+            if key not in cache:
+                cache[key] = view.series(fold_w[f], space)
+            return cache[key]
+
+        values, thr, _ = crossfit_folds(fold, series_of, data.cfg)
         per_view.append(score_values(values, base, thr))
     few, many, target = data.models
     keys = [key for key, v in honest.items() if key != "se" and v is not None and all(p.get(key) is not None
