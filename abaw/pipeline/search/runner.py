@@ -278,7 +278,8 @@ class SearchResult(Result):
             else:
                 lines.append("k-fold: every validation frame is scored by the one fold model that did not train on "
                              "it; `predict` averages all the fold models, which tends to score higher than these "
-                             "estimates (`--repeats 2` narrows the gap; README: Folds)")
+                             "estimates (`--repeats 2` narrows the gap and, with --compose blend, extrapolates "
+                             "to predict's average; README: Folds)")
         if self.nested is not None:
             n = self.nested
             lines.append(f"nested estimate over {n['folds']} folds (configs chosen on the other folds): best config "
