@@ -254,7 +254,8 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
         if hon is not out and frame_keys(hon) != keys:
             raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
         v = member_views(m)
-        if v is not None and (views is None or len(views) == len(v.outputs)) and frame_keys(v.outputs[0]) == keys:
+        use = v is not None and (views is None or len(views) == len(v.outputs)) and frame_keys(v.outputs[0]) == keys
+        if use:
             views = views if views is not None else [{} for _ in v.outputs]
             models.add((1, v.per_frame, v.predict))
         else:
@@ -265,7 +266,7 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
             arrays.setdefault(t, []).append(getattr(out, t)[inv])
             honest.setdefault(t, []).append(getattr(hon, t)[inv])
             names.setdefault(t, []).append(m.name)
-            if v is not None and views is not None and len(views) == len(v.outputs):
+            if use:
                 for j, o in enumerate(v.outputs):
                     views[j].setdefault(t, []).append(getattr(o, t)[inv])
     try:
