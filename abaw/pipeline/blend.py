@@ -186,6 +186,7 @@ class BlendData:
     honest: dict[str, list[np.ndarray]] | None = None  # like `arrays`, each row at an epoch chosen without it
     views: tuple[dict[str, list[np.ndarray]], ...] | None = None  # repeated k-fold: like `honest`, one model per frame
     models: tuple[int, int, int] | None = None  # models averaged per frame: in a view, in `honest`, by predict
+    ann: Annotations | None = None  # the validation annotations `labels` were aligned from
     _smoothed: dict = field(default_factory=dict, repr=False)  # (task, member, kernel, window) -> [rows, C]
 
     def smoothed(self, t: str, i: int, kernel: str, window: int) -> np.ndarray:
@@ -232,8 +233,10 @@ class BlendData:
         return [BlendData(self.template, self.rows, self.labels, v, self.names, self.cfg) for v in self.views or ()]
 
 
-def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig) -> BlendData:
-    """Load every member's validation outputs (best epoch and honest), aligned on the first member's frames."""
+def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig,
+               with_views: bool = False) -> BlendData:
+    """Load every member's validation outputs (best epoch and honest), aligned on the first member's frames;
+    `with_views`: also the repeated k-fold views of the honest outputs (for `ensemble_estimate`)."""
     ref, ann = member_validation(members[0], val_ann)
     ref_keys = {k: i for i, k in enumerate(frame_keys(ref))}
     arrays: dict[str, list[np.ndarray]] = {}
@@ -253,7 +256,7 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
         hon = member_outputs(m, honest=True)[0] if any((r / HONEST_OUTPUTS).is_file() for r in m.runs) else out
         if hon is not out and frame_keys(hon) != keys:
             raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
-        v = member_views(m)
+        v = member_views(m) if with_views else None
         use = v is not None and (views is None or len(views) == len(v.outputs)) and frame_keys(v.outputs[0]) == keys
         if use:
             views = views if views is not None else [{} for _ in v.outputs]
@@ -275,7 +278,7 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
         raise AbawError(f"{members[0].name}: {e}") from None
     one = len(models) == 1 and (0, 0, 0) not in models
     return BlendData(ref.only(()), rows, labels, arrays, names, cfg, honest, tuple(views) if one and views else None,
-                     models.pop() if one and views else None)
+                     models.pop() if one and views else None, ann)
 
 
 # ------------------------------------------------------------------ weights: abaw.pipeline.blend_weights
@@ -416,7 +419,7 @@ def write_blend(members: list[Member], dest: Path, cfg: BlendConfig, val_ann: An
     from abaw.pipeline.train.run import read_config
 
     cf = crossfit_config(read_config(members[0].runs[0]))  # the runs' own post-processing search
-    data = blend_data(members, val_ann, cf)
+    data = blend_data(members, val_ann, cf, with_views=True)
     fit = evaluate_blend(data, cfg)
     alone = []
     for m in dict.fromkeys(n for ns in data.names.values() for n in ns):

@@ -45,7 +45,7 @@ def evaluate_blend_system(path: str | os.PathLike, val_ann: Annotations | None =
                           name: str = "composed blend") -> RunEvaluation:
     """The validation decisions of a blend (`abaw blend` / `search --compose blend`): its members'
     outputs (k-fold configs out-of-fold) with its weights and post-processing, fitted on these frames."""
-    from abaw.pipeline.blend import Member, blend_data, member_validation, read_blend
+    from abaw.pipeline.blend import Member, blend_data, read_blend
     from abaw.pipeline.crossfit import CrossfitConfig
     from abaw.pipeline.train.postprocess import apply_postprocess
 
@@ -63,7 +63,7 @@ def evaluate_blend_system(path: str | os.PathLike, val_ann: Annotations | None =
     w = {t: tuple(weight[t, n] for n in names) for t, names in data.names.items()}
     pp = system["postprocess"]
     out = apply_postprocess(data.blended(w, system["space"]), pp)
-    ann = member_validation(ms[0], val_ann)[1]
+    ann = data.ann
     info = {"blend": str(path), "members": ", ".join(members), "space": system["space"], "post-processing": pp}
     return _evaluation(out, pp.au_thresholds, ann, name, info, tuple(str(r) for m in ms for r in m.runs),
                        tuple(doc["tasks"]))
