@@ -417,6 +417,10 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     rep = cli("report", s, "--out", tmp_path / "rep")
     line = next(x for x in rep.splitlines() if x.startswith("composed blend"))
     assert f"P_MTL {doc['total']:.4f}" in line and (tmp_path / "rep" / "report.html").is_file()
+    assert f"honest: P_MTL {honest['total']:.4f} ± {honest['se']:.4f}" in rep  # beside the fitted score
+    assert f"extrapolated: repeated k-fold: honest {ens['views']['total']:.4f}" in rep
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"extrapolated to the 4 that predict averages: {ens['total']:.4f}" in page
     out = cli("predict", "--compose", s, "--cache", root / "cache.zarr", "--test-list", tiny_synth / "MTL.txt",
               "--out", tmp_path / "sub.txt", "--quiet")
     assert (tmp_path / "sub.txt").read_text().count("\n") > 1

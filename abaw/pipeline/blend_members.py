@@ -124,6 +124,22 @@ def ensemble_line(ens: dict[str, Any], honest: dict[str, Any]) -> str:
             f"{ens['total']:.4f} (score(n) = a - c/n)")
 
 
+HONEST_KEYS = ("honest", "extrapolated")  # the info lines `honest_info` writes
+
+
+def honest_info(scores: dict[str, Any]) -> dict[str, str]:
+    """A blend file's honest estimate (and its repeated k-fold extrapolation) as report info lines:
+    the score above is fitted on the frames it is scored on, these are not."""
+    honest = scores.get("honest") or {}
+    if honest.get("total") is None:
+        return {}
+    se = f" ± {honest['se']:.4f}" if honest.get("se") is not None else ""
+    out = {HONEST_KEYS[0]: f"P_MTL {honest['total']:.4f}{se} (weights and post-processing fitted on other folds of the scored videos)"}
+    if scores.get("ensemble"):
+        out[HONEST_KEYS[1]] = ensemble_line(scores["ensemble"], honest)
+    return out
+
+
 def _cover(firsts: list[Path], scored: list[set[str]]) -> list[Path]:
     """The groups (in run order) that cover every video once: repeated k-fold's first partition."""
     seen: set[str] = set()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from abaw.data.annotations import Annotations
+from abaw.pipeline.blend_members import HONEST_KEYS
 from abaw.pipeline.report.evaluate import evaluations_from_paths
 from abaw.pipeline.report.html import build_report
 from abaw.results import Result
@@ -19,6 +20,7 @@ class ReportResult(Result):
 
     page: str
     scores: tuple[tuple[str, dict[str, Any]], ...]  # (name, MTLScore.summary())
+    notes: tuple[tuple[str, dict[str, str]], ...] = ()  # (name, {label: line}): a blend's honest estimate
 
     def format(self) -> str:
         def r(x: float | None) -> float | None:
@@ -26,8 +28,11 @@ class ReportResult(Result):
 
         from abaw.pipeline.train.run import va_name
 
-        lines = [f"{name:<28} P_MTL {s['total']:.4f}  ({va_name(s)} {r(s['va'])}, EXPR {r(s['expr'])}, "
-                 f"AU {r(s['au'])})" for name, s in self.scores]
+        lines = []
+        for name, s in self.scores:
+            lines.append(f"{name:<28} P_MTL {s['total']:.4f}  ({va_name(s)} {r(s['va'])}, EXPR {r(s['expr'])}, "
+                         f"AU {r(s['au'])})")
+            lines += [f"{'':<28} {k}: {v}" for k, v in dict(self.notes).get(name, {}).items()]
         return "\n".join(lines + [f"report: {self.page}"])
 
 
@@ -38,4 +43,6 @@ def report(paths: list[str], out: str | os.PathLike, val_ann: Annotations | None
     evals = evaluations_from_paths(list(paths), val_ann, top)
     searches = [p for p in paths if (Path(p) / "leaderboard.json").exists()]
     page = build_report(evals, out, title, searches=searches, command=command)
-    return ReportResult(page=str(page), scores=tuple((e.name, e.score().summary()) for e in evals))
+    notes = tuple((e.name, {k: (e.info or {})[k] for k in HONEST_KEYS if k in (e.info or {})}) for e in evals)
+    return ReportResult(page=str(page), scores=tuple((e.name, e.score().summary()) for e in evals),
+                        notes=tuple(n for n in notes if n[1]))

@@ -21,6 +21,7 @@ from abaw.data.annotations import Annotations
 from abaw.errors import AbawError
 from abaw.io import read_json
 from abaw.pipeline.report.html import RunEvaluation
+from abaw.pipeline.blend_members import honest_info
 from abaw.pipeline.composed import run_path
 
 
@@ -64,7 +65,8 @@ def evaluate_blend_system(path: str | os.PathLike, val_ann: Annotations | None =
     pp = system["postprocess"]
     out = apply_postprocess(data.blended(w, system["space"]), pp)
     ann = data.ann
-    info = {"blend": str(path), "members": ", ".join(members), "space": system["space"], "post-processing": pp}
+    info = {"blend": str(path), "members": ", ".join(members), "space": system["space"], "post-processing": pp,
+            **honest_info(doc.get("scores") or {})}
     return _evaluation(out, pp.au_thresholds, ann, name, info, tuple(str(r) for m in ms for r in m.runs),
                        tuple(doc["tasks"]))
 

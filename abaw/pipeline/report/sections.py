@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from abaw.io import read_json
+from abaw.pipeline.blend_members import honest_info
 
 DASH = "\u2013"
 
@@ -176,8 +177,12 @@ def leaderboard_section(search_dir: str | Path) -> str:
     comp = _read(search_dir / "composed.json")
     if comp.get("tasks"):
         chosen = {t: c.get("config") for t, c in comp["tasks"].items()}
+        honest = honest_info(comp.get("scores") or {})
         parts.append(f"<p>Composed ({esc(comp.get('mode'))}, chosen by {esc(comp.get('chosen_by'))}): "
-                     f"{esc(chosen)}; P_MTL {esc(comp.get('total'))}, honest {esc(comp.get('honest'))}.</p>")
+                     f"{esc(chosen)}; P_MTL {esc(comp.get('total'))}, honest "
+                     f"{esc(honest.get('honest', comp.get('honest')))}.</p>")
+        if "extrapolated" in honest:
+            parts.append(f"<p>{esc(honest['extrapolated'])} (README: Folds).</p>")
     return "".join(parts)
 
 
