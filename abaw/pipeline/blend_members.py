@@ -134,7 +134,8 @@ def honest_info(scores: dict[str, Any]) -> dict[str, str]:
     if honest.get("total") is None:
         return {}
     se = f" ± {honest['se']:.4f}" if honest.get("se") is not None else ""
-    out = {HONEST_KEYS[0]: f"P_MTL {honest['total']:.4f}{se} (weights and post-processing fitted on other folds of the scored videos)"}
+    out = {HONEST_KEYS[0]: f"P_MTL {honest['total']:.4f}{se} (weights and post-processing fitted on other folds "
+                           "of the scored videos)"}
     if scores.get("ensemble"):
         out[HONEST_KEYS[1]] = ensemble_line(scores["ensemble"], honest)
     return out
