@@ -62,15 +62,15 @@ def scores_on_test(search: Path) -> tuple[dict[int, float], dict]:
     k = n_runs // repeats
 
     def score(pick: list[int]) -> float:
-        values, template = {}, None
+        values = {}
         for t, ms in members.items():
             arrays = []
             for runs, _ in ms:
                 if len(runs) != n_runs:
                     raise SystemExit(f"{search}: {t.upper()} member has {len(runs)} runs, not {n_runs}")
                 arrays.append(np.mean([getattr(predicted(runs[i]), t) for i in pick], 0))
-                template = predicted(runs[pick[0]])
             values[t] = combine(t, arrays, tuple(w for _, w in ms), doc["space"])
+        template = predicted(next(iter(members.values()))[0][0][pick[0]])  # the test frames, shared by every run
         out = apply_postprocess(template.with_values(**{t: values.get(t) for t in TASKS}), system["postprocess"])
         rows, labels = align_annotations(out, splits["test"].ann)
         return score_outputs(out.take(rows), labels, system["postprocess"].au_thresholds).total

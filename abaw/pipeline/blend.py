@@ -45,7 +45,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -300,6 +300,20 @@ class BlendFit:
     ensemble: dict[str, Any] | None = None  # repeated k-fold: the honest estimate extrapolated to predict's average
 
 
+def fold_series(data: BlendData, fold_w: list[dict[str, tuple[float, ...]]], space: str) -> Callable[[int], Series]:
+    """Fold f -> `data` blended with fold f's weights (`crossfit_folds`'s series_of); folds whose
+    weights coincide share one Series."""
+    cache: dict[str, Series] = {}
+
+    def series_of(f: int) -> Series:
+        key = repr(sorted(fold_w[f].items()))
+        if key not in cache:
+            cache[key] = data.series(fold_w[f], space)
+        return cache[key]
+
+    return series_of
+
+
 def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     """Weights + post-processing fitted on all validation (optimistic) and cross-fitted by video fold."""
     base = data.base()
@@ -317,16 +331,8 @@ def evaluate_blend(data: BlendData, cfg: BlendConfig) -> BlendFit:
     fold_w = [fit_weights(data, np.flatnonzero(fold != f), cfg.space, cfg.steps, cfg.au_weight_folds,
                           cfg.au_weights == "per-au")
               for f in range(k)]
-    cache: dict[str, Series] = {}
     scored = data.honest_view()  # each member's epoch, too, chosen without the scored rows
-
-    def series_of(f: int) -> Series:
-        key = repr(sorted(fold_w[f].items()))
-        if key not in cache:
-            cache[key] = scored.series(fold_w[f], cfg.space)
-        return cache[key]
-
-    values, thr, fits = crossfit_folds(fold, series_of, data.cfg)
+    values, thr, fits = crossfit_folds(fold, fold_series(scored, fold_w, cfg.space), data.cfg)
     honest = {**score_values(values, base, thr), "se": video_bootstrap_se(values, base, thr, groups=data.clips())}
     vids = data.template.videos
     fold_videos = [sorted({vids[v] for v in np.unique(base.video_idx[fold == f])}) for f in range(k)]
@@ -345,15 +351,7 @@ def ensemble_estimate(data: BlendData, fold: np.ndarray, fold_w: list[dict[str, 
     base = data.base()
     per_view = []
     for view in data.repeat_views():
-        cache: dict[str, Series] = {}
-
-        def series_of(f: int, view: BlendData = view, cache: dict = cache) -> Series:
-            key = repr(sorted(fold_w[f].items()))
-            if key not in cache:
-                cache[key] = view.series(fold_w[f], space)
-            return cache[key]
-
-        values, thr, _ = crossfit_folds(fold, series_of, data.cfg)
+        values, thr, _ = crossfit_folds(fold, fold_series(view, fold_w, space), data.cfg)
         per_view.append(score_values(values, base, thr))
     few, many, target = data.models
     keys = [key for key, v in honest.items() if key != "se" and v is not None and all(p.get(key) is not None
