@@ -83,7 +83,8 @@ def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Pat
             test_videos: int | None = None) -> Path:
     """Synth data + feature cache under work/<size>-<seed>/ (reused when complete);
     `test_videos`: another test split size (work/<size>-<seed>-test<N>/: the same training and
-    validation tracks, and N test tracks, the first of them the size's own)."""
+    validation tracks, and N test tracks; dense: the first of them the size's own; s-aff-wild2:
+    all new, as track lengths are drawn stratified over each split)."""
     tr, va, te = SIZES[profile][size]
     d = work / (f"{size}-{seed}" if test_videos is None else f"{size}-{seed}-test{test_videos}")
     te = te if test_videos is None else test_videos

@@ -68,6 +68,24 @@ def test_deterministic_for_a_seed(tmp_path):
         (tmp_path / "c" / "training_set_annotations.txt").read_bytes()
 
 
+def test_another_test_size_keeps_training_and_validation(tmp_path):
+    """`--test-videos N` (bench_accuracy.py's bigger test splits) must not change the other splits,
+    byte for byte: a search trained on them resumes on the new folder instead of refusing."""
+    cfg = SynthConfig(seed=2, train_videos=3, val_videos=2, test_videos=1, videos=False)
+    generate(tmp_path / "a", cfg, progress=False)
+    generate(tmp_path / "b", SynthConfig(**{**cfg.__dict__, "test_videos": 7}), progress=False)
+    for name in ["training_set_annotations.txt", "validation_set_annotations.txt"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert read_annotations(tmp_path / "a" / "training_set_annotations.txt").n_duplicates >= 1
+    a, b = tmp_path / "a" / "cropped_aligned", tmp_path / "b" / "cropped_aligned"
+    train = load_summary(tmp_path / "a")["splits"]["train"]
+    for v in train:
+        assert sorted(os.listdir(a / v)) == sorted(os.listdir(b / v))
+        f = sorted(os.listdir(a / v))[-1]
+        assert (a / v / f).read_bytes() == (b / v / f).read_bytes()
+    assert len(load_summary(tmp_path / "b")["splits"]["test"]) == 7
+
+
 def test_refuses_to_overwrite(tmp_path):
     cfg = SynthConfig(train_videos=1, val_videos=1, test_videos=1, min_frames=5, max_frames=5, videos=False)
     generate(tmp_path / "d", cfg, progress=False)

@@ -396,7 +396,12 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), jobs: int
         for res in tqdm(it, total=len(work), desc="synth clips", unit="clip", disable=not progress):
             tracks.extend(res)
         by_split = {s: [t for t in tracks if t.split == s] for s in ("train", "val", "test")}
-        n_train = _write_labels(stage / "training_set_annotations.txt", by_split["train"], rng, cfg.duplicate_rate)
+        # sparse profiles: duplicated lines drawn by a generator of their own, so the training file
+        # does not depend on the other splits' sizes (`--test-videos N` keeps it byte for byte and
+        # a search trained on it resumes); dense keeps the original generator's bytes
+        dup_rng = rng if not prof.sparse else np.random.default_rng(np.random.SeedSequence([cfg.seed, 30_000]))
+        n_train = _write_labels(stage / "training_set_annotations.txt", by_split["train"], dup_rng,
+                                cfg.duplicate_rate)
         n_val = _write_labels(stage / "validation_set_annotations.txt", by_split["val"], None, 0.0)
         n_test = _write_labels(stage / "test_set_annotations.txt", by_split["test"], None, 0.0)
         # ABAW7-style test list: trailing commas, some entries repeated in place
