@@ -84,7 +84,8 @@ def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Pat
     """Synth data + feature cache under work/<size>-<seed>/ (reused when complete);
     `test_videos`: another test split size (work/<size>-<seed>-test<N>/: the same training and
     validation tracks, and N test tracks; dense: the first of them the size's own; s-aff-wild2:
-    all new, as track lengths are drawn stratified over each split)."""
+    all new, as track lengths are drawn stratified over each split), reusing the size's runs
+    where it can (`reuse_runs`)."""
     tr, va, te = SIZES[profile][size]
     d = work / (f"{size}-{seed}" if test_videos is None else f"{size}-{seed}-test{test_videos}")
     te = te if test_videos is None else test_videos
@@ -96,7 +97,25 @@ def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Pat
         sh([sys.executable, "-m", "abaw", "extract", str(d / "data" / "cropped_aligned"), "-o", str(d / "cache.zarr"),
             *sum((["-b", b] for b in BACKBONES), []), "--device", "cpu"], log)
         (d / "extract.done").write_text("ok\n")
+    if test_videos is not None:
+        reuse_runs(work / f"{size}-{seed}", d)
     return d
+
+
+def reuse_runs(src: Path, dst: Path) -> bool:
+    """Copy the size's own runs and searches into its bigger-test folder, so they are reused there
+    (runs by their flags, searches by their data identity) instead of trained again: only when both
+    folders have the same training and validation files, byte for byte (sparse profiles; dense
+    keeps the original generator's bytes, where a search would refuse), and dst has no runs yet."""
+    import shutil
+
+    names = ("training_set_annotations.txt", "validation_set_annotations.txt")
+    if (dst / "runs").exists() or not (src / "runs").is_dir() or \
+            any(not (src / "data" / n).exists() or (src / "data" / n).read_bytes() != (dst / "data" / n).read_bytes()
+                for n in names):
+        return False
+    shutil.copytree(src / "runs", dst / "runs", symlinks=True)
+    return True
 
 
 @dataclass
