@@ -87,7 +87,8 @@ def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Pat
     all new, as track lengths are drawn stratified over each split), reusing the size's runs
     where it can (`reuse_runs`)."""
     tr, va, te = SIZES[profile][size]
-    d = work / (f"{size}-{seed}" if test_videos is None else f"{size}-{seed}-test{test_videos}")
+    own = work / f"{size}-{seed}"
+    d = own if test_videos is None else test_folder(own, test_videos)
     te = te if test_videos is None else test_videos
     if not (d / "data" / "synth.json").exists():
         sh([sys.executable, "-m", "abaw", "synth", str(d / "data"), "--seed", str(seed), "--train-videos", str(tr),
@@ -98,8 +99,13 @@ def prepare(work: Path, size: str, seed: int, profile_flags: list[str], log: Pat
             *sum((["-b", b] for b in BACKBONES), []), "--device", "cpu"], log)
         (d / "extract.done").write_text("ok\n")
     if test_videos is not None:
-        reuse_runs(work / f"{size}-{seed}", d)
+        reuse_runs(own, d)
     return d
+
+
+def test_folder(own: Path, test_videos: int) -> Path:
+    """The work folder of a size with an N-track test split instead of its own: `<size>-<seed>-test<N>`."""
+    return own.with_name(f"{own.name}-test{test_videos}")
 
 
 def reuse_runs(src: Path, dst: Path) -> bool:
@@ -107,12 +113,13 @@ def reuse_runs(src: Path, dst: Path) -> bool:
     (runs by their flags, searches by their data identity) instead of trained again: only when both
     folders have the same training and validation files, byte for byte (sparse profiles; dense
     keeps the original generator's bytes, where a search would refuse), and dst has no runs yet."""
+    import filecmp
     import shutil
 
     names = ("training_set_annotations.txt", "validation_set_annotations.txt")
     if (dst / "runs").exists() or not (src / "runs").is_dir() or \
-            any(not (src / "data" / n).exists() or (src / "data" / n).read_bytes() != (dst / "data" / n).read_bytes()
-                for n in names):
+            not all((src / "data" / n).exists() and filecmp.cmp(src / "data" / n, dst / "data" / n, shallow=False)
+                    for n in names):
         return False
     shutil.copytree(src / "runs", dst / "runs", symlinks=True)
     return True

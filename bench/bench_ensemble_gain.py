@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def scores_on_test(search: Path, test_suffix: str = "") -> tuple[dict[int, float], dict]:
+def scores_on_test(search: Path, test_videos: int | None = None) -> tuple[dict[int, float], dict]:
     """Test P_MTL of the search's blend with n runs per member averaged -> {n: P}, and composed.json.
-    `test_suffix`: score the test split of the work folder WORK<suffix> instead (`bench_accuracy.py
-    --test-videos N` makes WORK-testN: the same training and validation tracks, N fresh test tracks)."""
+    `test_videos`: score the N-track test split of `bench_accuracy.py --test-videos N` instead (its
+    work folder WORK-testN: the same training and validation tracks, N fresh test tracks)."""
     import bench_accuracy as ba
     from abaw.data.labels import TASKS
     from abaw.pipeline.blend import read_blend
@@ -51,7 +51,7 @@ def scores_on_test(search: Path, test_suffix: str = "") -> tuple[dict[int, float
     if not models:
         raise SystemExit(f"{search}: its blend has no repeated k-fold views (search --repeats >= 2 --compose blend)")
     work = search.parents[1]
-    table, _, splits = ba.load_splits(work.with_name(work.name + test_suffix) if test_suffix else work)
+    table, _, splits = ba.load_splits(work if test_videos is None else ba.test_folder(work, test_videos))
     cache: dict[str, object] = {}
 
     def predicted(run: str):
@@ -90,13 +90,13 @@ def scores_on_test(search: Path, test_suffix: str = "") -> tuple[dict[int, float
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("searches", nargs="+", type=Path, help="WORK/runs/SEARCH folders of bench_accuracy.py")
-    ap.add_argument("--test-suffix", default="", metavar="SUFFIX",
-                    help="score on the test split of WORK<SUFFIX> (e.g. -test600: a bigger, fresh test split with "
-                         "the same training and validation tracks, made by bench_accuracy.py --test-videos 600)")
+    ap.add_argument("--test-videos", type=int, default=None, metavar="N",
+                    help="score on the N-track test split made by bench_accuracy.py --test-videos N (a bigger, fresh "
+                         "test split with the same training and validation tracks) instead of the size's own")
     a = ap.parse_args(argv)
     terms = []
     for s in a.searches:
-        test, doc = scores_on_test(s, a.test_suffix)
+        test, doc = scores_on_test(s, a.test_videos)
         ens, honest = doc["scores"]["ensemble"], doc["scores"]["honest"]
         n = ens["models"]
         few, many, target = ens["views"]["total"], honest["total"], ens["total"]
