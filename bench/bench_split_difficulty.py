@@ -54,7 +54,7 @@ def pool_vs_test(work: Path, draws: int, subsets: int, seed: int) -> list[dict]:
         p = score_outputs(res["validation"], pool.labels, None)
         labels_b = te.labels.take(sb)
         subs = []
-        for _ in range(subsets):
+        for _ in range(subsets if n_pool < len(score_v) else 1):  # a pool as big as the half: all of it, once
             pick = np.flatnonzero(np.isin(vid[sb], rng.choice(score_v, min(n_pool, len(score_v)), replace=False)))
             subs.append(score_outputs(res["test"].take(pick), labels_b.take(pick), None).total)
         out.append({"pool": p.total, "pool_tasks": (p.va, p.expr, p.au), "n_pool": n_pool,
@@ -77,9 +77,11 @@ def main(argv=None) -> int:
                   f"{r['n_pool']}-track subsets of the other {r['n_test']} test tracks {r['test_sub']:.4f} "
                   f"(sd {r['test_sub_sd']:.3f})", flush=True)
         d = np.array([r["pool"] - r["test_sub"] for r in rows])
-        print(f"{w.name}: pool - test {d.mean():+.4f} (over {len(d)} draws: {' '.join(f'{x:+.3f}' for x in d)}); "
-              f"a {rows[0]['n_pool']}-track set varies by sd {np.mean([r['test_sub_sd'] for r in rows]):.3f} "
-              f"within half the test tracks")
+        n_pool, n_test = rows[0]["n_pool"], rows[0]["n_test"]
+        spread = (f"a {n_pool}-track set varies by sd {np.mean([r['test_sub_sd'] for r in rows]):.3f} within half "
+                  "the test tracks" if n_pool < n_test else
+                  f"the pool has more tracks than half the test split: compared with all {n_test} of the other half")
+        print(f"{w.name}: pool - test {d.mean():+.4f} (over {len(d)} draws: {' '.join(f'{x:+.3f}' for x in d)}); {spread}")
     return 0
 
 
