@@ -155,35 +155,43 @@ def outputs_for(table, rows, va=None, expr=None, au=None):
                         f(va), f(expr), f(au))
 
 
+def train_val_pool(table, splits) -> Split:
+    """The training and validation tracks together: what `abaw search --folds K` splits into folds
+    and every out-of-fold estimate is computed on."""
+    from abaw.data.annotations import Annotations
+    from abaw.pipeline.train.dataset import align_labels
+
+    every = Annotations.concat([splits["training"].ann, splits["validation"].ann])
+    f = align_labels(table, every, allow_missing=True)
+    return Split(every, f.rows, f.labels)
+
+
 def baseline_kfold(table, keys, splits, folds: int, seed: int) -> dict:
     """The scikit-learn baseline as `abaw search --folds K` trains: K fits on K-1 folds of train +
     val videos (the search's own split), out-of-fold outputs on every train + val frame (its
     "validation": post-processing fitted there) and the K fits' test outputs averaged."""
-    from abaw.data.annotations import Annotations
     from abaw.pipeline.search.runner import kfold_videos
-    from abaw.pipeline.train.dataset import align_labels
 
-    every = Annotations.concat([splits["training"].ann, splits["validation"].ann])
-    allf = align_labels(table, every, allow_missing=True)
-    vid_name = np.asarray(table.videos, dtype=object)[table.video_idx[allf.rows]]
+    pool = train_val_pool(table, splits)
+    vid_name = np.asarray(table.videos, dtype=object)[table.video_idx[pool.rows]]
     oof = {t: None for t in TASKS}
     test = []
-    for fold in kfold_videos(every, folds, seed):
+    for fold in kfold_videos(pool.ann, folds, seed):
         held = np.isin(vid_name, fold)
-        sp = {"training": Split(None, allf.rows[~held], allf.labels.take(np.flatnonzero(~held))),
-              "validation": Split(None, allf.rows[held], allf.labels.take(np.flatnonzero(held))),
+        sp = {"training": Split(None, pool.rows[~held], pool.labels.take(np.flatnonzero(~held))),
+              "validation": Split(None, pool.rows[held], pool.labels.take(np.flatnonzero(held))),
               "test": splits["test"]}
         out = baseline(table, keys, sp)
         for t in TASKS:
             v = getattr(out["validation"], t)
             if oof[t] is None:
-                oof[t] = np.zeros((len(allf.rows), v.shape[1]), np.float32)
+                oof[t] = np.zeros((len(pool.rows), v.shape[1]), np.float32)
             oof[t][held] = v
         test.append(out["test"])
     test_out = outputs_for(table, splits["test"].rows,
                            *[np.mean([getattr(o, t) for o in test], 0) for t in TASKS])
-    return {"validation": outputs_for(table, allf.rows, oof["va"], oof["expr"], oof["au"]),
-            "validation_split": Split(every, allf.rows, allf.labels), "test": test_out}
+    return {"validation": outputs_for(table, pool.rows, oof["va"], oof["expr"], oof["au"]),
+            "validation_split": pool, "test": test_out}
 
 
 def baseline(table, keys, splits) -> dict:
