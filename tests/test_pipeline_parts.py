@@ -165,6 +165,47 @@ def test_repeated_kfold_partitions_differ_are_balanced_and_keep_clips_together()
     assert as_sets[0] != as_sets[1] and as_sets[1] != as_sets[2]
 
 
+def test_stratified_kfold_spreads_a_rare_class_and_keeps_frames_balanced():
+    """`--stratify`: a class held by few clips is spread over the folds (frame-only balancing can put
+    most of it in one fold, whose own model then barely sees it); clips stay whole, frames stay even."""
+    from abaw.data.annotations import Annotations
+    from abaw.data.labels import clip_of
+    from abaw.pipeline.search.runner import kfold_videos
+
+    worst = {False: [], True: []}
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        names, sizes, rare = [], [], []
+        for c in range(40):
+            for side in (("_left", "_right") if c % 7 == 0 else ("",)):
+                names.append(f"{c:03d}{side}")
+                sizes.append(int(rng.integers(50, 300)))
+                rare.append(c % 8 == 3)  # 5 clips hold the rare class (in a run of 40 frames)
+        vid = np.repeat(np.arange(len(names), dtype=np.int32), sizes)
+        n = len(vid)
+        expr = np.full(n, 4, np.int64)
+        au = np.zeros((n, 12), np.int8)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        for i, s0 in enumerate(starts):
+            if rare[i]:
+                expr[s0:s0 + 40] = 6
+                au[s0:s0 + 40, 9] = 1
+        frame = np.concatenate([np.arange(1, m + 1) for m in sizes]).astype(np.int64)
+        ann = Annotations(tuple(names), vid, frame, np.zeros((n, 2), np.float32), expr, au)
+        for strat in (False, True):
+            folds = kfold_videos(ann, 5, seed=seed, stratify=strat)
+            assert sorted(v for f in folds for v in f) == sorted(names)
+            clips = [{clip_of(v) for v in f} for f in folds]
+            assert all(not (a & b) for i, a in enumerate(clips) for b in clips[i + 1:])
+            load = [sum(sizes[names.index(v)] for v in f) for f in folds]
+            assert max(load) - min(load) <= 2 * 2 * 300  # about equal frame counts, stratified too
+            held = [sum(40 for v in f if rare[names.index(v)]) for f in folds]
+            worst[strat].append(max(held) / sum(held))
+        assert kfold_videos(ann, 5, seed=seed, stratify=True) == kfold_videos(ann, 5, seed=seed, stratify=True)
+    assert max(worst[True]) <= 0.4  # the 5 rare clips' frames (6 with a two-track clip) spread: at most 2 per fold
+    assert np.mean(worst[True]) < np.mean(worst[False])
+
+
 def test_report_page_contents_differences_curves_provenance_and_no_reprs(tmp_path, synthetic_split, one_thread):
     """A report on two tiny runs that differ in the temporal model: contents with anchors, the differing
     setting (and the common ones collapsed), linked training curves, provenance, no Python repr."""

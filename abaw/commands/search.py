@@ -34,6 +34,9 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
               help="Repeated K-fold: R partitions into K folds (R x K runs per config). Every frame's honest "
                    "estimate then averages R models that did not train on it, as predict averages the R x K; "
                    "--compose blend also extrapolates it from 1 and R models to the R x K.")
+@click.option("--stratify", is_flag=True,
+              help="With --folds: balance every fold's labels (expression classes, AU positives) as well as its "
+                   "frames, so no fold holds most of a rare class that its own model then barely sees.")
 @click.option("--jobs", default=1, show_default=True,
               help="Runs at once: CPU processes (cores split between them) or slots spread over the visible GPUs "
               "(0 or -1: all cores / as many as fit per GPU).")
@@ -51,7 +54,7 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
            space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
            temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, seeds_opt: str | None,
            set_opt: tuple[str, ...],
-           budget: int | None, folds: int, repeats: int, jobs: int,
+           budget: int | None, folds: int, repeats: int, stratify: bool, jobs: int,
            scheduler: str | None, compose: str | None, seed: int, quiet: bool, json_out: str | None) -> None:
     """Train many head configurations from one cache and rank them on validation.
 
@@ -89,7 +92,7 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
             grid[key] = vals
     space = space_from_dict({"base": {**space.base, **parse_set(set_opt)}, "grid": grid, "random": space.random})
     result = run_search(space, cache, read_annotations(tr), read_annotations(va), out,
-                        SearchSettings(budget=budget, seed=seed, folds=folds, repeats=repeats, jobs=jobs,
+                        SearchSettings(budget=budget, seed=seed, folds=folds, repeats=repeats, stratify=stratify, jobs=jobs,
                                        scheduler=scheduler, compose=compose),
                         progress=not quiet, log=click.echo)
     echo_result(result, json_out)

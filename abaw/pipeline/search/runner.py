@@ -63,6 +63,7 @@ class SearchSettings:
     seed: int = 0  # sampling seed
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
     repeats: int = 1  # repeated K-fold: R partitions into K folds (R x K runs per config); every frame R unseen models
+    stratify: bool = False  # folds balanced on the labels too (expression classes, AU positives), not only frames
     jobs: int = 1  # runs at once: CPU processes or GPU slots (0 / -1: as many as fit), see search/execute.py
     scheduler: str | None = None  # a Dask scheduler's address (tcp://HOST:8786): run on its cluster instead
     compose: str | None = None  # "best-per-task" | "blend" (every config, seed replicas as one member)
@@ -92,13 +93,16 @@ def config_from_overrides(base: TrainConfig, overrides: dict[str, Any]) -> Train
     return TrainConfig.from_dict(merged).validate()
 
 
-def kfold_videos(ann: Annotations, k: int, seed: int = 0, repeat: int = 0) -> list[list[str]]:
+def kfold_videos(ann: Annotations, k: int, seed: int = 0, repeat: int = 0, stratify: bool = False) -> list[list[str]]:
     """Split the videos of `ann` into k folds of about equal frame counts (by video, exact ids).
 
     `_left`/`_right` tracks of the same clip stay in the same fold. `repeat` 0: the largest clips
     first, each to the least-loaded fold (ties in a seeded order); repeat r >= 1 (repeated K-fold):
     the clips in a random order seeded by (seed, r), each to the least-loaded fold, so every
-    repeat is another partition of about equal folds.
+    repeat is another partition of about equal folds. `stratify`: "least loaded" counts the labels
+    too (`label_profile`): each clip goes to the fold whose shares of the frames, of every
+    expression class and of every AU's positives it moves closest to 1/k, so no fold holds most
+    of a rare class (which its own fold model would then barely see).
     """
     if k < 2:
         raise AbawError("--folds must be at least 2")
@@ -107,20 +111,39 @@ def kfold_videos(ann: Annotations, k: int, seed: int = 0, repeat: int = 0) -> li
         clips.setdefault(clip_of(v), []).append(v)
     if len(clips) < k:
         raise AbawError(f"{k} folds need at least {k} videos; the annotations have {len(clips)}")
-    sizes = {c: sum(ann.video_slice(v).stop - ann.video_slice(v).start for v in vs) for c, vs in clips.items()}
+    profile = {c: sum(label_profile(ann, v, stratify) for v in vs) for c, vs in clips.items()}
     names = sorted(clips)
     if repeat == 0:
         np.random.default_rng(seed).shuffle(names)
-        names.sort(key=lambda c: -sizes[c])  # stable: ties keep the shuffled order
+        names.sort(key=lambda c: -profile[c][0])  # stable: ties keep the shuffled order
     else:
         np.random.default_rng([seed, repeat]).shuffle(names)
+    total = np.sum([profile[c] for c in names], 0)
+    scale = np.where(total > 0, 1.0 / np.maximum(total, 1), 0.0)
     folds: list[list[str]] = [[] for _ in range(k)]
-    load = [0] * k
+    load = np.zeros((k, len(total)))
     for c in names:
-        i = int(np.argmin(load))
+        if stratify:  # the fold whose shares move closest to 1/k (squared distance over every label column)
+            after = ((load + profile[c]) * scale - 1.0 / k) ** 2 - (load * scale - 1.0 / k) ** 2
+            i = int(np.argmin(after.sum(1)))
+        else:
+            i = int(np.argmin(load[:, 0]))
         folds[i].extend(clips[c])
-        load[i] += sizes[c]
+        load[i] += profile[c]
     return [sorted(f) for f in folds]
+
+
+def label_profile(ann: Annotations, video: str, labels: bool = True) -> np.ndarray:
+    """What a fold split balances for one video: [frames] or, with `labels`, [frames, VA frames,
+    frames of each expression class (8), positives of each AU (12)]."""
+    sl = ann.video_slice(video)
+    n = float(sl.stop - sl.start)
+    if not labels:
+        return np.array([n])
+    expr = ann.expr[sl][ann.expr_valid[sl]]
+    au = ann.au[sl][ann.au_valid[sl]]
+    return np.concatenate([[n, float(ann.va_valid[sl].sum())], np.bincount(expr, minlength=8)[:8].astype(float),
+                           (au == 1).sum(0).astype(float)])
 
 
 def fold_name(repeat: int, fold: int) -> str:
@@ -147,6 +170,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         raise AbawError(f"--compose must be one of {', '.join(COMPOSE_MODES)}")
     if settings.repeats < 1 or (settings.repeats > 1 and settings.folds < 2):
         raise AbawError("--repeats R needs R >= 1, and R >= 2 needs --folds K >= 2")
+    if settings.stratify and settings.folds < 2:
+        raise AbawError("--stratify needs --folds K >= 2")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampled = sample_configs(space, settings.budget, settings.seed)
@@ -169,7 +194,7 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         every = Annotations.concat([train_ann, val_ann])
         splits = []
         for r in range(settings.repeats):
-            folds = kfold_videos(every, settings.folds, settings.seed, r)
+            folds = kfold_videos(every, settings.folds, settings.seed, r, stratify=settings.stratify)
             for i in range(settings.folds):
                 splits.append((every.select_videos([v for j, f in enumerate(folds) if j != i for v in f]),
                                every.select_videos(folds[i])))
