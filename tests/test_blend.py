@@ -428,6 +428,9 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
                                   "--out", str(tmp_path / "t"), "--repeats", "2"])
     assert r.exit_code == 1 and "--repeats" in r.output and not (tmp_path / "t" / "search.json").exists()
+    r = CliRunner().invoke(main, ["search", "--cache", str(root / "cache.zarr"), "--data", str(tiny_synth),
+                                  "--out", str(tmp_path / "t"), "--stratify"])
+    assert r.exit_code == 1 and "--stratify needs --folds" in r.output and not (tmp_path / "t").exists()
 
 
 def test_ensemble_extrapolation_predicts_the_score_of_a_larger_average():
