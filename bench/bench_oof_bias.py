@@ -46,7 +46,7 @@ def _fold_rows(ann, vid_name: np.ndarray, folds: int, seed: int, stratify: bool)
     return [np.flatnonzero(np.isin(vid_name, f)) for f in kfold_videos(ann, folds, seed, stratify=stratify)]
 
 
-def decompose(work: Path, draws: int, subsets: int, folds: int, seed: int, stratify: bool) -> list[dict]:
+def decompose(work: Path, draws: int, subsets: int, folds_k: int, seed: int, stratify: bool) -> list[dict]:
     import bench_accuracy as ba
     from abaw.data.labels import clip_of
     from abaw.pipeline.train.outputs import score_outputs
@@ -61,7 +61,7 @@ def decompose(work: Path, draws: int, subsets: int, folds: int, seed: int, strat
         raise SystemExit(f"{work}: {len(clips)} test clips cannot hold a pool of {n_pool} and a set as big; "
                          "use a folder made with bench_accuracy.py --test-videos 600")
     clip_rows = np.asarray([clip_of(v) for v in names], dtype=object)
-    score = lambda out, rows: score_outputs(out.take(rows), te.labels.take(rows), None)  # noqa: E731
+    score = lambda out, rows: score_outputs(out, te.labels.take(rows), None)  # noqa: E731  (out: outputs of rows)
     out = []
     for k in range(draws):
         rng = np.random.default_rng([seed, k])
@@ -69,18 +69,18 @@ def decompose(work: Path, draws: int, subsets: int, folds: int, seed: int, strat
         in_pool = np.isin(clip_rows, perm[:n_pool])
         p_rows, r_rows = np.flatnonzero(in_pool), np.flatnonzero(~in_pool)
         p_ann = te.ann.select_videos([v for v in te.ann.videos if clip_of(v) in set(perm[:n_pool])])
-        oof = None
-        models = []
-        for fr in _fold_rows(p_ann, names[p_rows], folds, seed + k, stratify):
+        folds = _fold_rows(p_ann, names[p_rows], folds_k, seed + k, stratify)
+        models, oof_parts = [], []
+        for fr in folds:
             held = p_rows[fr]
             kept = np.setdiff1d(p_rows, held)
             sp = {"training": ba.Split(None, te.rows[kept], te.labels.take(kept)),
                   "validation": ba.Split(None, te.rows[held], te.labels.take(held)),
                   "test": ba.Split(None, te.rows[r_rows], te.labels.take(r_rows))}
             res = ba.baseline(table, keys, sp)
-            oof = _put(oof, held, res["validation"], len(te.rows), table, te.rows)
-            models.append(res["test"])
-        a = score(oof, p_rows)
+            oof_parts.append(res["validation"])
+            models.append(res["test"])  # outputs on every row of R
+        a = score(_mixed(oof_parts, folds), p_rows)
         rest = perm[n_pool:]
         rec = {"oof": a.total, "oof_tasks": (a.va, a.expr, a.au), "split": [], "one": [], "avg": [], "n": n_pool}
         for s in range(subsets):
@@ -88,29 +88,23 @@ def decompose(work: Path, draws: int, subsets: int, folds: int, seed: int, strat
             sub = np.flatnonzero(np.isin(clip_rows[r_rows], list(pick)))  # rows of R (the models' test rows)
             rows = r_rows[sub]
             s_ann = te.ann.select_videos([v for v in te.ann.videos if clip_of(v) in pick])
-            mixed = None
-            for j, fr in enumerate(_fold_rows(s_ann, names[rows], folds, seed + 100 + s, stratify)):
-                mixed = _put(mixed, rows[fr], models[j].take(sub[fr]), len(te.rows), table, te.rows)
-            rec["split"].append(score(mixed, rows).total)
-            rec["one"].append(float(np.mean([score(_put(None, rows, m.take(sub), len(te.rows), table, te.rows),
-                                                   rows).total for m in models])))
+            parts = _fold_rows(s_ann, names[rows], folds_k, seed + 100 + s, stratify)
+            rec["split"].append(score(_mixed([models[j].take(sub[fr]) for j, fr in enumerate(parts)], parts),
+                                      rows).total)
+            rec["one"].append(float(np.mean([score(m.take(sub), rows).total for m in models])))
             mean = ba.outputs_for(table, te.rows[rows], *[np.mean([getattr(m, t)[sub] for m in models], 0)
                                                           for t in ("va", "expr", "au")])
-            rec["avg"].append(score_outputs(mean, te.labels.take(rows), None).total)
+            rec["avg"].append(score(mean, rows).total)
         out.append({**rec, **{key: float(np.mean(rec[key])) for key in ("split", "one", "avg")}})
     return out
 
 
-def _put(acc, rows: np.ndarray, part, n: int, table, all_rows: np.ndarray):
-    """Outputs over all test rows (zeros where unset) with `part` written at `rows`."""
-    import bench_accuracy as ba
-
-    if acc is None:
-        acc = ba.outputs_for(table, all_rows, *[np.zeros((n, getattr(part, t).shape[1]), np.float32)
-                                                for t in ("va", "expr", "au")])
-    for t in ("va", "expr", "au"):
-        getattr(acc, t)[rows] = getattr(part, t)
-    return acc
+def _mixed(parts: list, where: list[np.ndarray]):
+    """One set's outputs pooled from several models: `parts[j]` holds the outputs of positions `where[j]`."""
+    order = np.argsort(np.concatenate(where))
+    arrays = {t: np.concatenate([getattr(p, t) for p in parts])[order] for t in ("va", "expr", "au")}
+    return type(parts[0])(parts[0].videos, np.concatenate([p.video_idx for p in parts])[order],
+                          np.concatenate([p.frame for p in parts])[order], **arrays)
 
 
 def main(argv=None) -> int:
