@@ -166,17 +166,19 @@ def train_val_pool(table, splits) -> Split:
     return Split(every, f.rows, f.labels)
 
 
-def baseline_kfold(table, keys, splits, folds: int, seed: int) -> dict:
+def baseline_kfold(table, keys, splits, folds: int, seed: int, stratify: bool = False) -> dict:
     """The scikit-learn baseline as `abaw search --folds K` trains: K fits on K-1 folds of train +
-    val videos (the search's own split), out-of-fold outputs on every train + val frame (its
-    "validation": post-processing fitted there) and the K fits' test outputs averaged."""
+    val videos (the search's own split: frame-only folds as `--no-stratify`, the default when the
+    README's rows were measured, or `stratify` as the search's default now), out-of-fold outputs
+    on every train + val frame (its "validation": post-processing fitted there) and the K fits'
+    test outputs averaged."""
     from abaw.pipeline.search.runner import kfold_videos
 
     pool = train_val_pool(table, splits)
     vid_name = np.asarray(table.videos, dtype=object)[table.video_idx[pool.rows]]
     oof = {t: None for t in TASKS}
     test = []
-    for fold in kfold_videos(pool.ann, folds, seed):
+    for fold in kfold_videos(pool.ann, folds, seed, stratify=stratify):
         held = np.isin(vid_name, fold)
         sp = {"training": Split(None, pool.rows[~held], pool.labels.take(np.flatnonzero(~held))),
               "validation": Split(None, pool.rows[held], pool.labels.take(np.flatnonzero(held))),
@@ -479,7 +481,10 @@ def main(argv=None) -> int:
                     help="NAME=A+B: `abaw blend` of the runs of configs A and B (after they are trained)")
     ap.add_argument("--kfold-baseline", type=int, default=0, metavar="K",
                     help="also the scikit-learn baseline trained as `abaw search --folds K` trains (K fits on "
-                         "train + val folds, post-processing fitted out-of-fold, test outputs averaged)")
+                         "train + val folds, post-processing fitted out-of-fold, test outputs averaged); its folds "
+                         "are frame-only (`search --no-stratify`) unless --kfold-stratify")
+    ap.add_argument("--kfold-stratify", action="store_true",
+                    help="the --kfold-baseline's folds balanced on the labels too, as `abaw search --folds K` splits by default")
     ap.add_argument("--test-videos", type=int, default=None, metavar="N",
                     help="N test tracks instead of the size's own (the same training and validation tracks; rows "
                          "are labelled <size>/test<N>): a larger test split measures honest - test more precisely")
@@ -515,7 +520,7 @@ def main(argv=None) -> int:
             bf["val_reported"] = bf["val_optimistic"]
             systems = {"baseline (box9)": b, "baseline (crossfit pp)": bf}
             if a.kfold_baseline:
-                kb = baseline_kfold(table, keys, splits, a.kfold_baseline, seed)
+                kb = baseline_kfold(table, keys, splits, a.kfold_baseline, seed, a.kfold_stratify)
                 bk = evaluate(kb["validation"], kb["test"], {"validation": kb["validation_split"],
                                                              "test": splits["test"]}, FULL_PP)
                 bk["val_reported"] = bk["val_optimistic"]

@@ -11,12 +11,13 @@ from click.testing import CliRunner
 
 from abaw.cache.store import FeatureStore
 from abaw.cli import main
-from abaw.data.annotations import read_annotations
+from abaw.data.annotations import Annotations, read_annotations
 from abaw.data.labels import clip_of
 from abaw.errors import AbawError
 from abaw.pipeline.blend import BlendConfig, BlendData, evaluate_blend
 from abaw.pipeline.blend_weights import search_weights, simplex_grid
 from abaw.pipeline.crossfit import CrossfitConfig
+from abaw.pipeline.search.runner import kfold_videos
 from abaw.pipeline.train.config import TrainConfig
 from abaw.pipeline.train.dataset import Labels
 from abaw.pipeline.train.loop import train
@@ -383,11 +384,20 @@ def test_repeated_kfold_scores_each_frame_with_its_unseen_models(two_runs, tiny_
     assert "k-fold: every validation frame is scored by the one fold model" in cli(*args)
     assert "ensemble" not in json.loads((s / "composed.json").read_text())["scores"]  # one model per frame: no views
     out = cli(*args, "--repeats", 2)  # the first partition's runs are reused
-    assert "(4 already finished)" in out
+    assert "x 4 split(s) (stratified folds) = 8 runs (4 already finished)" in out
     assert "with 1 unseen model(s) per frame" in out and "extrapolated to the 4 that predict averages" in out
     folds = json.loads((s / "folds.json").read_text())
     assert sorted(folds) == ["fold0", "fold1", "repeat1/fold0", "repeat1/fold1"]
     every = sorted(set(read_annotations(tiny_synth / FILES[0]).videos) | set(read_annotations(tiny_synth / FILES[1]).videos))
+    both = Annotations.concat([read_annotations(tiny_synth / f) for f in FILES[:2]])
+    assert json.loads((s / "search.json").read_text())["settings"]["stratify"] is True  # the default with --folds
+    assert [folds["fold0"], folds["fold1"]] == kfold_videos(both, 2, 0, 0, stratify=True)
+    assert [folds["repeat1/fold0"], folds["repeat1/fold1"]] == kfold_videos(both, 2, 0, 1, stratify=True)
+    before = {p: p.read_bytes() for p in (s / "search.json", s / "folds.json", s / "leaderboard.json")}
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--repeats", "2", "--no-stratify"])  # other partitions
+    assert r.exit_code == 1 and "folds were split otherwise (stratify True != False)" in r.output
+    assert "rerun with --folds 2 --seed 0 --stratify" in r.output
+    assert all(p.read_bytes() == b for p, b in before.items())  # refused before anything was written
     for part in ("", "repeat1/"):
         a, b = folds[f"{part}fold0"], folds[f"{part}fold1"]
         assert sorted(a + b) == every and not {clip_of(v) for v in a} & {clip_of(v) for v in b}

@@ -206,6 +206,27 @@ def test_stratified_kfold_spreads_a_rare_class_and_keeps_frames_balanced():
     assert np.mean(worst[True]) < np.mean(worst[False])
 
 
+def test_a_search_rerun_must_split_its_folds_as_before(tmp_path):
+    """Stratified folds are the default with --folds; a rerun that would partition the videos otherwise
+    (another fold count, seed or stratification) is refused with the flags that resume it, and a search
+    saved before `stratify` existed counts as unstratified; more --repeats or no folds pass."""
+    from dataclasses import replace
+
+    from abaw.pipeline.search.runner import SearchSettings, check_splits
+
+    now = SearchSettings(folds=5, repeats=2, seed=3)
+    assert now.stratify is None  # resolved by run_search: stratified with folds, off without
+    stratified = replace(now, stratify=True)
+    check_splits(tmp_path, {"folds": 5, "repeats": 1, "stratify": True, "seed": 3}, stratified)  # more repeats
+    check_splits(tmp_path, {"folds": 0}, replace(now, folds=0, stratify=False))
+    for saved, hint in (({"folds": 5, "repeats": 2, "seed": 3}, "--folds 5 --seed 3 --no-stratify"),  # an old search
+                        ({"folds": 5, "stratify": True, "seed": 4}, "--folds 5 --seed 4 --stratify"),
+                        ({"folds": 0, "seed": 3}, "--folds 0 --seed 3 or")):
+        with pytest.raises(AbawError, match="cannot rerun the search, its folds were split otherwise") as e:
+            check_splits(tmp_path, saved, stratified)
+        assert hint in str(e.value) and str(tmp_path) in str(e.value)
+
+
 def test_report_page_contents_differences_curves_provenance_and_no_reprs(tmp_path, synthetic_split, one_thread):
     """A report on two tiny runs that differ in the temporal model: contents with anchors, the differing
     setting (and the common ones collapsed), linked training curves, provenance, no Python repr."""

@@ -29,14 +29,16 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
 @click.option("--set", "set_opt", multiple=True, help="Fixed training setting KEY=VALUE for every config "
               "(e.g. --set epochs=10 --set batch_frames=256).")
 @click.option("--budget", type=int, help="Number of configs to run (sampled from the grid / random part).")
-@click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2).")
+@click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2; folds balanced on the labels unless "
+                   "--no-stratify).")
 @click.option("--repeats", default=1, show_default=True,
               help="Repeated K-fold: R partitions into K folds (R x K runs per config). Every frame's honest "
                    "estimate then averages R models that did not train on it, as predict averages the R x K; "
                    "--compose blend also extrapolates it from 1 and R models to the R x K.")
-@click.option("--stratify", is_flag=True,
-              help="With --folds: balance every fold's labels (expression classes, AU positives) as well as its "
-                   "frames, so no fold holds most of a rare class that its own model then barely sees.")
+@click.option("--stratify/--no-stratify", default=None,
+              help="With --folds (stratified by default): balance every fold's labels (expression classes, AU "
+                   "positives) as well as its frames, so no fold holds most of a rare class that its own model then "
+                   "barely sees. --no-stratify: frames only (the partitions of searches before this was the default).")
 @click.option("--jobs", default=1, show_default=True,
               help="Runs at once: CPU processes (cores split between them) or slots spread over the visible GPUs "
               "(0 or -1: all cores / as many as fit per GPU).")
@@ -54,7 +56,7 @@ def search(cache: str, data: str | None, train_ann: str | None, val_ann: str | N
            space_file: str | None, tasks_opt: tuple[str, ...], backbones_opt: tuple[str, ...], fusion_opt: str | None,
            temporal_opt: str | None, window_opt: str | None, lr_opt: str | None, seeds_opt: str | None,
            set_opt: tuple[str, ...],
-           budget: int | None, folds: int, repeats: int, stratify: bool, jobs: int,
+           budget: int | None, folds: int, repeats: int, stratify: bool | None, jobs: int,
            scheduler: str | None, compose: str | None, seed: int, quiet: bool, json_out: str | None) -> None:
     """Train many head configurations from one cache and rank them on validation.
 

@@ -17,7 +17,7 @@ holds the nested estimate of the selection.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,7 +63,8 @@ class SearchSettings:
     seed: int = 0  # sampling seed
     folds: int = 0  # 0: the given train/val split; K >= 2: K-fold by video over train + val
     repeats: int = 1  # repeated K-fold: R partitions into K folds (R x K runs per config); every frame R unseen models
-    stratify: bool = False  # folds balanced on the labels too (expression classes, AU positives), not only frames
+    stratify: bool | None = None  # folds balanced on the labels too (expression classes, AU positives), not only
+    # frames; None: stratified whenever folds >= 2 (False: frames only, the partitions of searches before it was default)
     jobs: int = 1  # runs at once: CPU processes or GPU slots (0 / -1: as many as fit), see search/execute.py
     scheduler: str | None = None  # a Dask scheduler's address (tcp://HOST:8786): run on its cluster instead
     compose: str | None = None  # "best-per-task" | "blend" (every config, seed replicas as one member)
@@ -146,6 +147,24 @@ def label_profile(ann: Annotations, video: str, labels: bool = True) -> np.ndarr
                            (au == 1).sum(0).astype(float)])
 
 
+SPLIT_FIELDS = ("folds", "stratify", "seed")  # what decides a k-fold search's partitions (each repeat's is its own)
+
+
+def check_splits(out: Path, saved: dict[str, Any], now: SearchSettings) -> None:
+    """AbawError unless a rerun of the search in `out` partitions the videos as its first run did
+    (more or fewer --repeats reuse the partitions there; searches saved before `stratify` existed,
+    or was the default, were unstratified)."""
+    was = {"folds": 0, "stratify": False, "seed": 0, **{k: v for k, v in saved.items() if v is not None}}
+    if was["folds"] < 2 and now.folds < 2:
+        return
+    diff = [f"{k} {was[k]} != {getattr(now, k)}" for k in SPLIT_FIELDS if was[k] != getattr(now, k)]
+    if diff:
+        flags = f"--folds {was['folds']} --seed {was['seed']}" + (
+            "" if was["folds"] < 2 else " --stratify" if was["stratify"] else " --no-stratify")
+        raise AbawError(f"{out}: cannot rerun the search, its folds were split otherwise ({'; '.join(diff)}); "
+                        f"rerun with {flags} or choose another --out")
+
+
 def fold_name(repeat: int, fold: int) -> str:
     """A k-fold run's folder below its config: `fold<k>`, or `repeat<r>/fold<k>` for repeats r >= 1."""
     return f"fold{fold}" if repeat == 0 else f"repeat{repeat}/fold{fold}"
@@ -172,7 +191,10 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         raise AbawError("--repeats R needs R >= 1, and R >= 2 needs --folds K >= 2")
     if settings.stratify and settings.folds < 2:
         raise AbawError("--stratify needs --folds K >= 2")
+    settings = replace(settings, stratify=settings.folds >= 2 and settings.stratify is not False)
     out = Path(out)
+    if (out / "search.json").exists():  # a rerun must split the videos as the runs here were split
+        check_splits(out, read_json(out / "search.json").get("settings", {}), settings)
     out.mkdir(parents=True, exist_ok=True)
     sampled = sample_configs(space, settings.budget, settings.seed)
     if settings.baseline and not any(o.get("arch", base.model.arch) == "linear" for o in sampled):
@@ -212,7 +234,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
             run_dir = out / "runs" / cid / fold_dirs[k] if fold_dirs else out / "runs" / cid
             work.append(Run(cid, run_dir, to_dict(cfg), tr, va))
     n_done = sum(1 for w in work if (w.run_dir / "result.json").exists())
-    log(f"search: {len(configs)} configs x {len(splits)} split(s) = {len(work)} runs "
+    kind = "" if settings.folds < 2 else " (stratified folds)" if settings.stratify else " (frame-only folds)"
+    log(f"search: {len(configs)} configs x {len(splits)} split(s){kind} = {len(work)} runs "
         f"({n_done} already finished), {plan.describe()}")
     results = execute(work, plan, str(store), keys, videos, progress=progress, log=log)
     by_cfg: dict[str, list[dict[str, Any]]] = {}
