@@ -29,7 +29,8 @@ from abaw.commands.options import echo_result, json_option, parse_set, split_pat
 @click.option("--set", "set_opt", multiple=True, help="Fixed training setting KEY=VALUE for every config "
               "(e.g. --set epochs=10 --set batch_frames=256).")
 @click.option("--budget", type=int, help="Number of configs to run (sampled from the grid / random part).")
-@click.option("--folds", default=0, show_default=True, help="K-fold cross-validation by video over train+val (K>=2; folds balanced on the labels unless "
+@click.option("--folds", default=0, show_default=True,
+              help="K-fold cross-validation by video over train+val (K>=2; folds balanced on the labels unless "
                    "--no-stratify).")
 @click.option("--repeats", default=1, show_default=True,
               help="Repeated K-fold: R partitions into K folds (R x K runs per config). Every frame's honest "
