@@ -193,8 +193,9 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
         raise AbawError("--stratify needs --folds K >= 2")
     settings = replace(settings, stratify=settings.folds >= 2 and settings.stratify is not False)
     out = Path(out)
-    if (out / "search.json").exists():  # a rerun must split the videos as the runs here were split
-        check_splits(out, read_json(out / "search.json").get("settings", {}), settings)
+    previous = read_json(out / "search.json") if (out / "search.json").exists() else None  # a rerun
+    if previous is not None:  # it must split the videos as the runs here were split
+        check_splits(out, previous.get("settings", {}), settings)
     out.mkdir(parents=True, exist_ok=True)
     sampled = sample_configs(space, settings.budget, settings.seed)
     if settings.baseline and not any(o.get("arch", base.model.arch) == "linear" for o in sampled):
@@ -205,8 +206,8 @@ def run_search(space: SearchSpace, store: str | os.PathLike, train_ann: Annotati
     available = available_keys(fstore, list(videos))
     keys = tuple(sorted({k for _, _, c in configs for k in resolve_backbones(c.backbones, available)}))
     identity = data_identity({"train": train_ann, "val": val_ann}, feature_fingerprints(fstore, keys, videos))
-    if (out / "search.json").exists():  # a rerun: the runs here were trained on this data
-        check_identity(out, read_json(out / "search.json").get("data"), identity, "rerun the search here",
+    if previous is not None:  # and the runs here were trained on this data
+        check_identity(out, previous.get("data"), identity, "rerun the search here",
                        "choose another --out")
     write_json(out / "search.json", {"settings": to_dict(settings), "space": to_dict(space), "base": to_dict(base),
                                      "configs": {i: o for i, o, _ in configs}, "data": identity})
