@@ -51,7 +51,7 @@ def scores_on_test(search: Path, test_videos: int | None = None, composed: Path 
     from abaw.pipeline.train.postprocess import apply_postprocess
     from abaw.pipeline.train.run import load_run
 
-    composed = composed or search / "composed.json"  # another blend of the search's runs: beside composed.json
+    composed = composed or search / "composed.json"
     doc = json.loads(composed.read_text())
     system = read_blend(composed)
     models = (doc["scores"].get("ensemble") or {}).get("models")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         return 0
     if not a.searches:
         ap.error("name at least one search folder (or --from-json)")
-    terms, rows = [], []
+    rows = []
     for s in a.searches:
         test, doc = scores_on_test(s, a.test_videos)
         ens, honest = doc["scores"]["ensemble"], doc["scores"]["honest"]
@@ -187,18 +187,17 @@ def main(argv=None) -> int:
         few, many, target = ens["views"]["total"], honest["total"], ens["total"]
         first = few - test[1]
         gain = (target - few) - (test[n["predict"]] - test[1])
-        terms.append((target - test[n["predict"]], first, gain))
         rows.append({"work": f"{s.parents[2].name}/{s.parents[1].name}", "search": s.name, "kind": kind(s), "test": test,
                      "extrapolated": target, "honest": many, "honest_se": honest.get("se"), "one_model": few,
-                     "error": terms[-1][0], "one_model_term": first, "gain_term": gain})
+                     "error": target - test[n["predict"]], "one_model_term": first, "gain_term": gain})
         print(f"{s.parents[1].name} {s.name}: test P with n models averaged: "
               + ", ".join(f"{m}: {v:.4f}" for m, v in sorted(test.items())))
         print(f"  out-of-fold: {n['view']} model {few:.4f}, {n['honest']} models {many:.4f}, extrapolated to "
-              f"{n['predict']}: {target:.4f}; error {terms[-1][0]:+.4f} = 1-model term {first:+.4f} "
+              f"{n['predict']}: {target:.4f}; error {rows[-1]['error']:+.4f} = 1-model term {first:+.4f} "
               f"+ gain term {gain:+.4f} (gain 1 -> {n['predict']}: out-of-fold {target - few:+.4f}, "
               f"test {test[n['predict']] - test[1]:+.4f})")
-    if len(terms) > 1:
-        t = np.array(terms)
+    if len(rows) > 1:
+        t = np.array([(r["error"], r["one_model_term"], r["gain_term"]) for r in rows])
         m, se, sd = t.mean(0), t.std(0, ddof=1) / np.sqrt(len(t)), t.std(0, ddof=1)
         print(f"over {len(t)} folders (mean ± se, sd): error {m[0]:+.4f} ± {se[0]:.4f} ({sd[0]:.4f}); "
               f"1-model term {m[1]:+.4f} ± {se[1]:.4f} ({sd[1]:.4f}); gain term {m[2]:+.4f} ± {se[2]:.4f} "
