@@ -459,6 +459,36 @@ def test_ensemble_extrapolation_predicts_the_score_of_a_larger_average():
     assert score(10) - score(2) > 0.2  # the gap it closes is large
 
 
+def test_repeated_kfold_partitions_may_share_a_fold(tmp_path):
+    """Two partitions of a small pool can put the same videos in one fold (seen at 24 tracks with
+    stratified folds): those two runs validate identical frames, like seeds of one fold, yet every
+    frame is still validated by two runs; the out-of-fold output is the mean of its two, and the
+    first partition's runs label it."""
+    from abaw.pipeline.blend_members import Member, member_outputs, member_views
+
+    rng = np.random.default_rng(1)
+    videos = ("v1", "v2", "v3", "v4", "v5", "v6")
+    parts = [("a0", "v1 v2"), ("a1", "v3 v4"), ("a2", "v5 v6"), ("b0", "v1 v3"), ("b1", "v2 v4"), ("b2", "v5 v6")]
+    runs, values = [], {}
+    for name, vids in parts:
+        keep = [videos.index(v) for v in vids.split()]
+        out = FrameOutputs(videos, np.repeat(np.array(keep, np.int32), 3), np.tile(np.arange(3, dtype=np.int32), 2),
+                           au=rng.random((6, 12), dtype=np.float32))
+        (tmp_path / name).mkdir()
+        out.save(tmp_path / name / "val_outputs.npz")
+        runs.append(tmp_path / name)
+        for i in range(len(out)):
+            values.setdefault((videos[out.video_idx[i]], int(out.frame[i])), []).append(out.au[i])
+    m = Member("m", tuple(runs), ("au",))
+    oof, firsts = member_outputs(m)
+    assert len(oof) == 18 and [r.name for r in firsts] == ["a0", "a1", "a2"]
+    for i in range(len(oof)):
+        pair = values[(videos[oof.video_idx[i]], int(oof.frame[i]))]
+        assert len(pair) == 2 and np.allclose(oof.au[i], (pair[0] + pair[1]) / 2, atol=1e-6)
+    views = member_views(m, honest=False)
+    assert (views.per_frame, views.predict) == (2, 6)
+
+
 def test_member_views_give_each_frame_one_unseen_run_per_view(tmp_path):
     """Two partitions of four videos into two folds: every frame is validated by two runs, one per
     partition; view j scores it with the j-th, their mean is the member's out-of-fold output."""

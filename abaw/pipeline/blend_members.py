@@ -51,10 +51,9 @@ def _outputs_path(run: Path, honest: bool) -> Path:
     return run / HONEST_OUTPUTS if honest and (run / HONEST_OUTPUTS).is_file() else run / "val_outputs.npz"
 
 
-def _groups(m: Member, honest: bool) -> tuple[list[FrameOutputs], list[Path]]:
-    """The member's runs grouped by the frames they validated (seeds of one fold), each group's
-    outputs averaged with equal weights, and the first run of each group."""
-    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+def _groups(m: Member, outs: list[FrameOutputs]) -> tuple[list[FrameOutputs], list[Path]]:
+    """The member's runs (`outs`, in run order) grouped by the frames they validated (seeds of one
+    fold), each group's outputs averaged with equal weights, and the first run of each group."""
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(outs):
         groups.setdefault(tuple(frame_keys(o)), []).append(i)
@@ -73,13 +72,16 @@ def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[
     validated on the same frames (seeds of one fold: averaged) that together cover every frame
     once. `honest`: each run's `val_outputs_honest.npz` (every row at the epoch chosen without its
     fold) where it has one."""
-    means, firsts = _groups(m, honest)
+    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+    means, firsts = _groups(m, outs)
     if len(means) == 1:
         return means[0], firsts
     scored = _scored(means)
     if not any(a & b for a, b in itertools.combinations(scored, 2)):
         return _concat(means), firsts
-    both, stacked = _stacked(m, means)
+    # each frame the mean of every run that validated it: runs, not groups, since two partitions of
+    # a small pool can hold the same fold, whose runs then look like seeds of one fold
+    both, stacked = _stacked(m, outs)
     return _mean(both, stacked), _cover(firsts, scored)
 
 
