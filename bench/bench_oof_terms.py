@@ -58,14 +58,9 @@ def _members(search: Path, doc: dict):
 
 def _views(members, cf, honest: bool):
     """The blend's data with the repeated k-fold views of the honest (or best-epoch) outputs."""
-    import abaw.pipeline.blend as bl
+    from abaw.pipeline.blend import blend_data
 
-    original = bl.member_views
-    bl.member_views = lambda m: original(m, honest=honest)
-    try:
-        return bl.blend_data(members, None, cf, with_views=True)
-    finally:
-        bl.member_views = original
+    return blend_data(members, None, cf, with_views=True, honest_views=honest)
 
 
 def _pick(sc: dict) -> dict[str, float]:

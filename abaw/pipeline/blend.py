@@ -234,9 +234,10 @@ class BlendData:
 
 
 def blend_data(members: list[Member], val_ann: Annotations | None, cfg: CrossfitConfig,
-               with_views: bool = False) -> BlendData:
+               with_views: bool = False, honest_views: bool = True) -> BlendData:
     """Load every member's validation outputs (best epoch and honest), aligned on the first member's frames;
-    `with_views`: also the repeated k-fold views of the honest outputs (for `ensemble_estimate`)."""
+    `with_views`: also the repeated k-fold views of the honest outputs (for `ensemble_estimate`), or
+    of the best-epoch ones with `honest_views=False` (benchmarks comparing the two)."""
     ref, ann = member_validation(members[0], val_ann)
     ref_keys = {k: i for i, k in enumerate(frame_keys(ref))}
     arrays: dict[str, list[np.ndarray]] = {}
@@ -256,7 +257,7 @@ def blend_data(members: list[Member], val_ann: Annotations | None, cfg: Crossfit
         hon = member_outputs(m, honest=True)[0] if any((r / HONEST_OUTPUTS).is_file() for r in m.runs) else out
         if hon is not out and frame_keys(hon) != keys:
             raise AbawError(f"{m.name}: its honest validation outputs cover other frames than its val_outputs.npz")
-        v = member_views(m) if with_views else None
+        v = member_views(m, honest_views) if with_views else None
         use = v is not None and (views is None or len(views) == len(v.outputs)) and frame_keys(v.outputs[0]) == keys
         if use:
             views = views if views is not None else [{} for _ in v.outputs]
