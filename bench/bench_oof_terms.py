@@ -119,8 +119,7 @@ def terms(search: Path, test_videos: int | None, subsets: int, seed: int) -> dic
     work = search.parents[1]
     table, _, splits = ba.load_splits(work if test_videos is None else ba.test_folder(work, test_videos))
     te = splits["test"]
-    runs = [m.runs for m in members]
-    n_runs = len(runs[0])
+    n_runs = len(members[0].runs)
     rng = np.random.default_rng(seed)
     test_full, test_raw, test_sub, test_sub_full = [], [], [], []
     clips = None
