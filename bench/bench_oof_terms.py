@@ -18,7 +18,11 @@ across runs: the members averaged with equal weights, no smoothing, AU at 0.5.
   (split noise, plus any cost of choosing epochs on fewer tracks or of leaving a fold out);
 - `fitting`: what the blend's weights and post-processing add out-of-fold, cross-fitted (fitted
   on the other folds of the pool, as the estimate does), minus what the blend's own (fitted on the
-  whole pool) add on the pool-sized sets of test tracks.
+  whole pool) add on the pool-sized sets of test tracks. It splits in two: `fit size`, what the
+  cross-fit's own fold fits (weights and post-processing fitted on the other folds of the pool, one
+  per fold and view) add on the same test sets minus what the blend's own add there (fitting on
+  the whole pool rather than on its other folds), and `held-out`, the rest: what the same fold
+  fits add on their held-out folds out-of-fold minus what they add on fresh test tracks.
 
 Also printed: what the same weights and post-processing add out-of-fold when fitted on the whole
 pool and scored on it (in-sample, an upper bound), and the best-epoch outputs' raw score (their
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 KEYS = ("va", "expr", "au", "total")
 TERMS = ("set size", "pool", "fitting")
+FITTING = ("fit size", "held-out")  # the fitting term's two parts
 
 
 def _members(search: Path, doc: dict):
@@ -101,8 +106,10 @@ def terms(search: Path, test_videos: int | None, subsets: int, seed: int) -> dic
         return _pick(score_values({t: s.outputs[t] for t in s.tasks}, s, None))
 
     oof_tool, oof_raw_hon, oof_raw_best, oof_pp_in = [], [], [], []
+    fold_fits: list[tuple[int, object]] = []  # (fold, its PostFit) of every view's cross-fit
     for vh, vb in zip(hon.repeat_views(), best.repeat_views()):
-        values, thr, _ = crossfit_folds(fold, fold_series(vh, fit.fold_weights, space), hon.cfg)
+        values, thr, fits = crossfit_folds(fold, fold_series(vh, fit.fold_weights, space), hon.cfg)
+        fold_fits += sorted(fits.items())
         oof_tool.append(_pick(score_values(values, base, thr)))
         oof_raw_hon.append(raw_score(vh))
         oof_raw_best.append(raw_score(vb))
@@ -121,7 +128,10 @@ def terms(search: Path, test_videos: int | None, subsets: int, seed: int) -> dic
     te = splits["test"]
     n_runs = len(members[0].runs)
     rng = np.random.default_rng(seed)
-    test_full, test_raw, test_sub, test_sub_full = [], [], [], []
+    test_full, test_raw, test_sub, test_sub_full, test_sub_folds = [], [], [], [], []
+    used = {c for _, pf in fold_fits for c in pf.smooth.values() if c[1] > 1}
+    small = CrossfitConfig(kernels=tuple(sorted({k for k, _ in used})) or ("box",),
+                           windows=tuple(sorted({w for _, w in used})) or (1,))
     clips = None
     for i in range(n_runs):
         outs = {m.name: load_run(m.runs[i]).predict(table, rows=te.rows) for m in members}
@@ -144,15 +154,24 @@ def terms(search: Path, test_videos: int | None, subsets: int, seed: int) -> dic
                                for d in draws]))
         test_sub_full.append(_mean([_pick(score_values(apply_postfit(s.take(d), fit.postfit), s.take(d),
                                                        fit.postfit.au_thresholds)) for d in draws]))
+        by_weights: dict[int, object] = {}  # fold -> test series blended with that fold's weights
+        for f in {f for f, _ in fold_fits}:
+            by_weights[f] = make_series(blended(fit.fold_weights[f]), labels, small, rows)
+        test_sub_folds.append(_mean([_pick(score_values(apply_postfit(by_weights[f].take(d), pf),
+                                                        by_weights[f].take(d), pf.au_thresholds))
+                                     for f, pf in fold_fits for d in draws]))
     m = {name: _mean(x) for name, x in (("oof tool", oof_tool), ("oof raw honest", oof_raw_hon),
                                         ("oof raw best", oof_raw_best), ("oof fitted in-sample", oof_pp_in),
                                         ("test", test_full), ("test raw", test_raw), ("test raw subsets", test_sub),
-                                        ("test subsets", test_sub_full))}
+                                        ("test subsets", test_sub_full), ("test subsets, fold fits", test_sub_folds))}
     t = {
         "set size": {k: m["test subsets"][k] - m["test"][k] for k in KEYS},
         "pool": {k: m["oof raw honest"][k] - m["test raw subsets"][k] for k in KEYS},
         "fitting": {k: (m["oof tool"][k] - m["oof raw honest"][k]) - (m["test subsets"][k] - m["test raw subsets"][k])
                     for k in KEYS},
+        "fit size": {k: m["test subsets, fold fits"][k] - m["test subsets"][k] for k in KEYS},
+        "held-out": {k: (m["oof tool"][k] - m["oof raw honest"][k])
+                     - (m["test subsets, fold fits"][k] - m["test raw subsets"][k]) for k in KEYS},
         "1-model term": {k: m["oof tool"][k] - m["test"][k] for k in KEYS},
         "fitted gain, cross-fitted oof": {k: m["oof tool"][k] - m["oof raw honest"][k] for k in KEYS},
         "fitted gain, in-sample oof": {k: m["oof fitted in-sample"][k] - m["oof raw honest"][k] for k in KEYS},
@@ -192,7 +211,9 @@ def main(argv=None) -> int:
             show(r)
     if len(rows) > 1:
         print(f"\nmean ± se over {len(rows)} searches:")
-        for name in TERMS + ("1-model term",):
+        for name in TERMS + FITTING + ("1-model term",):
+            if any(name not in r["terms"] for r in rows):
+                continue  # kept files written before the fitting term was split
             x = np.array([[r["terms"][name][k] for k in KEYS] for r in rows])
             se = x.std(0, ddof=1) / np.sqrt(len(x))
             print(f"  {name:18} " + " ".join(f"{mu:+.4f} ± {e:.4f}" for mu, e in zip(x.mean(0), se)))
