@@ -27,7 +27,8 @@ across runs: the members averaged with equal weights, no smoothing, AU at 0.5.
 Also printed: what the same weights and post-processing add out-of-fold when fitted on the whole
 pool and scored on it (in-sample, an upper bound), and the best-epoch outputs' raw score (their
 epoch chosen on the scored tracks: in-sample too).
-Per task and total, per search folder, and the mean over folders.
+Per task and total, per search folder, and the mean over folders; `--plot PNG` draws the total's
+terms per folder as stacked bars (README: Accuracy against strong baselines).
 """
 
 from __future__ import annotations
@@ -191,6 +192,47 @@ def show(r: dict) -> None:
         print(f"  {name:34} " + " ".join(f"{d[k]:+8.4f}" if name in r["terms"] else f"{d[k]:8.4f}" for k in KEYS))
 
 
+def plot(path: str, rows: list[dict]) -> None:
+    """The figure of `--plot`: per search, the total's terms stacked (negative to the left) and the
+    1-model term they add up to."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from abaw.io import atomic_write
+
+    parts = ("set size", "pool", "fit size", "held-out")
+    colours = {"set size": "#90a4ae", "pool": "#ffb74d", "fit size": "#81c784", "held-out": "#e57373",
+               "fitting": "#a1887f"}
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        names = parts if all(n in r["terms"] for n in parts) else TERMS  # kept files before the split: fitting whole
+        neg = pos = 0.0
+        for n in names:
+            v = r["terms"][n]["total"]
+            left = neg + v if v < 0 else pos
+            ax.barh(i, abs(v), left=left, color=colours[n], edgecolor="white", height=0.6,
+                    label=n if n not in ax.get_legend_handles_labels()[1] else None)
+            neg, pos = (neg + v, pos) if v < 0 else (neg, pos + v)
+        ax.plot(r["terms"]["1-model term"]["total"], i, "kD", ms=5,
+                label="1-model term (the sum)" if i == 0 else None)
+    s = [Path(r["search"]) for r in rows]
+    ax.set_yticks(range(len(rows)), [f"{p.parents[2].name} {p.parents[1].name} ({r['pool_tracks']} clips)"
+                                      for p, r in zip(s, rows)])
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("out-of-fold 1-model score − test, P_MTL: its terms")
+    ax.margins(x=0.04)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("search", type=Path, nargs="*", help="search folders: WORK/runs/SEARCH of bench_accuracy.py")
@@ -201,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     ap.add_argument("--from-json", action="append", default=[], help="reprint kept files (repeatable)")
+    ap.add_argument("--plot", metavar="PNG", default=None, help="also draw every search's terms (see above)")
     a = ap.parse_args(argv)
     rows = [r for p in a.from_json for r in json.loads(Path(p).read_text())]
     for s in a.search:
@@ -217,6 +260,8 @@ def main(argv=None) -> int:
             x = np.array([[r["terms"][name][k] for k in KEYS] for r in rows])
             se = x.std(0, ddof=1) / np.sqrt(len(x))
             print(f"  {name:18} " + " ".join(f"{mu:+.4f} ± {e:.4f}" for mu, e in zip(x.mean(0), se)))
+    if a.plot and rows:
+        plot(a.plot, rows)
     if a.json:
         from abaw.io import write_json
 
