@@ -17,7 +17,8 @@ from abaw.data.labels import AU_NAMES, EXPR_NAMES
 EXPR_COLOURS = ["#9e9e9e", "#d32f2f", "#689f38", "#7b1fa2", "#fbc02d", "#1976d2", "#00acc1", "#8d6e63"]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -26,13 +27,14 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write `fig` to `path` as a PNG, atomically, and close it."""
     from abaw.io import atomic_write
 
     path = Path(path)
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
     return path
 
 
@@ -44,7 +46,7 @@ def learning_curve(path: str | os.PathLike, epochs: Sequence[int], losses: dict[
     """The learning curve of any trainer: losses per epoch (optionally per-step losses spread
     over each epoch), validation scores per epoch with the best epoch marked, and optionally
     the post-processing steps (`{"step", "total", "va", "expr", "au"}` records) as bars."""
-    plt = _plt()
+    plt = pyplot()
     ncols = 3 if steps else 2
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
     ax = axes[0]
@@ -85,14 +87,14 @@ def learning_curve(path: str | os.PathLike, epochs: Sequence[int], losses: dict[
         a.grid(alpha=0.3)
         a.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray | None, expr_prob: np.ndarray | None,
              au_prob: np.ndarray | None, face: np.ndarray, title: str = "", xlabel: str = "time (s)") -> Path:
     """V/A curves, an expression band and an AU heat map over time for one person; a task
     given as None has no panel (at least one must be given). No-face spans are shaded."""
-    plt = _plt()
+    plt = pyplot()
     t = np.asarray(t, dtype=float)
     face = np.asarray(face, bool)
     panels = [(k, r) for k, a, r in (("va", va, 2.2), ("expr", expr_prob, 0.6), ("au", au_prob, 2.4))
@@ -139,7 +141,7 @@ def timeline(path: str | os.PathLike, t: np.ndarray, va: np.ndarray | None, expr
         ax.set_yticklabels(AU_NAMES, fontsize=7)
         fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01, label="AU probability")
     axes[-1].set_xlabel(xlabel)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _edges(t: np.ndarray) -> np.ndarray:
@@ -168,7 +170,7 @@ def _hex_rgb(h: str) -> tuple[float, float, float]:
 
 def per_au_bars(path: str | os.PathLike, scores: dict[str, Sequence[float]]) -> Path:
     """Per-AU F1 bars, one bar group per AU and one colour per run."""
-    plt = _plt()
+    plt = pyplot()
     names = list(scores)
     fig, ax = plt.subplots(figsize=(10, 3.6))
     w = 0.8 / max(1, len(names))
@@ -183,12 +185,12 @@ def per_au_bars(path: str | os.PathLike, scores: dict[str, Sequence[float]]) -> 
     if len(names) > 1:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def confusion(path: str | os.PathLike, cm: np.ndarray, title: str = "EXPR confusion (rows: truth)") -> Path:
     """Row-normalised confusion matrix with counts."""
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -207,13 +209,13 @@ def confusion(path: str | os.PathLike, cm: np.ndarray, title: str = "EXPR confus
                         color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def va_scatter(path: str | os.PathLike, true_va: np.ndarray, pred_va: np.ndarray, ccc_v: float | None = None,
                ccc_a: float | None = None) -> Path:
     """Predicted vs true valence and arousal (hexbin density)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
     fig.subplots_adjust(wspace=0.35)
     for j, (ax, name, c) in enumerate(zip(axes, ["valence", "arousal"], [ccc_v, ccc_a])):
@@ -226,12 +228,12 @@ def va_scatter(path: str | os.PathLike, true_va: np.ndarray, pred_va: np.ndarray
         ax.set_ylabel(f"predicted {name}")
         ax.set_title(name + (f"  CCC {c:.3f}" if c is not None else ""))
         ax.set_aspect("equal")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def va_traces(path: str | os.PathLike, traces: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> Path:
     """Per-video VA traces: (video, frames, true [N,2], pred [N,2]) for a few videos."""
-    plt = _plt()
+    plt = pyplot()
     n = max(1, len(traces))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.1 * n), squeeze=False)
     for ax, (vid, fr, tv, pv) in zip(axes[:, 0], traces):
@@ -243,12 +245,12 @@ def va_traces(path: str | os.PathLike, traces: list[tuple[str, np.ndarray, np.nd
         ax.set_ylabel(vid, fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
     axes[-1, 0].set_xlabel("frame")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def score_bars(path: str | os.PathLike, rows: dict[str, dict[str, float | None]]) -> Path:
     """Per-task scores (VA, EXPR, AU, P_MTL) side by side for several runs."""
-    plt = _plt()
+    plt = pyplot()
     tasks = ["va", "expr", "au", "total"]
     names = list(rows)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 0.4 * len(names)), 3.6))
@@ -262,4 +264,4 @@ def score_bars(path: str | os.PathLike, rows: dict[str, dict[str, float | None]]
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("validation scores")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -104,12 +104,9 @@ def group_lines(keyed: list[tuple[str, dict]]) -> list[str]:
 
 def plot(path: str, keyed: list[tuple[str, dict]], systems: list[str] | None = None) -> None:
     """The figure of `--plot` (see the module docstring)."""
-    import matplotlib
+    from abaw.plots import pyplot, save_png
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from abaw.io import atomic_write
+    plt = pyplot()
 
     names = systems or list(dict.fromkeys(r["system"] for _, r in keyed if not r["system"].startswith("baseline")))
     runs = list(dict.fromkeys((p, r["size"], r["seed"]) for p, r in keyed))
@@ -149,9 +146,7 @@ def plot(path: str, keyed: list[tuple[str, dict]], systems: list[str] | None = N
     ax.legend(fontsize=8, loc="upper left")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
     print(f"wrote {path}")
 
 

@@ -121,12 +121,9 @@ def summarise(rows: list[dict]) -> None:
 
 def plot(path: str, rows: list[dict]) -> None:
     """The figure of `--plot`: one line per work folder, extrapolated - test per kind of search."""
-    import matplotlib
+    from abaw.plots import pyplot, save_png
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from abaw.io import atomic_write
+    plt = pyplot()
 
     works = list(dict.fromkeys(r["work"] for r in rows))
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
@@ -152,9 +149,7 @@ def plot(path: str, rows: list[dict]) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0))
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
     print(f"wrote {path}")
 
 

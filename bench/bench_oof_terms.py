@@ -195,12 +195,9 @@ def show(r: dict) -> None:
 def plot(path: str, rows: list[dict]) -> None:
     """The figure of `--plot`: per search, the total's terms stacked (negative to the left) and the
     1-model term they add up to."""
-    import matplotlib
+    from abaw.plots import pyplot, save_png
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from abaw.io import atomic_write
+    plt = pyplot()
 
     parts = ("set size", "pool", "fit size", "held-out")
     colours = {"set size": "#90a4ae", "pool": "#ffb74d", "fit size": "#81c784", "held-out": "#e57373",
@@ -227,9 +224,7 @@ def plot(path: str, rows: list[dict]) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
     print(f"wrote {path}")
 
 
