@@ -51,6 +51,11 @@ def _outputs_path(run: Path, honest: bool) -> Path:
     return run / HONEST_OUTPUTS if honest and (run / HONEST_OUTPUTS).is_file() else run / "val_outputs.npz"
 
 
+def _run_outputs(m: Member, honest: bool) -> list[FrameOutputs]:
+    """Each of the member's runs' validation outputs (honest where the run has them), in run order."""
+    return [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+
+
 def _groups(m: Member, outs: list[FrameOutputs]) -> tuple[list[FrameOutputs], list[Path]]:
     """The member's runs (`outs`, in run order) grouped by the frames they validated (seeds of one
     fold), each group's outputs averaged with equal weights, and the first run of each group."""
@@ -72,7 +77,7 @@ def member_outputs(m: Member, honest: bool = False) -> tuple[FrameOutputs, list[
     validated on the same frames (seeds of one fold: averaged) that together cover every frame
     once. `honest`: each run's `val_outputs_honest.npz` (every row at the epoch chosen without its
     fold) where it has one."""
-    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+    outs = _run_outputs(m, honest)
     means, firsts = _groups(m, outs)
     if len(means) == 1:
         return means[0], firsts
@@ -100,7 +105,7 @@ class Views:
 def member_views(m: Member, honest: bool = True) -> Views | None:
     """The member's `Views` (rows in `member_outputs` order); None when each frame is validated by
     one run, or by every run (nothing to extrapolate to)."""
-    outs = [FrameOutputs.load(_outputs_path(r, honest)) for r in m.runs]
+    outs = _run_outputs(m, honest)
     both, stacked = _stacked(m, outs)
     n = next(iter(stacked.values())).shape[1]
     if n < 2 or n == len(m.runs):
